@@ -1,0 +1,22 @@
+"""defconv_np: deformable spatial operators on NumPy (CPU) and CuPy (GPU) arrays,
+with exact analytic gradients.
+
+NumPy arrays run on Numba CPU kernels; CuPy arrays on Numba CUDA kernels. CuPy
+is optional and imported only when a CuPy array arrives.
+"""
+
+from . import config
+from .convolution import Conv2dGrads, conv2d, conv2d_backward
+from .deformable import DeformConv2dGrads, deform_conv2d, deform_conv2d_backward
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Conv2dGrads",
+    "DeformConv2dGrads",
+    "config",
+    "conv2d",
+    "conv2d_backward",
+    "deform_conv2d",
+    "deform_conv2d_backward",
+]

@@ -1,0 +1,108 @@
+"""The im2col + GEMM skeleton shared by conv2d and deform_conv2d, on any backend.
+
+A backend supplies kernels that fill a column buffer for a chunk and consume
+its gradient; this module splits the batch into chunks under
+``config.column_budget_bytes`` and runs the GEMMs through the array module
+(NumPy's BLAS, or cuBLAS through CuPy). Column layout: ``cols[b, c*K + k, p]``
+(see ``kernels.cpu.im2col``), so ``weight.reshape(groups, O/groups, C/groups*K)``
+multiplies it directly, group by group.
+"""
+
+from typing import NamedTuple
+
+from . import config
+
+
+class Chunk(NamedTuple):
+    """Images ``n0:n1``, output rows ``r0:r1`` (either one image, or whole images)."""
+
+    n0: int
+    n1: int
+    r0: int
+    r1: int
+
+
+def plan_chunks(batch, out_h, out_w, bytes_per_pixel, budget):
+    """Split (batch, out_h) into chunks whose scratch fits in ``budget`` bytes.
+
+    Whole images are grouped while they fit; an image that alone exceeds the
+    budget is split by output rows (at least one row per chunk, so a single
+    row wider than the budget still runs, at its own size).
+    """
+    per_row = out_w * bytes_per_pixel
+    per_image = out_h * per_row
+    if per_image <= budget:
+        step = max(1, budget // per_image)
+        return [Chunk(n0, min(batch, n0 + step), 0, out_h) for n0 in range(0, batch, step)]
+    rows = max(1, budget // per_row)
+    return [Chunk(n, n + 1, r0, min(out_h, r0 + rows))
+            for n in range(batch) for r0 in range(0, out_h, rows)]
+
+
+def chunks_for(geom, dtype, buffers):
+    """Chunks of a conv of geometry ``geom`` that holds ``buffers`` column-sized
+    scratch buffers at once, under ``config.column_budget_bytes``."""
+    bytes_per_pixel = max(1, buffers) * geom.channels * geom.kernel_points * dtype.itemsize
+    return plan_chunks(geom.batch, geom.out_h, geom.out_w, bytes_per_pixel,
+                       config.column_budget_bytes)
+
+
+def largest(chunks, out_w):
+    """Largest number of (image, pixel) columns in any chunk."""
+    return max(((c.n1 - c.n0) * (c.r1 - c.r0) * out_w for c in chunks), default=0)
+
+
+def _views(xp, buffer, chunk, rows_k, out_w):
+    nb, npix = chunk.n1 - chunk.n0, (chunk.r1 - chunk.r0) * out_w
+    return buffer[: nb * rows_k * npix].reshape(nb, rows_k, npix)
+
+
+def forward(xp, out, weight, groups, chunks, fill_columns):
+    """``out[n, o, ho, wo] = sum_r weight[o, r] * cols[n, r, (ho, wo)]`` per group.
+
+    ``fill_columns(chunk, cols)`` writes the (nb, C*K, rows*Wo) columns.
+    """
+    n_out, out_w = out.shape[1], out.shape[3]
+    w = weight.reshape(groups, n_out // groups, -1)
+    rows_k = groups * w.shape[2]
+    buffer = xp.empty(largest(chunks, out_w) * rows_k, out.dtype)
+    for chunk in chunks:
+        cols = _views(xp, buffer, chunk, rows_k, out_w)
+        fill_columns(chunk, cols)
+        nb, _, npix = cols.shape
+        prod = xp.matmul(w, cols.reshape(nb, groups, -1, npix))
+        out[chunk.n0:chunk.n1, :, chunk.r0:chunk.r1, :] = prod.reshape(
+            nb, n_out, chunk.r1 - chunk.r0, out_w)
+
+
+def backward(xp, grad_output, weight, groups, chunks, fill_columns, use_grad_columns,
+             want_weight, want_columns):
+    """Weight gradient (if ``want_weight``) and, if ``want_columns``, the column
+    gradient of every chunk handed to ``use_grad_columns(chunk, grad_cols)``.
+
+    Returns the weight gradient (or None).
+    """
+    n_out, out_w = grad_output.shape[1], grad_output.shape[3]
+    w = weight.reshape(groups, n_out // groups, -1)
+    per_group = w.shape[2]
+    rows_k = groups * per_group
+    size = largest(chunks, out_w) * rows_k
+    grad_w = xp.zeros_like(w) if want_weight else None
+    w_t = xp.ascontiguousarray(w.transpose(0, 2, 1)) if want_columns else None
+    cols_buf = xp.empty(size, w.dtype) if want_weight else None
+    grad_buf = xp.empty(size, w.dtype) if want_columns else None
+    for chunk in chunks:
+        nb, npix = chunk.n1 - chunk.n0, (chunk.r1 - chunk.r0) * out_w
+        go = xp.ascontiguousarray(
+            grad_output[chunk.n0:chunk.n1, :, chunk.r0:chunk.r1, :]
+        ).reshape(nb, groups, n_out // groups, npix)
+        if want_weight:
+            cols = _views(xp, cols_buf, chunk, rows_k, out_w)
+            fill_columns(chunk, cols)
+            cols4 = cols.reshape(nb, groups, per_group, npix)
+            grad_w += xp.matmul(go, cols4.transpose(0, 1, 3, 2)).sum(axis=0)
+        if want_columns:
+            grad_cols = _views(xp, grad_buf, chunk, rows_k, out_w)
+            xp.matmul(w_t, go, out=grad_cols.reshape(nb, groups, per_group, npix))
+            use_grad_columns(chunk, grad_cols)
+    return None if grad_w is None else grad_w.reshape(weight.shape)

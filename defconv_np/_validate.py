@@ -1,0 +1,76 @@
+"""Argument checks shared by every op: each failure names the argument, what was
+expected and what came."""
+
+import numbers
+import operator
+
+
+def pair(value, name, *, minimum):
+    """Normalise an int or a pair of ints to a tuple ``(h, w)``, each >= ``minimum``."""
+    if isinstance(value, (bool,)) or not isinstance(value, (numbers.Integral, tuple, list)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        items = (value, value)
+    else:
+        items = tuple(value)
+        if len(items) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    out = []
+    for item in items:
+        if isinstance(item, bool):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        try:
+            item = operator.index(item)
+        except TypeError:
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+        if item < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        out.append(item)
+    return tuple(out)
+
+
+def positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return int(value)
+
+
+def ndim(array, name, expected, layout):
+    if array.ndim != expected:
+        raise ValueError(
+            f"{name} must be {expected}-D {layout}, got shape {tuple(array.shape)}"
+        )
+
+
+def shape_equals(array, name, expected, layout):
+    if tuple(array.shape) != tuple(expected):
+        raise ValueError(
+            f"{name} must have shape {tuple(expected)} {layout}, got {tuple(array.shape)}"
+        )
+
+
+def needs(value, allowed, name="needs"):
+    """Normalise the ``needs`` keyword (an iterable of gradient names) to a frozenset."""
+    if isinstance(value, str):
+        value = (value,)
+    try:
+        wanted = frozenset(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an iterable of names from {allowed}, got {value!r}") from None
+    unknown = sorted(str(w) for w in wanted - frozenset(allowed))
+    if unknown:
+        raise ValueError(f"{name} names unknown gradients {unknown}; expected names from {allowed}")
+    return wanted
+
+
+def conv_output_size(size, kernel, stride, padding, dilation, what):
+    """Output length of a strided, dilated, padded correlation (torch's formula)."""
+    out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    if out < 1:
+        raise ValueError(
+            f"output {what} would be {out} (< 1): input {what} {size}, padding {padding}, "
+            f"dilated kernel {dilation * (kernel - 1) + 1}, stride {stride}"
+        )
+    return out

@@ -1,0 +1,28 @@
+"""Tunables, in one place so tests can patch them (tiny budgets force chunking).
+
+Read at call time, never cached at import, so ``monkeypatch.setattr(config, ...)``
+takes effect on the next call.
+"""
+
+#: Upper bound, in bytes, on the scratch buffers an im2col-style call holds at
+#: once (the column buffer, and in a backward pass its gradient too). Work is
+#: split over images, and over output rows of one image when a single image
+#: does not fit, so peak extra memory stays bounded for any batch size. Sized so
+#: that a chunk stays in this machine class's L3 cache (32 MiB shared).
+column_budget_bytes = 16 * 2**20
+
+#: Output pixels handled per tile by the CPU deformable kernels: the sampling
+#: weights of one tile are computed once and reused for every channel of an
+#: offset group, and must stay in L1.
+cpu_tile_pixels = 256
+
+#: Work items per Numba thread that the CPU kernels aim for when they split the
+#: channels of a group into blocks (load balance against repeated weight maths).
+cpu_items_per_thread = 4
+
+#: CUDA launch shape: threads per block for the one-dimensional kernels.
+cuda_threads_per_block = 256
+
+#: Compile CUDA kernels with fast-math (approximate division, flush-to-zero).
+#: Off by default: it changes results in the last bits.
+cuda_fastmath = False

@@ -1,0 +1,109 @@
+"""2-D convolution (cross-correlation) with stride, padding, dilation and groups.
+
+Dilated ("atrous") convolution: Yu & Koltun, "Multi-Scale Context Aggregation by
+Dilated Convolutions", ICLR 2016. Semantics follow ``torch.nn.functional.conv2d``.
+"""
+
+from typing import NamedTuple
+
+from . import _columns, _validate
+from ._arrays import array_module, common_float_dtype
+from ._backends import launchers
+from ._geometry import check_grad_output, conv_geometry
+
+
+class Conv2dGrads(NamedTuple):
+    """Gradients of :func:`conv2d`; an entry not asked for is None."""
+
+    input: object
+    weight: object
+    bias: object
+
+
+CONV2D_GRADS = Conv2dGrads._fields
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
+
+    Parameters
+    ----------
+    input : ndarray, (N, C, H, W)
+    weight : ndarray, (O, C/groups, kh, kw)
+    bias : ndarray, (O,), optional
+    stride, padding, dilation : int or (int, int)
+        Padding is zeros, added on both sides.
+    groups : int
+        C and O must be divisible by it.
+
+    Returns
+    -------
+    ndarray, (N, O, Ho, Wo)
+        ``Ho = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1``, likewise ``Wo``.
+        Same array type (NumPy or CuPy) and dtype (float32 or float64) as input.
+
+    See Also
+    --------
+    torch.nn.functional.conv2d : the function this mirrors.
+    conv2d_backward : its vector-Jacobian product.
+    """
+    xp = array_module(input=input, weight=weight, bias=bias)
+    dtype = common_float_dtype(input=input, weight=weight, bias=bias)
+    geom = conv_geometry(input, weight, bias, stride, padding, dilation, groups)
+    out = xp.empty(geom.out_shape, dtype)
+    chunks = _columns.chunks_for(geom, dtype, buffers=1)
+    if chunks:
+        columns = launchers(xp).DenseColumns(input, geom.kernel, geom.stride, geom.padding,
+                                             geom.dilation, geom.out_w)
+        _columns.forward(xp, out, xp.ascontiguousarray(weight), geom.groups, chunks, columns.fill)
+    if bias is not None:
+        out += bias.reshape(1, -1, 1, 1)
+    return out
+
+
+def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, *,
+                    needs=CONV2D_GRADS):
+    """Vector-Jacobian product of :func:`conv2d`.
+
+    Parameters
+    ----------
+    grad_output : ndarray, (N, O, Ho, Wo)
+    input, weight, stride, padding, dilation, groups
+        As given to :func:`conv2d`.
+    needs : iterable of {"input", "weight", "bias"}
+        The gradients to compute; the others are returned as None.
+
+    Returns
+    -------
+    Conv2dGrads
+        ``input`` (N, C, H, W), ``weight`` (O, C/groups, kh, kw), ``bias`` (O,).
+
+    See Also
+    --------
+    torch.nn.grad.conv2d_input, torch.nn.grad.conv2d_weight : the PyTorch equivalents.
+    """
+    wanted = _validate.needs(needs, CONV2D_GRADS)
+    xp = array_module(grad_output=grad_output, input=input, weight=weight)
+    dtype = common_float_dtype(grad_output=grad_output, input=input, weight=weight)
+    geom = conv_geometry(input, weight, None, stride, padding, dilation, groups)
+    check_grad_output(grad_output, geom)
+    want_input, want_weight = "input" in wanted, "weight" in wanted
+    grad_input = grad_weight = None
+    chunks = _columns.chunks_for(geom, dtype, buffers=want_input + want_weight)
+    if chunks and (want_input or want_weight):
+        columns = launchers(xp).DenseColumns(input, geom.kernel, geom.stride, geom.padding,
+                                             geom.dilation, geom.out_w)
+        if want_input:
+            columns.new_input_grad()
+        grad_weight = _columns.backward(
+            xp, grad_output, xp.ascontiguousarray(weight), geom.groups, chunks, columns.fill,
+            columns.scatter_input_grad, want_weight, want_input)
+        if want_input:
+            grad_input = columns.input_grad()
+    if want_input and grad_input is None:
+        grad_input = xp.zeros(input.shape, dtype)
+    if want_weight and grad_weight is None:
+        grad_weight = xp.zeros(weight.shape, dtype)
+    grad_bias = grad_output.sum(axis=(0, 2, 3)) if "bias" in wanted else None
+    return Conv2dGrads(grad_input, grad_weight, grad_bias)
+

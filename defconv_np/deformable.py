@@ -1,0 +1,172 @@
+"""Deformable convolution v1 and modulated deformable convolution v2.
+
+v1: Dai et al., "Deformable Convolutional Networks", ICCV 2017.
+v2: Zhu et al., "Deformable ConvNets v2: More Deformable, Better Results",
+CVPR 2019 (the ``mask``). Semantics follow ``torchvision.ops.deform_conv2d``
+index for index, including its boundary rule (a sample at ``y <= -1``,
+``y >= H``, ``x <= -1`` or ``x >= W`` is zero) and its offset gradient, taken
+in the cell of ``floor(y), floor(x)``.
+"""
+
+from typing import NamedTuple
+
+from . import _columns, _validate
+from ._arrays import array_module, common_float_dtype
+from ._backends import launchers
+from ._geometry import check_grad_output, conv_geometry
+
+
+class DeformConv2dGrads(NamedTuple):
+    """Gradients of :func:`deform_conv2d`; an entry not asked for is None, and
+    ``mask`` is None when the forward had no mask."""
+
+    input: object
+    offset: object
+    mask: object
+    weight: object
+    bias: object
+
+
+DEFORM_CONV2D_GRADS = DeformConv2dGrads._fields
+
+
+def _check(input, offset, weight, bias, mask, stride, padding, dilation):
+    geom = conv_geometry(input, weight, bias, stride, padding, dilation, None)
+    _validate.ndim(offset, "offset", 4, "(N, 2*G*kh*kw, Ho, Wo)")
+    points = geom.kernel_points
+    n_off = offset.shape[1]
+    if n_off == 0 or n_off % (2 * points):
+        raise ValueError(
+            f"offset.shape[1] must be a positive multiple of 2*kh*kw = {2 * points} "
+            f"(2 * offset groups * kernel points), got {n_off}")
+    offset_groups = n_off // (2 * points)
+    if geom.channels % offset_groups:
+        raise ValueError(
+            f"input channels ({geom.channels}) must be divisible by the offset groups "
+            f"({offset_groups} = offset.shape[1] / (2*kh*kw))")
+    expected = (geom.batch, n_off, geom.out_h, geom.out_w)
+    _validate.shape_equals(offset, "offset", expected, "(N, 2*G*kh*kw, Ho, Wo)")
+    if mask is not None:
+        _validate.ndim(mask, "mask", 4, "(N, G*kh*kw, Ho, Wo)")
+        _validate.shape_equals(mask, "mask", (geom.batch, offset_groups * points, geom.out_h,
+                                              geom.out_w), "(N, G*kh*kw, Ho, Wo)")
+    return geom
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+    """Deformable 2-D convolution (v1), or modulated (v2) when ``mask`` is given.
+
+    Parameters
+    ----------
+    input : ndarray, (N, C, H, W)
+    offset : ndarray, (N, 2*G*kh*kw, Ho, Wo)
+        Per output pixel and kernel point ``(i, j)`` of offset group ``g``, the
+        displacement ``dy`` at channel ``2*(g*kh*kw + i*kw + j)`` and ``dx`` at the
+        next one. Input channel ``c`` belongs to offset group ``c // (C/G)``.
+    weight : ndarray, (O, C/groups, kh, kw)
+        Weight groups are inferred as ``C // weight.shape[1]``.
+    bias : ndarray, (O,), optional
+    stride, padding, dilation : int or (int, int)
+    mask : ndarray, (N, G*kh*kw, Ho, Wo), optional
+        Modulation scalars, multiplied as given (apply a sigmoid yourself).
+
+    Returns
+    -------
+    ndarray, (N, O, Ho, Wo)
+        ``out[n, o] = bias[o] + sum_{c,i,j} weight[o, c, i, j] * mask * x(n, c, y, x)``
+        sampled at ``y = ho*sh - ph + i*dh + dy``, ``x = wo*sw - pw + j*dw + dx``
+        with zero-padded bilinear interpolation.
+
+    Notes
+    -----
+    A sample with ``y <= -1``, ``y >= H``, ``x <= -1`` or ``x >= W`` is 0;
+    inside that window, corners outside the image count as 0. Any offset value
+    is safe: NaN, infinities and huge values (1e30) all fall outside the window,
+    so such a sample is 0 (with zero offset and mask gradients).
+
+    See Also
+    --------
+    torchvision.ops.deform_conv2d : the function this mirrors.
+    deform_conv2d_backward : its vector-Jacobian product.
+    """
+    xp = array_module(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
+    dtype = common_float_dtype(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
+    geom = _check(input, offset, weight, bias, mask, stride, padding, dilation)
+    out = xp.empty(geom.out_shape, dtype)
+    chunks = _columns.chunks_for(geom, dtype, buffers=1)
+    if chunks:
+        columns = launchers(xp).DeformColumns(input, offset, mask, geom.kernel, geom.stride,
+                                              geom.padding, geom.dilation)
+        _columns.forward(xp, out, xp.ascontiguousarray(weight), geom.groups, chunks, columns.fill)
+    if bias is not None:
+        out += bias.reshape(1, -1, 1, 1)
+    return out
+
+
+def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding=0, dilation=1,
+                           mask=None, *, needs=DEFORM_CONV2D_GRADS):
+    """Vector-Jacobian product of :func:`deform_conv2d`.
+
+    Parameters
+    ----------
+    grad_output : ndarray, (N, O, Ho, Wo)
+    input, offset, weight, stride, padding, dilation, mask
+        As given to :func:`deform_conv2d`.
+    needs : iterable of {"input", "offset", "mask", "weight", "bias"}
+        The gradients to compute; the others are returned as None. Skipping
+        "weight" skips re-building the columns; skipping "input", "offset" and
+        "mask" skips the column-gradient GEMM.
+
+    Returns
+    -------
+    DeformConv2dGrads
+        ``input`` (N, C, H, W), ``offset`` (N, 2*G*kh*kw, Ho, Wo), ``mask``
+        (N, G*kh*kw, Ho, Wo) or None without a mask, ``weight`` (O, C/groups,
+        kh, kw), ``bias`` (O,).
+
+    Notes
+    -----
+    The offset gradient is the derivative of the bilinear sample in the cell of
+    ``floor(y), floor(x)`` (torchvision's rule): at integer coordinates, where
+    the sample is not differentiable, it is the one-sided derivative towards
+    larger coordinates. Samples outside the window get zero offset and mask
+    gradients. The input gradient is the exact adjoint of the forward sampling.
+    """
+    wanted = _validate.needs(needs, DEFORM_CONV2D_GRADS)
+    xp = array_module(grad_output=grad_output, input=input, offset=offset, weight=weight,
+                      mask=mask)
+    dtype = common_float_dtype(grad_output=grad_output, input=input, offset=offset,
+                               weight=weight, mask=mask)
+    geom = _check(input, offset, weight, None, mask, stride, padding, dilation)
+    check_grad_output(grad_output, geom)
+    want_input, want_weight = "input" in wanted, "weight" in wanted
+    want_offset = "offset" in wanted
+    want_mask = "mask" in wanted and mask is not None
+    want_columns = want_input or want_offset or want_mask
+    grad_input = grad_weight = None
+    grad_offset = xp.zeros(offset.shape, dtype) if want_offset else None
+    grad_mask = xp.zeros(mask.shape, dtype) if want_mask else None
+    chunks = _columns.chunks_for(geom, dtype, buffers=want_columns + want_weight)
+    if chunks and (want_columns or want_weight):
+        columns = launchers(xp).DeformColumns(input, offset, mask, geom.kernel, geom.stride,
+                                              geom.padding, geom.dilation)
+        if want_input:
+            columns.new_input_grad()
+
+        def use_grad_columns(chunk, grad_cols):
+            if want_input:
+                columns.scatter_input_grad(chunk, grad_cols)
+            if want_offset or want_mask:
+                columns.coordinate_grads(chunk, grad_cols, grad_offset, grad_mask)
+
+        grad_weight = _columns.backward(
+            xp, grad_output, xp.ascontiguousarray(weight), geom.groups, chunks, columns.fill,
+            use_grad_columns, want_weight, want_columns)
+        if want_input:
+            grad_input = columns.input_grad()
+    if want_input and grad_input is None:
+        grad_input = xp.zeros(input.shape, dtype)
+    if want_weight and grad_weight is None:
+        grad_weight = xp.zeros(weight.shape, dtype)
+    grad_bias = grad_output.sum(axis=(0, 2, 3)) if "bias" in wanted else None
+    return DeformConv2dGrads(grad_input, grad_offset, grad_mask, grad_weight, grad_bias)

@@ -1,0 +1,3 @@
+"""Compute kernels. ``sampling`` holds the per-point maths, written once as plain
+Python and compiled for each target; ``cpu`` holds Numba ``prange`` kernels and
+``cuda`` Numba CUDA kernels (imported only when a CuPy array arrives)."""

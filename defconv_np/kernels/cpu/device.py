@@ -1,0 +1,12 @@
+"""The shared per-point maths (``kernels.sampling``) compiled for the CPU."""
+
+from numba import njit
+
+from .. import sampling
+
+_inline = njit(inline="always", cache=True, nogil=True)
+
+deform_tap = _inline(sampling.deform_tap)
+bilinear_weights = _inline(sampling.bilinear_weights)
+bilinear_value = _inline(sampling.bilinear_value)
+bilinear_coordinate_grads = _inline(sampling.bilinear_coordinate_grads)

@@ -1,0 +1,34 @@
+"""Hypothesis profiles and shared fixtures.
+
+Pick a profile with ``HYPOTHESIS_PROFILE=dev|ci|thorough`` (default ``ci``).
+Deadlines are off everywhere: the first call of each kernel JIT-compiles it
+with Numba, which takes seconds.
+"""
+
+import os
+
+import pytest
+from hypothesis import settings
+
+import defconv_np as dc
+
+settings.register_profile("dev", max_examples=15, deadline=None)
+settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True, print_blob=True)
+settings.register_profile("thorough", max_examples=300, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+#: Far below one output row of the smallest problem, so every call is split
+#: over images and over output rows.
+SMALL_COLUMN_BUDGET_BYTES = 256
+
+
+@pytest.fixture
+def small_budget(monkeypatch):
+    """Shrink the column budget so tiny inputs are processed in many chunks.
+
+    Returns the budget that was configured before, so a test can compute an
+    unchunked result with ``mock.patch.object(dc.config, "column_budget_bytes", it)``.
+    """
+    original = dc.config.column_budget_bytes
+    monkeypatch.setattr(dc.config, "column_budget_bytes", SMALL_COLUMN_BUDGET_BYTES)
+    return original

@@ -1,0 +1,284 @@
+"""Slow, obviously-correct float64 references for the ops under test.
+
+Everything here is plain Python loops, or ``np.einsum`` over samples gathered by
+plain loops, so that each line can be checked against the definition of the op
+(torch.nn.functional.conv2d and torchvision.ops.deform_conv2d). Speed does not
+matter: the tests only use tiny shapes.
+"""
+
+import math
+
+import numpy as np
+
+
+def pair(value):
+    """``3 -> (3, 3)``, ``(1, 2) -> (1, 2)``, like torchvision's ``_pair``."""
+    if isinstance(value, (int, np.integer)):
+        return (int(value), int(value))
+    first, second = value
+    return (int(first), int(second))
+
+
+def conv_output_size(size, kernel, stride, padding, dilation):
+    """Output length of a strided, dilated, zero-padded correlation (torch's formula)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+# --------------------------------------------------------------------------- conv2d
+
+
+def naive_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """float64 reference for ``torch.nn.functional.conv2d`` (a cross-correlation)."""
+    x = np.asarray(input, dtype=np.float64)
+    w = np.asarray(weight, dtype=np.float64)
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    n_images, channels, height, width = x.shape
+    out_channels, channels_per_group, kh, kw = w.shape
+    assert channels == channels_per_group * groups and out_channels % groups == 0
+    out_per_group = out_channels // groups
+    out_h = conv_output_size(height, kh, sh, ph, dh)
+    out_w = conv_output_size(width, kw, sw, pw, dw)
+
+    padded = np.zeros((n_images, channels, height + 2 * ph, width + 2 * pw))
+    padded[:, :, ph : ph + height, pw : pw + width] = x
+    out = np.zeros((n_images, out_channels, out_h, out_w))
+    for n in range(n_images):
+        for o in range(out_channels):
+            first = (o // out_per_group) * channels_per_group
+            for ho in range(out_h):
+                for wo in range(out_w):
+                    # The receptive field: kh x kw taps, dilation apart, at the
+                    # strided top-left corner (ho * sh, wo * sw) of the padded image.
+                    window = padded[
+                        n,
+                        first : first + channels_per_group,
+                        ho * sh : ho * sh + dh * (kh - 1) + 1 : dh,
+                        wo * sw : wo * sw + dw * (kw - 1) + 1 : dw,
+                    ]
+                    out[n, o, ho, wo] = np.sum(w[o] * window)
+    if bias is not None:
+        out += np.asarray(bias, dtype=np.float64)[None, :, None, None]
+    return out
+
+
+# --------------------------------------------------------------- bilinear sampling
+
+
+def inside_sampling_window(y, x, height, width):
+    """Whether a sample at (y, x) can touch the image at all (False for NaN and inf)."""
+    return -1.0 < y < height and -1.0 < x < width
+
+
+def bilinear_corners(y, x, height, width):
+    """The in-image corners of the floor cell of (y, x), each with its bilinear weight.
+
+    Returns a list of ``(row, col, weight)``; corners outside the image are left
+    out, which is what zero padding means.
+    """
+    y0, x0 = math.floor(y), math.floor(x)
+    ly, lx = y - y0, x - x0
+    corners = []
+    for a, weight_y in ((0, 1.0 - ly), (1, ly)):
+        for b, weight_x in ((0, 1.0 - lx), (1, lx)):
+            row, col = y0 + a, x0 + b
+            if 0 <= row < height and 0 <= col < width:
+                corners.append((row, col, weight_y * weight_x))
+    return corners
+
+
+def naive_bilinear_sample(img2d, y, x):
+    """Zero-padded bilinear sample of a 2-D image at (y, x), torchvision's rule."""
+    height, width = img2d.shape
+    if not inside_sampling_window(y, x, height, width):
+        return 0.0
+    return sum(weight * float(img2d[row, col]) for row, col, weight in bilinear_corners(y, x, height, width))
+
+
+def naive_bilinear_coordinate_grad(img2d, y, x):
+    """(d sample / dy, d sample / dx) by torchvision's floor-cell rule.
+
+    The derivative of the bilinear form on the floor cell of (y, x), corners
+    outside the image counting 0; 0 outside the sampling window (and for NaN).
+    """
+    height, width = img2d.shape
+    if not inside_sampling_window(y, x, height, width):
+        return 0.0, 0.0
+    y0, x0 = math.floor(y), math.floor(x)
+    ly, lx = y - y0, x - x0
+
+    def corner(a, b):
+        row, col = y0 + a, x0 + b
+        return float(img2d[row, col]) if 0 <= row < height and 0 <= col < width else 0.0
+
+    v00, v01, v10, v11 = corner(0, 0), corner(0, 1), corner(1, 0), corner(1, 1)
+    d_dy = (1.0 - lx) * (v10 - v00) + lx * (v11 - v01)
+    d_dx = (1.0 - ly) * (v01 - v00) + ly * (v11 - v10)
+    return d_dy, d_dx
+
+
+# ---------------------------------------------------------------- deform_conv2d
+
+
+class _DeformGeometry:
+    """Shapes and float64 copies of one deform_conv2d call's arguments."""
+
+    def __init__(self, input, offset, weight, stride, padding, dilation, mask):
+        self.x = np.asarray(input, dtype=np.float64)
+        self.offset = np.asarray(offset, dtype=np.float64)
+        self.weight = np.asarray(weight, dtype=np.float64)
+        self.n_images, self.channels, self.height, self.width = self.x.shape
+        self.out_channels, self.channels_per_group, self.kh, self.kw = self.weight.shape
+        self.groups = self.channels // self.channels_per_group
+        self.out_per_group = self.out_channels // self.groups
+        self.offset_groups = self.offset.shape[1] // (2 * self.kh * self.kw)
+        self.channels_per_offset_group = self.channels // self.offset_groups
+        self.out_h, self.out_w = self.offset.shape[2:]
+        (self.sh, self.sw), (self.ph, self.pw), (self.dh, self.dw) = (
+            pair(stride),
+            pair(padding),
+            pair(dilation),
+        )
+        assert self.out_h == conv_output_size(self.height, self.kh, self.sh, self.ph, self.dh)
+        assert self.out_w == conv_output_size(self.width, self.kw, self.sw, self.pw, self.dw)
+        if mask is None:
+            mask = np.ones((self.n_images, self.offset_groups * self.kh * self.kw, self.out_h, self.out_w))
+        self.mask = np.asarray(mask, dtype=np.float64)
+
+    def sample_points(self):
+        """Yield ``(n, g, i, j, ho, wo, k, y, x)`` for every sample position.
+
+        ``k = g*kh*kw + i*kw + j`` indexes the kernel point in ``mask``;
+        ``offset[:, 2k]`` is its dy and ``offset[:, 2k + 1]`` its dx.
+        """
+        for n, g, i, j, ho, wo in np.ndindex(
+            self.n_images, self.offset_groups, self.kh, self.kw, self.out_h, self.out_w
+        ):
+            k = g * self.kh * self.kw + i * self.kw + j
+            y = ho * self.sh - self.ph + i * self.dh + self.offset[n, 2 * k, ho, wo]
+            x = wo * self.sw - self.pw + j * self.dw + self.offset[n, 2 * k + 1, ho, wo]
+            yield n, g, i, j, ho, wo, k, y, x
+
+    def channels_of_offset_group(self, g):
+        return range(g * self.channels_per_offset_group, (g + 1) * self.channels_per_offset_group)
+
+    def samples(self):
+        """samples[n, c, i, j, ho, wo]: input[n, c] sampled at kernel point (i, j) of (ho, wo)."""
+        out = np.zeros((self.n_images, self.channels, self.kh, self.kw, self.out_h, self.out_w))
+        for n, g, i, j, ho, wo, _, y, x in self.sample_points():
+            for c in self.channels_of_offset_group(g):
+                out[n, c, i, j, ho, wo] = naive_bilinear_sample(self.x[n, c], y, x)
+        return out
+
+    def mask_per_channel(self):
+        """mask[n, c, i, j, ho, wo]: the mask value that multiplies samples[n, c, i, j, ho, wo]."""
+        by_group = self.mask.reshape(self.n_images, self.offset_groups, self.kh, self.kw, self.out_h, self.out_w)
+        return np.repeat(by_group, self.channels_per_offset_group, axis=1)
+
+    def weight_groups(self):
+        """Yield ``(out_slice, in_slice)`` for each of the ``groups`` weight groups."""
+        for g in range(self.groups):
+            yield (
+                slice(g * self.out_per_group, (g + 1) * self.out_per_group),
+                slice(g * self.channels_per_group, (g + 1) * self.channels_per_group),
+            )
+
+
+def naive_deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+    """float64 reference for ``torchvision.ops.deform_conv2d`` (mask used as given)."""
+    geo = _DeformGeometry(input, offset, weight, stride, padding, dilation, mask)
+    columns = geo.samples() * geo.mask_per_channel()
+    out = np.zeros((geo.n_images, geo.out_channels, geo.out_h, geo.out_w))
+    for outs, ins in geo.weight_groups():
+        out[:, outs] = np.einsum("ocij,ncijhw->nohw", geo.weight[outs], columns[:, ins])
+    if bias is not None:
+        out += np.asarray(bias, dtype=np.float64)[None, :, None, None]
+    return out
+
+
+def naive_deform_conv2d_grads(grad_output, input, offset, weight, stride=1, padding=0, dilation=1, mask=None):
+    """float64 gradients of ``sum(grad_output * deform_conv2d(...))``.
+
+    Returns a dict with keys ``input, offset, mask, weight, bias`` (``mask`` is
+    None when ``mask`` is None). The offset gradient follows torchvision's
+    floor-cell rule (see :func:`naive_bilinear_coordinate_grad`).
+    """
+    geo = _DeformGeometry(input, offset, weight, stride, padding, dilation, mask)
+    go = np.asarray(grad_output, dtype=np.float64)
+    samples = geo.samples()
+    mask_c = geo.mask_per_channel()
+    columns = samples * mask_c
+
+    # d loss / d columns[n, c, i, j, ho, wo], columns = mask * sample.
+    grad_columns = np.zeros_like(columns)
+    grad_weight = np.zeros_like(geo.weight)
+    for outs, ins in geo.weight_groups():
+        grad_columns[:, ins] = np.einsum("nohw,ocij->ncijhw", go[:, outs], geo.weight[outs])
+        grad_weight[outs] = np.einsum("nohw,ncijhw->ocij", go[:, outs], columns[:, ins])
+
+    grad_mask_c = grad_columns * samples
+    grad_mask = grad_mask_c.reshape(
+        geo.n_images, geo.offset_groups, geo.channels_per_offset_group, geo.kh, geo.kw, geo.out_h, geo.out_w
+    ).sum(axis=2)
+    grad_mask = grad_mask.reshape(geo.mask.shape)
+
+    grad_input = np.zeros_like(geo.x)
+    grad_offset = np.zeros_like(geo.offset)
+    for n, g, i, j, ho, wo, k, y, x in geo.sample_points():
+        if not inside_sampling_window(y, x, geo.height, geo.width):
+            continue
+        corners = bilinear_corners(y, x, geo.height, geo.width)
+        for c in geo.channels_of_offset_group(g):
+            grad_sample = grad_columns[n, c, i, j, ho, wo] * geo.mask[n, k, ho, wo]
+            for row, col, corner_weight in corners:
+                grad_input[n, c, row, col] += grad_sample * corner_weight
+            d_dy, d_dx = naive_bilinear_coordinate_grad(geo.x[n, c], y, x)
+            grad_offset[n, 2 * k, ho, wo] += grad_sample * d_dy
+            grad_offset[n, 2 * k + 1, ho, wo] += grad_sample * d_dx
+
+    return {
+        "input": grad_input,
+        "offset": grad_offset,
+        "mask": None if mask is None else grad_mask,
+        "weight": grad_weight,
+        "bias": go.sum(axis=(0, 2, 3)),
+    }
+
+
+# ------------------------------------------------------- comparing with references
+
+
+def tolerance(dtype):
+    """Relative tolerance of a result in ``dtype`` against a float64 reference.
+
+    float64 results agree to rounding of a few hundred terms; float32 ones to
+    ~1e-4 of the magnitude of the result.
+    """
+    return 1e-10 if np.dtype(dtype) == np.float64 else 1e-4
+
+
+def assert_close(actual, expected, *, dtype, err_msg=""):
+    """``actual`` (computed in ``dtype``) matches the float64 ``expected``.
+
+    The absolute tolerance scales with the largest magnitude in ``expected`` (at
+    least 1), since the error of a sum follows its terms, not its (possibly
+    cancelled) value.
+    """
+    assert actual.shape == expected.shape, (actual.shape, expected.shape, err_msg)
+    rtol = tolerance(dtype)
+    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+    np.testing.assert_allclose(
+        np.asarray(actual, dtype=np.float64), expected, rtol=rtol, atol=rtol * scale, err_msg=err_msg
+    )
+
+
+def assert_same_up_to_summation_order(actual, expected, *, err_msg=""):
+    """Two results of the same op in the same dtype that may sum in a different order.
+
+    Splitting work into chunks (or across threads) may reorder a reduction, so
+    the last bits may differ; anything beyond a few ulps of the magnitude is a bug.
+    """
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype, err_msg)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape, err_msg)
+    rtol = 1e-12 if expected.dtype == np.float64 else 1e-5
+    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale, err_msg=err_msg)

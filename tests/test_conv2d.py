@@ -1,0 +1,224 @@
+"""conv2d and conv2d_backward against float64 loops, SciPy and their own linearity."""
+
+from unittest import mock
+
+import numpy as np
+import pytest
+import scipy.signal
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import defconv_np as dc
+from tests.naive import assert_close, assert_same_up_to_summation_order, conv_output_size, naive_conv2d, pair
+from tests.strategies import FLOAT64_ONLY, conv2d_problems, numpy_generators
+
+ALL_GRADS = ("input", "weight", "bias")
+
+
+def scipy_conv2d(input, weight, bias, stride, padding, dilation, groups):
+    """Second, independent reference: SciPy's correlation with the dilated kernel.
+
+    A dilated kernel is the kernel with dilation - 1 zeros between taps; a
+    strided output is every stride-th output of the stride-1 correlation.
+    """
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    x = np.pad(np.asarray(input, np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    w = np.asarray(weight, np.float64)
+    out_channels, channels_per_group, kh, kw = w.shape
+    dilated = np.zeros((out_channels, channels_per_group, dh * (kh - 1) + 1, dw * (kw - 1) + 1))
+    dilated[:, :, ::dh, ::dw] = w
+    out_h = conv_output_size(x.shape[2] - 2 * ph, kh, sh, ph, dh)
+    out_w = conv_output_size(x.shape[3] - 2 * pw, kw, sw, pw, dw)
+    out_per_group = out_channels // groups
+    out = np.zeros((x.shape[0], out_channels, out_h, out_w))
+    for n in range(x.shape[0]):
+        for o in range(out_channels):
+            first = (o // out_per_group) * channels_per_group
+            # 'valid' over the channel axis too: the kernel spans all of its group's channels.
+            full = scipy.signal.correlate(
+                x[n, first : first + channels_per_group], dilated[o], mode="valid", method="direct"
+            )
+            out[n, o] = full[0, ::sh, ::sw]
+    if bias is not None:
+        out += np.asarray(bias, np.float64)[None, :, None, None]
+    return out
+
+
+def backward(problem, grad_output=None, *, input=None, weight=None, needs=ALL_GRADS):
+    return dc.conv2d_backward(
+        problem.grad_output if grad_output is None else grad_output,
+        problem.input if input is None else input,
+        problem.weight if weight is None else weight,
+        **problem.hyper,
+        needs=needs,
+    )
+
+
+def forward(problem, *, input=None, weight=None, bias="problem"):
+    return dc.conv2d(
+        problem.input if input is None else input,
+        problem.weight if weight is None else weight,
+        problem.bias if isinstance(bias, str) else bias,
+        **problem.hyper,
+    )
+
+
+@given(problem=conv2d_problems())
+def test_forward_matches_naive(problem):
+    out = forward(problem)
+    assert out.dtype == problem.input.dtype
+    assert type(out) is np.ndarray
+    expected = naive_conv2d(problem.input, problem.weight, problem.bias, **problem.hyper)
+    assert_close(out, expected, dtype=problem.input.dtype)
+
+
+@given(problem=conv2d_problems())
+def test_forward_matches_scipy(problem):
+    expected = scipy_conv2d(problem.input, problem.weight, problem.bias, **problem.hyper)
+    assert_close(forward(problem), expected, dtype=problem.input.dtype)
+
+
+@given(problem=conv2d_problems(dtypes=FLOAT64_ONLY, with_bias=False), rng=numpy_generators())
+def test_input_grad_is_adjoint_of_forward(problem, rng):
+    # conv2d is linear in its input: <conv2d(v, w), u> == <v, J^T u>.
+    v = rng.uniform(-1, 1, problem.input.shape)
+    lhs = np.vdot(forward(problem, input=v), problem.grad_output)
+    rhs = np.vdot(v, backward(problem, input=v, needs=("input",)).input)
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-10, atol=1e-10 * max(1.0, v.size))
+
+
+@given(problem=conv2d_problems(dtypes=FLOAT64_ONLY, with_bias=False), rng=numpy_generators())
+def test_weight_grad_is_adjoint_of_forward(problem, rng):
+    v = rng.uniform(-1, 1, problem.weight.shape)
+    lhs = np.vdot(forward(problem, weight=v), problem.grad_output)
+    rhs = np.vdot(v, backward(problem, weight=v, needs=("weight",)).weight)
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-10, atol=1e-10 * max(1.0, problem.grad_output.size))
+
+
+@given(problem=conv2d_problems())
+def test_bias_grad_is_sum_of_grad_output(problem):
+    grads = backward(problem, needs=("bias",))
+    assert grads.bias.dtype == problem.input.dtype
+    assert_close(grads.bias, problem.grad_output.astype(np.float64).sum(axis=(0, 2, 3)), dtype=problem.input.dtype)
+
+
+@given(problem=conv2d_problems(dtypes=FLOAT64_ONLY, with_bias=True), rng=numpy_generators())
+def test_grads_match_central_finite_differences(problem, rng):
+    """A few entries of each gradient against (L(a + eps) - L(a - eps)) / 2 eps."""
+    eps = 1e-6
+    grads = backward(problem)
+
+    def loss(**arrays):
+        return np.vdot(
+            dc.conv2d(arrays["input"], arrays["weight"], arrays["bias"], **problem.hyper), problem.grad_output
+        )
+
+    arrays = {"input": problem.input, "weight": problem.weight, "bias": problem.bias}
+    for name, analytic in zip(ALL_GRADS, grads):
+        if arrays[name].size == 0:
+            continue
+        for flat in rng.choice(arrays[name].size, size=min(3, arrays[name].size), replace=False):
+            index = np.unravel_index(flat, arrays[name].shape)
+            plus, minus = dict(arrays), dict(arrays)
+            plus[name], minus[name] = arrays[name].copy(), arrays[name].copy()
+            plus[name][index] += eps
+            minus[name][index] -= eps
+            numeric = (loss(**plus) - loss(**minus)) / (2 * eps)
+            np.testing.assert_allclose(analytic[index], numeric, rtol=1e-6, atol=1e-7, err_msg=f"{name}{index}")
+
+
+@given(problem=conv2d_problems(dtypes=(np.dtype(np.float32),), with_bias=True))
+def test_float32_agrees_with_float64(problem):
+    as64 = {name: None if a is None else a.astype(np.float64) for name, a in
+            dict(input=problem.input, weight=problem.weight, bias=problem.bias, go=problem.grad_output).items()}
+    out32 = forward(problem)
+    out64 = dc.conv2d(as64["input"], as64["weight"], as64["bias"], **problem.hyper)
+    assert out32.dtype == np.float32 and out64.dtype == np.float64
+    assert_close(out32, out64, dtype=np.float32)
+    grads32 = backward(problem)
+    grads64 = dc.conv2d_backward(as64["go"], as64["input"], as64["weight"], **problem.hyper)
+    for name, g32, g64 in zip(ALL_GRADS, grads32, grads64):
+        assert g32.dtype == np.float32, name
+        assert_close(g32, g64, dtype=np.float32, err_msg=name)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the budget is the same for every example
+@given(problem=conv2d_problems())
+def test_chunked_equals_unchunked(problem, small_budget):
+    chunked_out, chunked_grads = forward(problem), backward(problem)
+    with mock.patch.object(dc.config, "column_budget_bytes", small_budget):
+        whole_out, whole_grads = forward(problem), backward(problem)
+    assert_same_up_to_summation_order(chunked_out, whole_out)
+    for name, chunked, whole in zip(ALL_GRADS, chunked_grads, whole_grads):
+        assert_same_up_to_summation_order(chunked, whole, err_msg=name)
+
+
+@given(problem=conv2d_problems(), needs=st.sets(st.sampled_from(ALL_GRADS)))
+def test_needs_selects_gradients(problem, needs):
+    everything = backward(problem)
+    assert isinstance(everything, dc.Conv2dGrads)
+    assert everything._fields == ALL_GRADS
+    some = backward(problem, needs=tuple(sorted(needs)))
+    for name in ALL_GRADS:
+        if name in needs:
+            np.testing.assert_array_equal(getattr(some, name), getattr(everything, name), err_msg=name)
+        else:
+            assert getattr(some, name) is None, name
+
+
+@given(problem=conv2d_problems(with_bias=True))
+def test_grad_shapes_and_dtypes(problem):
+    grads = backward(problem)
+    for name, grad, like in zip(ALL_GRADS, grads, (problem.input, problem.weight, problem.bias)):
+        assert type(grad) is np.ndarray, name
+        assert grad.shape == like.shape and grad.dtype == like.dtype, name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_empty_batch(dtype):
+    x = np.zeros((0, 4, 5, 6), dtype)
+    w = np.ones((6, 2, 3, 2), dtype)
+    b = np.ones(6, dtype)
+    out = dc.conv2d(x, w, b, stride=(2, 1), padding=1, groups=2)
+    assert out.shape == (0, 6, 3, 7) and out.dtype == dtype
+    grads = dc.conv2d_backward(np.zeros(out.shape, dtype), x, w, stride=(2, 1), padding=1, groups=2)
+    assert grads.input.shape == x.shape
+    np.testing.assert_array_equal(grads.weight, np.zeros_like(w))
+    np.testing.assert_array_equal(grads.bias, np.zeros_like(b))
+
+
+def test_unusual_layouts_give_the_same_results():
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-1, 1, (2, 4, 6, 5))
+    w = rng.uniform(-1, 1, (4, 2, 3, 2))
+    go = rng.uniform(-1, 1, (2, 4, 3, 6))
+    kwargs = dict(stride=(2, 1), padding=(1, 1), dilation=(1, 2), groups=2)
+    out = dc.conv2d(x, w, None, **kwargs)
+    assert out.shape == go.shape
+    grads = dc.conv2d_backward(go, x, w, **kwargs)
+    for variant in _layout_variants(x, w, go):
+        vx, vw, vgo = variant
+        np.testing.assert_array_equal(dc.conv2d(vx, vw, None, **kwargs), out)
+        for name, got, want in zip(ALL_GRADS, dc.conv2d_backward(vgo, vx, vw, **kwargs), grads):
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def _layout_variants(*arrays):
+    """The same values as non-contiguous, reversed, Fortran-ordered and read-only arrays."""
+
+    def strided(a):
+        wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        wide[..., ::2] = a
+        return wide[..., ::2]
+
+    def reversed_(a):
+        flipped = np.ascontiguousarray(a[..., ::-1, ::-1])
+        return flipped[..., ::-1, ::-1]
+
+    def read_only(a):
+        a = a.copy()
+        a.flags.writeable = False
+        return a
+
+    for make in (strided, reversed_, np.asfortranarray, read_only):
+        yield tuple(make(a) for a in arrays)
