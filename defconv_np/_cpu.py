@@ -30,6 +30,16 @@ def zero_padded(array, pad_before, pad_after):
     return out
 
 
+def sampling_bases(xp, out_size, kernel, stride, padding, dilation, dtype):
+    """The undeformed sample positions ``(y_base (Ho, kh), x_base (Wo, kw))``:
+    ``y_base[ho, i] = ho*sh - ph + i*dh``, in ``dtype``."""
+    bases = []
+    for out, k, s, p, d in zip(out_size, kernel, stride, padding, dilation):
+        base = (xp.arange(out)[:, None] * s - p) + xp.arange(k)[None, :] * d
+        bases.append(xp.ascontiguousarray(base.astype(dtype)))
+    return tuple(bases)
+
+
 def channel_blocks(work_items, channels_per_group):
     """Split each group's channels so that every thread gets several items."""
     target = numba.get_num_threads() * config.cpu_items_per_thread
@@ -77,7 +87,8 @@ class DeformColumns:
         self.use_mask = mask is not None
         self.mask = (np.ascontiguousarray(mask) if mask is not None
                      else np.ones((1, 1, 1, 1), input.dtype))
-        self.geometry = (kernel, stride, padding, dilation)
+        self.geometry = sampling_bases(np, offset.shape[2:], kernel, stride, padding, dilation,
+                                       input.dtype)
         self.groups = offset.shape[1] // (2 * kernel[0] * kernel[1])
         self.per_group = c // self.groups
 
@@ -117,3 +128,60 @@ class DeformColumns:
                 grad_offset is not None, grad_mask is not None,
                 dummy if grad_offset is None else grad_offset,
                 dummy if grad_mask is None else grad_mask)
+
+
+def _pixel_blocks(work_items, pixels):
+    """Split each image's pixels so that every thread gets several items."""
+    target = numba.get_num_threads() * config.cpu_items_per_thread
+    return max(1, min(pixels, -(-target // max(1, work_items))))
+
+
+class GridSampler:
+    """grid_sample and its adjoints (input, grid) for one (input, grid) pair."""
+
+    def __init__(self, input, grid, nearest, padding_mode, align_corners):
+        # Imported here: the grid_sample kernels are compiled (or loaded from
+        # the cache) on first use only.
+        from .kernels.cpu import grid_sample as grid_sample_kernels
+
+        self.kernels = grid_sample_kernels
+        n, c, h, w = input.shape
+        self.height, self.width = h, w
+        self.input_shape = input.shape
+        before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
+        self.inp_pad = zero_padded(input, (before, before), (after, after)).reshape(n, c, -1)
+        self.grid = np.ascontiguousarray(grid).reshape(n, -1, 2)
+        self.modes = (nearest, padding_mode, align_corners)
+
+    def sample(self, out):
+        """Write the samples into ``out`` (N, C, Hg, Wg), C-contiguous."""
+        n, npix = self.grid.shape[:2]
+        with _launch_lock:
+            self.kernels.grid_sample(
+                self.inp_pad, self.height, self.width, self.grid, *self.modes,
+                _pixel_blocks(n, npix), config.cpu_tile_pixels, out.reshape(n, out.shape[1], -1))
+
+    def backward(self, grad_output, grad_input, grad_grid):
+        """Write the input and/or grid gradients into the arrays given (either may be None)."""
+        n, c = self.input_shape[:2]
+        npix = self.grid.shape[1]
+        want_input, want_grid = grad_input is not None, grad_grid is not None
+        if want_input:
+            # A work item owns whole channel planes: split channels, not pixels.
+            blocks_c, blocks_p = channel_blocks(n, c), 1
+            grad_pad = np.zeros_like(self.inp_pad)
+        else:
+            blocks_c, blocks_p = 1, _pixel_blocks(n, npix)
+            grad_pad = np.zeros((1, 1, 1), self.inp_pad.dtype)
+        partials = np.zeros((n, blocks_c, npix, 2) if want_grid else (1, 1, 1, 2), np.float64)
+        with _launch_lock:
+            self.kernels.grid_sample_backward(
+                np.ascontiguousarray(grad_output).reshape(n, c, npix), self.inp_pad, self.height,
+                self.width, self.grid, *self.modes, want_input, want_grid, blocks_c, blocks_p,
+                config.cpu_tile_pixels, grad_pad, partials)
+        if want_input:
+            before = sampling.PAD_BEFORE
+            plane = grad_pad.reshape(n, c, self.height + 3, self.width + 3)
+            grad_input[...] = plane[:, :, before:before + self.height, before:before + self.width]
+        if want_grid:
+            grad_grid[...] = partials.sum(axis=1).reshape(grad_grid.shape)

@@ -76,3 +76,125 @@ def bilinear_coordinate_grads(v00, v01, v10, v11, ly, lx, one):
     dy = (one - lx) * (v10 - v00) + lx * (v11 - v01)
     dx = (one - ly) * (v01 - v00) + ly * (v11 - v10)
     return dy, dx
+
+
+# --- spatial transformer (grid_sample) ---------------------------------------
+#
+# PyTorch's grid_sample in four steps, each a function below: unnormalise the
+# grid coordinate to pixels, fold it into the image by the padding mode (clip,
+# or reflect then clip), locate it in the padded plane, and interpolate there
+# with the bilinear functions above. Each step also returns its derivative
+# factor, and the grid gradient is their product times the floor-cell
+# derivative of the interpolant, which is PyTorch's chain rule term for term.
+# ``size`` arguments are plane lengths given in the caller's arithmetic type.
+
+#: Codes of grid_sample's ``padding_mode`` and ``mode``, in PyTorch's enum order.
+GRID_PADDING_MODES = ("zeros", "border", "reflection")
+GRID_INTERPOLATION_MODES = ("bilinear", "nearest")
+PADDING_ZEROS, PADDING_BORDER, PADDING_REFLECTION = 0, 1, 2
+INTERPOLATION_BILINEAR, INTERPOLATION_NEAREST = 0, 1
+
+
+def grid_unnormalize(coord, size, align_corners, one):
+    """Pixel coordinate of a normalised grid coordinate, and its derivative.
+
+    With ``align_corners`` -1 and 1 are the centres of the first and last
+    pixels; without it they are the outer edges of those pixels.
+    """
+    two = one + one
+    if align_corners:
+        return ((coord + one) / two) * (size - one), (size - one) / two
+    return ((coord + one) * size - one) / two, size / two
+
+
+def clip_coordinate(x, size, one):
+    """Clamp ``x`` to ``[0, size - 1]``, with the derivative of the clamp.
+
+    The derivative is 1 strictly inside and 0 on the end points too (PyTorch
+    counts them as out of range). NaN is returned unchanged, with derivative 0.
+    """
+    zero = one - one
+    high = size - one
+    if x > zero and x < high:
+        return x, one
+    if x >= high:
+        return high, zero
+    if x <= zero:
+        return zero, zero
+    return x, zero
+
+
+def reflect_coordinate(x, twice_low, twice_high, one):
+    """Reflect ``x`` about ``low`` and ``high`` until it lies between them,
+    with the derivative of the reflection (+1 or -1).
+
+    The bounds are given doubled so that half-pixel bounds stay exact. The
+    remainder is taken with ``fmod``, exact for any finite ``x``; infinities and
+    NaN give NaN (derivative 0), which no sampling window accepts.
+    """
+    zero = one - one
+    if twice_low == twice_high:
+        return zero, zero
+    two = one + one
+    low = twice_low / two
+    span = (twice_high - twice_low) / two
+    distance = x - low
+    sign = one
+    if distance < zero:
+        sign = -one
+        distance = -distance
+    if distance - distance != zero:
+        return distance - distance, zero
+    extra = math.fmod(distance, span + span)
+    if extra > span:
+        return span + span - extra + low, -sign
+    return extra + low, sign
+
+
+def grid_bilinear_tap(y, x, height, width, row_stride, one):
+    """Locate a grid_sample sample in a padded plane (PyTorch's rule).
+
+    A sample is bilinear in the cell of ``floor(y), floor(x)`` when
+    ``-1 <= y < height`` and ``-1 <= x < width``; corners outside the image are
+    zero padding. Unlike ``deform_tap`` the window includes -1 itself, where
+    the value is 0 but the derivative towards the image is not. Everything
+    else, NaN included, is outside and gets no index.
+
+    Returns
+    -------
+    base : int
+        Flat index of the top-left corner in the padded plane (0 when outside,
+        whose whole cell is padding).
+    ly, lx : float
+        Fractional position inside the cell (0 when outside).
+    inside : bool
+    """
+    if y >= -one and y < height and x >= -one and x < width:
+        y0 = math.floor(y)
+        x0 = math.floor(x)
+        base = (int(y0) + PAD_BEFORE) * row_stride + int(x0) + PAD_BEFORE
+        return base, y - y0, x - x0, True
+    zero = one - one
+    return 0, zero, zero, False
+
+
+def grid_nearest_tap(y, x, height, width, row_stride, one):
+    """Flat index in a padded plane of the pixel nearest to a sample.
+
+    Halves round to even, as PyTorch's ``nearbyint`` does. Samples with
+    ``-1 <= y < height`` and ``-1 <= x < width`` round to a pixel or to the
+    zero padding around the image; the others (NaN included) get ``base = 0``,
+    which is padding, and ``inside = False``.
+    """
+    if y >= -one and y < height and x >= -one and x < width:
+        half = one / (one + one)
+        yi = math.floor(y)
+        xi = math.floor(x)
+        fy = y - yi
+        fx = x - xi
+        if fy > half or (fy == half and yi % 2 != 0):
+            yi += 1
+        if fx > half or (fx == half and xi % 2 != 0):
+            xi += 1
+        return (int(yi) + PAD_BEFORE) * row_stride + int(xi) + PAD_BEFORE, True
+    return 0, False

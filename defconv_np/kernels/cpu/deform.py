@@ -7,7 +7,10 @@ kernel point) and reused for every input channel of that offset group.
 Planes are read from (and input gradients written to) zero-padded copies laid
 out as ``kernels.sampling`` describes: ``(N, C, (H + 3) * (W + 3))``.
 Offsets are (N, 2*G*K, Ho, Wo) with (dy, dx) interleaved per kernel point;
-masks are (N, G*K, Ho, Wo) and are ignored unless ``use_mask``.
+masks are (N, G*K, Ho, Wo) and are ignored unless ``use_mask``. The undeformed
+sampling grid arrives as ``y_base[ho, i] = ho*sh - ph + i*dh`` (Ho, kh) and
+``x_base[wo, j]`` (Wo, kw) in the input dtype, so a sample position is formed
+in the input precision, as torchvision forms it (see ``sampling_bases``).
 """
 
 import numpy as np
@@ -17,30 +20,28 @@ from .device import bilinear_coordinate_grads, bilinear_value, bilinear_weights,
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, kernel, stride, padding,
-               dilation, base, ly, lx, inside):
+def _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, kernel_w, y_base, x_base,
+               base, ly, lx, inside):
     """Sampling cell of pixels p0 .. p0+pn of the chunk for kernel point k of group g."""
-    kh, kw = kernel
-    ki = k // kw
-    kj = k - ki * kw
-    ch = 2 * (g * kh * kw + k)
+    ki = k // kernel_w
+    kj = k - ki * kernel_w
+    ch = 2 * (g * y_base.shape[1] * kernel_w + k)
     row_stride = width + 3
     for t in range(pn):
         p = p0 + t
         r = p // out_w
         wo = p - r * out_w
         ho = r0 + r
-        y = ho * stride[0] - padding[0] + ki * dilation[0] + offset[n, ch, ho, wo]
-        x = wo * stride[1] - padding[1] + kj * dilation[1] + offset[n, ch + 1, ho, wo]
+        y = y_base[ho, ki] + offset[n, ch, ho, wo]
+        x = x_base[wo, kj] + offset[n, ch + 1, ho, wo]
         base[t], ly[t], lx[t], inside[t] = deform_tap(y, x, height, width, row_stride, 1.0)
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def deform_im2col(inp_pad, height, width, offset, mask, use_mask, n0, r0, kernel, stride,
-                  padding, dilation, channel_blocks, tile, cols):
+def deform_im2col(inp_pad, height, width, offset, mask, use_mask, n0, r0, y_base, x_base,
+                  channel_blocks, tile, cols):
     """Fill ``cols`` (nb, C*K, rows*Wo) with (masked) bilinear samples."""
-    kh, kw = kernel
-    n_k = kh * kw
+    n_k = y_base.shape[1] * x_base.shape[1]
     channels = inp_pad.shape[1]
     groups = offset.shape[1] // (2 * n_k)
     per_group = channels // groups
@@ -65,8 +66,8 @@ def deform_im2col(inp_pad, height, width, offset, mask, use_mask, n0, r0, kernel
         for k in range(n_k):
             for p0 in range(0, npix, tile):
                 pn = min(tile, npix - p0)
-                _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, kernel, stride,
-                           padding, dilation, base, ly, lx, inside)
+                _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, x_base.shape[1],
+                           y_base, x_base, base, ly, lx, inside)
                 for t in range(pn):
                     a, bb, c, d = bilinear_weights(ly[t], lx[t], 1.0)
                     if use_mask:
@@ -89,13 +90,12 @@ def deform_im2col(inp_pad, height, width, offset, mask, use_mask, n0, r0, kernel
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def deform_col2im(grad_cols, height, width, offset, mask, use_mask, n0, r0, kernel, stride,
-                  padding, dilation, channel_blocks, tile, grad_pad):
+def deform_col2im(grad_cols, height, width, offset, mask, use_mask, n0, r0, y_base, x_base,
+                  channel_blocks, tile, grad_pad):
     """Scatter-add ``grad_cols`` into the padded input gradient (the exact
     adjoint of ``deform_im2col``). Each work item owns whole channel planes of
     one image, so no atomics are needed and the result is deterministic."""
-    kh, kw = kernel
-    n_k = kh * kw
+    n_k = y_base.shape[1] * x_base.shape[1]
     channels = grad_pad.shape[1]
     groups = offset.shape[1] // (2 * n_k)
     per_group = channels // groups
@@ -120,8 +120,8 @@ def deform_col2im(grad_cols, height, width, offset, mask, use_mask, n0, r0, kern
         for k in range(n_k):
             for p0 in range(0, npix, tile):
                 pn = min(tile, npix - p0)
-                _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, kernel, stride,
-                           padding, dilation, base, ly, lx, inside)
+                _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, x_base.shape[1],
+                           y_base, x_base, base, ly, lx, inside)
                 for t in range(pn):
                     a, bb, c, d = bilinear_weights(ly[t], lx[t], 1.0)
                     if use_mask:
@@ -145,7 +145,7 @@ def deform_col2im(grad_cols, height, width, offset, mask, use_mask, n0, r0, kern
 
 @njit(parallel=True, cache=True, nogil=True)
 def deform_coordinate_grads(grad_cols, inp_pad, height, width, offset, mask, use_mask, n0, r0,
-                            kernel, stride, padding, dilation, tile, want_offset, want_mask,
+                            y_base, x_base, tile, want_offset, want_mask,
                             grad_offset, grad_mask):
     """Offset and mask gradients for the chunk.
 
@@ -156,8 +156,7 @@ def deform_coordinate_grads(grad_cols, inp_pad, height, width, offset, mask, use
     Parallel over (image, offset group, kernel point): each work item owns its
     output channels, so there are no write conflicts. Sums are kept in float64.
     """
-    kh, kw = kernel
-    n_k = kh * kw
+    n_k = y_base.shape[1] * x_base.shape[1]
     channels = inp_pad.shape[1]
     groups = offset.shape[1] // (2 * n_k)
     per_group = channels // groups
@@ -178,8 +177,8 @@ def deform_coordinate_grads(grad_cols, inp_pad, height, width, offset, mask, use
         acc_v = np.empty(tile, np.float64)
         for p0 in range(0, npix, tile):
             pn = min(tile, npix - p0)
-            _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, kernel, stride,
-                       padding, dilation, base, ly, lx, inside)
+            _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, x_base.shape[1],
+                       y_base, x_base, base, ly, lx, inside)
             acc_dy[:pn] = 0.0
             acc_dx[:pn] = 0.0
             acc_v[:pn] = 0.0

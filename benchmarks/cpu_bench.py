@@ -1,0 +1,171 @@
+"""CPU benchmark: defconv_np against torch.nn.functional on the same shapes.
+
+Run:  python benchmarks/cpu_bench.py [--repeats 7] [--out benchmarks/results/cpu.json]
+
+Times forward and forward+backward (median of --repeats runs after a warm-up,
+inputs rotated between runs), side by side with torch.nn.functional.conv2d on
+the same shape when torch is installed: a dense conv does the same GEMM
+arithmetic and is the floor a deformable conv can reach. Peak extra memory of
+our calls is measured with tracemalloc (NumPy reports its allocations there),
+at two batch sizes to show that the column buffer is chunked.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+
+import numba
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import defconv_np as dc  # noqa: E402
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # torch is optional: our numbers alone are still printed
+    torch = None
+
+
+def median_ms(fn, inputs, repeats):
+    fn(*inputs[0])  # warm-up (and JIT compile)
+    times = []
+    for r in range(repeats):
+        args = inputs[r % len(inputs)]
+        t0 = time.perf_counter()
+        fn(*args)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def peak_mib(fn, *args):
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    fn(*args)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def conv_cases(shape, rng, dtype, rotations):
+    n, c, o, h, w, k = shape
+    return [(rng.standard_normal((n, c, h, w)).astype(dtype),
+             rng.standard_normal((o, c, k, k)).astype(dtype) * 0.1) for _ in range(rotations)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "cpu.json"))
+    args = parser.parse_args()
+    threads = numba.get_num_threads()
+    if torch is not None:
+        torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    dtype = np.float32
+    n, c, o, h, w, k = 8, 64, 64, 64, 64, 3
+    rows = []
+
+    def record(op, config, ours, peer, peer_name, peak=None):
+        row = {"op": op, "config": config, "ours_ms": round(ours, 2),
+               "peer": peer_name, "peer_ms": None if peer is None else round(peer, 2),
+               "ratio": None if peer is None else round(ours / peer, 3),
+               "peak_extra_mib": None if peak is None else round(peak, 1)}
+        rows.append(row)
+        ratio = "" if peer is None else f"{peer:9.2f} {ours / peer:7.2f}x"
+        peak_s = "" if peak is None else f"  peak {peak:7.1f} MiB"
+        print(f"{op:34s} {config:22s} {ours:9.2f} {ratio}{peak_s}", flush=True)
+
+    print(f"threads={threads} dtype=float32 shape N={n} C={c} O={o} {h}x{w} k={k} padding=1")
+    print(f"{'op':34s} {'config':22s} {'ours ms':>9s} {'torch ms':>9s} {'ratio':>8s}")
+    cases = conv_cases((n, c, o, h, w, k), rng, dtype, rotations=3)
+    for dil in (1, 2):
+        pad = dil
+        cfg = f"dilation {dil} pad {pad}"
+        out_shape = dc.conv2d(*cases[0], padding=pad, dilation=dil).shape
+        go = rng.standard_normal(out_shape).astype(dtype)
+        offsets = [rng.uniform(-2, 2, (n, 2 * k * k) + out_shape[2:]).astype(dtype) for _ in cases]
+        masks = [rng.uniform(0, 1, (n, k * k) + out_shape[2:]).astype(dtype) for _ in cases]
+
+        def ours_conv(x, wt):
+            return dc.conv2d(x, wt, padding=pad, dilation=dil)
+
+        def ours_conv_fb(x, wt):
+            dc.conv2d(x, wt, padding=pad, dilation=dil)
+            return dc.conv2d_backward(go, x, wt, padding=pad, dilation=dil)
+
+        peer_f = peer_fb = None
+        if torch is not None:
+            tcases = [(torch.from_numpy(x), torch.from_numpy(wt)) for x, wt in cases]
+            tgo = torch.from_numpy(go)
+
+            def torch_conv(x, wt):
+                with torch.no_grad():
+                    return F.conv2d(x, wt, padding=pad, dilation=dil)
+
+            def torch_conv_fb(x, wt):
+                x = x.requires_grad_(True)
+                wt = wt.requires_grad_(True)
+                F.conv2d(x, wt, padding=pad, dilation=dil).backward(tgo)
+                x.grad = wt.grad = None
+                x.requires_grad_(False)
+                wt.requires_grad_(False)
+
+            peer_f = median_ms(torch_conv, tcases, args.repeats)
+            peer_fb = median_ms(torch_conv_fb, tcases, args.repeats)
+        record("conv2d forward", cfg, median_ms(ours_conv, cases, args.repeats), peer_f,
+               "torch conv2d", peak_mib(ours_conv, *cases[0]))
+        record("conv2d forward+backward", cfg, median_ms(ours_conv_fb, cases, args.repeats),
+               peer_fb, "torch conv2d", peak_mib(ours_conv_fb, *cases[0]))
+        for masked in (False, True):
+            dcases = [(x, off, wt, m if masked else None)
+                      for (x, wt), off, m in zip(cases, offsets, masks)]
+
+            def ours_deform(x, off, wt, m):
+                return dc.deform_conv2d(x, off, wt, padding=pad, dilation=dil, mask=m)
+
+            def ours_deform_fb(x, off, wt, m):
+                dc.deform_conv2d(x, off, wt, padding=pad, dilation=dil, mask=m)
+                return dc.deform_conv2d_backward(go, x, off, wt, padding=pad, dilation=dil, mask=m)
+
+            name = "deform_conv2d v2 (mask)" if masked else "deform_conv2d v1"
+            record(f"{name} forward", cfg, median_ms(ours_deform, dcases, args.repeats), peer_f,
+                   "torch conv2d (dense floor)", peak_mib(ours_deform, *dcases[0]))
+            record(f"{name} fwd+bwd", cfg, median_ms(ours_deform_fb, dcases, args.repeats),
+                   peer_fb, "torch conv2d (dense floor)", peak_mib(ours_deform_fb, *dcases[0]))
+
+    # Bounded scratch: peak extra memory at 4x the batch grows only by the
+    # output and gradient arrays, not by the column buffer.
+    scaling = []
+    for batch in (8, 32):
+        x = rng.standard_normal((batch, c, h, w)).astype(dtype)
+        wt = rng.standard_normal((o, c, k, k)).astype(dtype)
+        off = rng.uniform(-2, 2, (batch, 2 * k * k, h, w)).astype(dtype)
+        gout = rng.standard_normal((batch, o, h, w)).astype(dtype)
+        io_mib = (x.nbytes + off.nbytes + gout.nbytes) / 2**20
+        peak = peak_mib(lambda: dc.deform_conv2d_backward(gout, x, off, wt, padding=1))
+        scaling.append({"batch": batch, "backward_peak_extra_mib": round(peak, 1),
+                        "input_offset_gradout_mib": round(io_mib, 1),
+                        "column_budget_mib": dc.config.column_budget_bytes / 2**20})
+        print(f"deform_conv2d_backward N={batch}: peak extra {peak:.1f} MiB "
+              f"(its results alone: {io_mib:.1f} MiB + padded copies; column budget "
+              f"{dc.config.column_budget_bytes / 2**20:.0f} MiB)")
+
+    result = {"machine": platform.processor() or platform.machine(), "threads": threads,
+              "numpy": np.__version__, "numba": numba.__version__,
+              "torch": None if torch is None else torch.__version__, "dtype": "float32",
+              "shape": {"N": n, "C": c, "O": o, "H": h, "W": w, "k": k},
+              "repeats": args.repeats, "rows": rows, "memory_scaling": scaling}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

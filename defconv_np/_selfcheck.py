@@ -1,0 +1,112 @@
+"""The main job's pieces: backend report, finite-difference gradient checks and
+timings, each returning plain rows that ``__main__`` prints as tables."""
+
+import time
+
+import numba
+import numpy as np
+
+from . import convolution, deformable
+
+
+def backends():
+    """Rows (backend, detail) for NumPy/Numba and, when present, CuPy and its GPU."""
+    rows = [("numpy", f"NumPy {np.__version__}, Numba {numba.__version__}, "
+                      f"{numba.get_num_threads()} threads")]
+    try:
+        import cupy
+    except ImportError:
+        rows.append(("cupy", "not installed (GPU paths unavailable)"))
+        return rows
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        rows.append(("cupy", f"CuPy {cupy.__version__}, {count} GPU(s), device 0: {name}"))
+    except Exception as exc:  # a driver or runtime problem: report it, keep the CPU job going
+        rows.append(("cupy", f"CuPy {cupy.__version__} installed, no usable GPU ({exc})"))
+    return rows
+
+
+def _directional_check(loss, arrays, grads, rng, eps=1e-6):
+    """Relative error of <grad, d> against a central difference of ``loss`` along
+    a random direction d, for each named array."""
+    rows = []
+    for name, array in arrays.items():
+        if grads.get(name) is None:
+            continue
+        direction = rng.standard_normal(array.shape)
+        plus = {**arrays, name: array + eps * direction}
+        minus = {**arrays, name: array - eps * direction}
+        numeric = (loss(**plus) - loss(**minus)) / (2 * eps)
+        analytic = float(np.sum(grads[name] * direction))
+        rows.append((name, analytic, numeric, abs(analytic - numeric) / max(1e-12, abs(numeric))))
+    return rows
+
+
+def gradient_checks(seed=0):
+    """Rows (op, argument, analytic, numeric, relative error) on small float64 cases.
+
+    Offsets are drawn as integers plus fractions in [0.2, 0.8], so no sample
+    sits on a bilinear kink where finite differences would disagree.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    x = rng.standard_normal((2, 4, 7, 6))
+    w = rng.standard_normal((6, 2, 3, 3))
+    b = rng.standard_normal(6)
+    geometry = dict(stride=(2, 1), padding=1, dilation=(1, 2))
+    out = convolution.conv2d(x, w, b, groups=2, **geometry)
+    go = rng.standard_normal(out.shape)
+    g = convolution.conv2d_backward(go, x, w, groups=2, **geometry)
+    for row in _directional_check(
+            lambda input, weight, bias: np.sum(go * convolution.conv2d(
+                input, weight, bias, groups=2, **geometry)),
+            {"input": x, "weight": w, "bias": b}, g._asdict(), rng):
+        rows.append(("conv2d",) + row)
+
+    offset = (rng.integers(-2, 2, (2, 2 * 2 * 9) + out.shape[2:])
+              + rng.uniform(0.2, 0.8, (2, 2 * 2 * 9) + out.shape[2:]))
+    mask = rng.uniform(0, 1, (2, 2 * 9) + out.shape[2:])
+    wd = rng.standard_normal((6, 2, 3, 3))
+    out = deformable.deform_conv2d(x, offset, wd, b, mask=mask, **geometry)
+    g = deformable.deform_conv2d_backward(go, x, offset, wd, mask=mask, **geometry)
+
+    def loss(input, offset, mask, weight, bias):
+        return np.sum(go * deformable.deform_conv2d(input, offset, weight, bias, mask=mask,
+                                                    **geometry))
+
+    for row in _directional_check(loss, {"input": x, "offset": offset, "mask": mask,
+                                         "weight": wd, "bias": b}, g._asdict(), rng):
+        rows.append(("deform_conv2d",) + row)
+    return rows
+
+
+def timings(repeats=5, seed=0):
+    """Rows (op, shape, milliseconds) at the default shape, float32."""
+    rng = np.random.default_rng(seed)
+    n, c, o, h, w, k = 8, 64, 64, 64, 64, 3
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((o, c, k, k)) * 0.05).astype(np.float32)
+    off = rng.uniform(-2, 2, (n, 2 * k * k, h, w)).astype(np.float32)
+    mask = rng.uniform(0, 1, (n, k * k, h, w)).astype(np.float32)
+    go = rng.standard_normal((n, o, h, w)).astype(np.float32)
+    shape = f"({n}, {c}, {h}, {w}) -> {o}, {k}x{k}, pad 1"
+    cases = [
+        ("conv2d forward", lambda: convolution.conv2d(x, wt, padding=1)),
+        ("conv2d backward", lambda: convolution.conv2d_backward(go, x, wt, padding=1)),
+        ("deform_conv2d forward", lambda: deformable.deform_conv2d(x, off, wt, padding=1,
+                                                                   mask=mask)),
+        ("deform_conv2d backward", lambda: deformable.deform_conv2d_backward(
+            go, x, off, wt, padding=1, mask=mask)),
+    ]
+    rows = []
+    for name, fn in cases:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        rows.append((name, shape, 1e3 * float(np.median(times))))
+    return rows

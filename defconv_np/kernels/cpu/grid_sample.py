@@ -1,0 +1,190 @@
+"""grid_sample on CPU: sampling, its input adjoint and its grid gradient.
+
+Planes are read from (and input gradients written to) zero-padded copies laid
+out as ``kernels.sampling`` describes: ``(N, C, (H + 3) * (W + 3))``. The grid
+is flattened to ``(N, P, 2)`` with ``P = Hg * Wg`` and x (width) first;
+outputs and output gradients are ``(N, C, P)``.
+
+Work items are (image, channel block, pixel block). Each walks its pixels in
+tiles: the cell, weights and derivative factors of a tile are computed once,
+in float64, and reused for every channel of the block. A sample outside the
+sampling window points at ``base = 0`` with weights (1, 0, 0, 0), i.e. at zero
+padding, so no loop over channels needs a bounds branch.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ..sampling import PADDING_BORDER, PADDING_REFLECTION
+from .device import (
+    bilinear_coordinate_grads,
+    bilinear_weights,
+    clip_coordinate,
+    grid_bilinear_tap,
+    grid_nearest_tap,
+    grid_unnormalize,
+    reflect_coordinate,
+)
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _source_coordinate(coord, size, padding_mode, align_corners):
+    """Pixel coordinate of a grid coordinate after the padding mode folded it
+    into the image, and d(pixel) / d(coord) (PyTorch's chain of factors)."""
+    pixel, factor = grid_unnormalize(coord, size, align_corners, 1.0)
+    if padding_mode == PADDING_BORDER:
+        pixel, clip_factor = clip_coordinate(pixel, size, 1.0)
+        factor *= clip_factor
+    elif padding_mode == PADDING_REFLECTION:
+        if align_corners:
+            pixel, reflect_factor = reflect_coordinate(pixel, 0.0, 2.0 * (size - 1.0), 1.0)
+        else:
+            pixel, reflect_factor = reflect_coordinate(pixel, -1.0, 2.0 * size - 1.0, 1.0)
+        pixel, clip_factor = clip_coordinate(pixel, size, 1.0)
+        factor *= reflect_factor * clip_factor
+    return pixel, factor
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _tile_taps(grid, n, p0, pn, height, width, nearest, padding_mode, align_corners,
+               base, ly, lx, inside, y_factor, x_factor):
+    """Cell (or nearest pixel) and derivative factors of pixels p0 .. p0+pn."""
+    row_stride = width + 3
+    for t in range(pn):
+        x, x_factor[t] = _source_coordinate(grid[n, p0 + t, 0], float(width), padding_mode,
+                                            align_corners)
+        y, y_factor[t] = _source_coordinate(grid[n, p0 + t, 1], float(height), padding_mode,
+                                            align_corners)
+        if nearest:
+            base[t], inside[t] = grid_nearest_tap(y, x, height, width, row_stride, 1.0)
+            ly[t] = 0.0
+            lx[t] = 0.0
+        else:
+            base[t], ly[t], lx[t], inside[t] = grid_bilinear_tap(y, x, height, width,
+                                                                 row_stride, 1.0)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def grid_sample(inp_pad, height, width, grid, nearest, padding_mode, align_corners,
+                pixel_blocks, tile, out):
+    """Fill ``out`` (N, C, P) with the samples of every channel at the grid."""
+    nb, npix = grid.shape[0], grid.shape[1]
+    channels = inp_pad.shape[1]
+    per_block = (npix + pixel_blocks - 1) // pixel_blocks
+    rs = width + 3
+    for item in prange(nb * pixel_blocks):
+        n = item // pixel_blocks
+        p_lo = (item % pixel_blocks) * per_block
+        p_hi = min(p_lo + per_block, npix)
+        base = np.empty(tile, np.int64)
+        ly = np.empty(tile, np.float64)
+        lx = np.empty(tile, np.float64)
+        inside = np.empty(tile, np.bool_)
+        y_factor = np.empty(tile, np.float64)
+        x_factor = np.empty(tile, np.float64)
+        w00 = np.empty(tile, out.dtype)
+        w01 = np.empty(tile, out.dtype)
+        w10 = np.empty(tile, out.dtype)
+        w11 = np.empty(tile, out.dtype)
+        for p0 in range(p_lo, p_hi, tile):
+            pn = min(tile, p_hi - p0)
+            _tile_taps(grid, n, p0, pn, height, width, nearest, padding_mode, align_corners,
+                       base, ly, lx, inside, y_factor, x_factor)
+            if nearest:
+                for c in range(channels):
+                    plane = inp_pad[n, c]
+                    row = out[n, c]
+                    for t in range(pn):
+                        row[p0 + t] = plane[base[t]]
+            else:
+                for t in range(pn):
+                    w00[t], w01[t], w10[t], w11[t] = bilinear_weights(ly[t], lx[t], 1.0)
+                for c in range(channels):
+                    plane = inp_pad[n, c]
+                    row = out[n, c]
+                    for t in range(pn):
+                        q = base[t]
+                        row[p0 + t] = (w00[t] * plane[q] + w01[t] * plane[q + 1]
+                                       + w10[t] * plane[q + rs] + w11[t] * plane[q + rs + 1])
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def grid_sample_backward(grad_out, inp_pad, height, width, grid, nearest, padding_mode,
+                         align_corners, want_input, want_grid, channel_blocks, pixel_blocks,
+                         tile, grad_pad, grid_partials):
+    """Input gradient into ``grad_pad`` (N, C, padded plane) and grid gradient
+    shares into ``grid_partials`` (N, channel_blocks, P, 2), float64.
+
+    The input gradient scatters each output gradient onto the corners that
+    produced the sample (the exact adjoint of ``grid_sample``); a work item
+    owns whole channel planes of one image, so the caller must give a single
+    pixel block when ``want_input``. Block ``b``'s channels contribute to
+    ``grid_partials[:, b]``, which the caller sums in a fixed order: the result
+    is deterministic. Nearest sampling has no grid gradient (it is left alone).
+    """
+    nb, npix = grid.shape[0], grid.shape[1]
+    channels = inp_pad.shape[1]
+    c_per_block = (channels + channel_blocks - 1) // channel_blocks
+    p_per_block = (npix + pixel_blocks - 1) // pixel_blocks
+    rs = width + 3
+    grid_terms = want_grid and not nearest
+    for item in prange(nb * channel_blocks * pixel_blocks):
+        n = item // (channel_blocks * pixel_blocks)
+        cb = (item // pixel_blocks) % channel_blocks
+        c_lo = cb * c_per_block
+        c_hi = min(c_lo + c_per_block, channels)
+        p_lo = (item % pixel_blocks) * p_per_block
+        p_hi = min(p_lo + p_per_block, npix)
+        base = np.empty(tile, np.int64)
+        ly = np.empty(tile, np.float64)
+        lx = np.empty(tile, np.float64)
+        inside = np.empty(tile, np.bool_)
+        y_factor = np.empty(tile, np.float64)
+        x_factor = np.empty(tile, np.float64)
+        w00 = np.empty(tile, grad_out.dtype)
+        w01 = np.empty(tile, grad_out.dtype)
+        w10 = np.empty(tile, grad_out.dtype)
+        w11 = np.empty(tile, grad_out.dtype)
+        acc_y = np.empty(tile, np.float64)
+        acc_x = np.empty(tile, np.float64)
+        for p0 in range(p_lo, p_hi, tile):
+            pn = min(tile, p_hi - p0)
+            _tile_taps(grid, n, p0, pn, height, width, nearest, padding_mode, align_corners,
+                       base, ly, lx, inside, y_factor, x_factor)
+            for t in range(pn):
+                w00[t], w01[t], w10[t], w11[t] = bilinear_weights(ly[t], lx[t], 1.0)
+            acc_y[:pn] = 0.0
+            acc_x[:pn] = 0.0
+            for c in range(c_lo, c_hi):
+                g_row = grad_out[n, c]
+                if want_input:
+                    # Outside samples land on padding, which the caller crops.
+                    g_plane = grad_pad[n, c]
+                    if nearest:
+                        for t in range(pn):
+                            g_plane[base[t]] += g_row[p0 + t]
+                    else:
+                        for t in range(pn):
+                            g = g_row[p0 + t]
+                            q = base[t]
+                            g_plane[q] += w00[t] * g
+                            g_plane[q + 1] += w01[t] * g
+                            g_plane[q + rs] += w10[t] * g
+                            g_plane[q + rs + 1] += w11[t] * g
+                if grid_terms:
+                    plane = inp_pad[n, c]
+                    for t in range(pn):
+                        q = base[t]
+                        dy, dx = bilinear_coordinate_grads(plane[q], plane[q + 1], plane[q + rs],
+                                                           plane[q + rs + 1], ly[t], lx[t], 1.0)
+                        g = g_row[p0 + t]
+                        acc_y[t] += g * dy
+                        acc_x[t] += g * dx
+            if grid_terms:
+                for t in range(pn):
+                    if inside[t]:
+                        grid_partials[n, cb, p0 + t, 0] = acc_x[t] * x_factor[t]
+                        grid_partials[n, cb, p0 + t, 1] = acc_y[t] * y_factor[t]
+                    else:
+                        grid_partials[n, cb, p0 + t, 0] = 0.0
+                        grid_partials[n, cb, p0 + t, 1] = 0.0
