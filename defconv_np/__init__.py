@@ -8,15 +8,27 @@ is optional and imported only when a CuPy array arrives.
 from . import config
 from .convolution import Conv2dGrads, conv2d, conv2d_backward
 from .deformable import DeformConv2dGrads, deform_conv2d, deform_conv2d_backward
+from .spatial import (
+    GridSampleGrads,
+    affine_grid,
+    affine_grid_backward,
+    grid_sample,
+    grid_sample_backward,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Conv2dGrads",
     "DeformConv2dGrads",
+    "GridSampleGrads",
+    "affine_grid",
+    "affine_grid_backward",
     "config",
     "conv2d",
     "conv2d_backward",
     "deform_conv2d",
     "deform_conv2d_backward",
+    "grid_sample",
+    "grid_sample_backward",
 ]

@@ -5,7 +5,9 @@ import numpy as np
 
 def launchers(xp):
     """The launcher module for ``xp``: ``_cpu`` for NumPy, ``_cuda`` for CuPy."""
-    if xp is np:
+    from . import config
+
+    if xp is np and not config.numpy_through_cuda_kernels:
         from . import _cpu
 
         return _cpu

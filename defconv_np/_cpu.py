@@ -77,9 +77,13 @@ class DenseColumns:
 class DeformColumns:
     """Deformable im2col and its adjoints (input, offset, mask)."""
 
-    def __init__(self, input, offset, mask, kernel, stride, padding, dilation):
+    def __init__(self, input, offset, mask, kernel, stride, padding, dilation,
+                 deterministic=False):
+        # the CPU kernels own whole gradient planes: always deterministic
         n, c, h, w = input.shape
-        self.height, self.width = h, w
+        # compared with sample positions only: kept in the input dtype
+        self.height, self.width = input.dtype.type(h), input.dtype.type(w)
+        self.row_stride = w + sampling.PAD_BEFORE + sampling.PAD_AFTER
         self.input_shape = input.shape
         before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
         self.inp_pad = zero_padded(input, (before, before), (after, after)).reshape(n, c, -1)
@@ -98,7 +102,7 @@ class DeformColumns:
     def fill(self, chunk, cols):
         with _launch_lock:
             deform_kernels.deform_im2col(
-                self.inp_pad, self.height, self.width, self.offset, self.mask, self.use_mask,
+                self.inp_pad, self.height, self.width, self.row_stride, self.offset, self.mask, self.use_mask,
                 chunk.n0, chunk.r0, *self.geometry, self._blocks(chunk), config.cpu_tile_pixels,
                 cols)
 
@@ -108,7 +112,7 @@ class DeformColumns:
     def scatter_input_grad(self, chunk, grad_cols):
         with _launch_lock:
             deform_kernels.deform_col2im(
-                grad_cols, self.height, self.width, self.offset, self.mask, self.use_mask,
+                grad_cols, self.height, self.width, self.row_stride, self.offset, self.mask, self.use_mask,
                 chunk.n0, chunk.r0, *self.geometry, self._blocks(chunk), config.cpu_tile_pixels,
                 self.grad_pad)
 
@@ -123,11 +127,14 @@ class DeformColumns:
         dummy = np.zeros((1, 1, 1, 1), grad_cols.dtype)
         with _launch_lock:
             deform_kernels.deform_coordinate_grads(
-                grad_cols, self.inp_pad, self.height, self.width, self.offset, self.mask,
+                grad_cols, self.inp_pad, self.height, self.width, self.row_stride, self.offset, self.mask,
                 self.use_mask, chunk.n0, chunk.r0, *self.geometry, config.cpu_tile_pixels,
                 grad_offset is not None, grad_mask is not None,
                 dummy if grad_offset is None else grad_offset,
                 dummy if grad_mask is None else grad_mask)
+
+
+from .kernels.cpu import grid_sample as grid_sample_kernels  # noqa: E402
 
 
 def _pixel_blocks(work_items, pixels):
@@ -140,11 +147,6 @@ class GridSampler:
     """grid_sample and its adjoints (input, grid) for one (input, grid) pair."""
 
     def __init__(self, input, grid, nearest, padding_mode, align_corners):
-        # Imported here: the grid_sample kernels are compiled (or loaded from
-        # the cache) on first use only.
-        from .kernels.cpu import grid_sample as grid_sample_kernels
-
-        self.kernels = grid_sample_kernels
         n, c, h, w = input.shape
         self.height, self.width = h, w
         self.input_shape = input.shape
@@ -157,7 +159,7 @@ class GridSampler:
         """Write the samples into ``out`` (N, C, Hg, Wg), C-contiguous."""
         n, npix = self.grid.shape[:2]
         with _launch_lock:
-            self.kernels.grid_sample(
+            grid_sample_kernels.grid_sample(
                 self.inp_pad, self.height, self.width, self.grid, *self.modes,
                 _pixel_blocks(n, npix), config.cpu_tile_pixels, out.reshape(n, out.shape[1], -1))
 
@@ -175,7 +177,7 @@ class GridSampler:
             grad_pad = np.zeros((1, 1, 1), self.inp_pad.dtype)
         partials = np.zeros((n, blocks_c, npix, 2) if want_grid else (1, 1, 1, 2), np.float64)
         with _launch_lock:
-            self.kernels.grid_sample_backward(
+            grid_sample_kernels.grid_sample_backward(
                 np.ascontiguousarray(grad_output).reshape(n, c, npix), self.inp_pad, self.height,
                 self.width, self.grid, *self.modes, want_input, want_grid, blocks_c, blocks_p,
                 config.cpu_tile_pixels, grad_pad, partials)

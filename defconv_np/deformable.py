@@ -104,7 +104,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding=0, dilation=1,
-                           mask=None, *, needs=DEFORM_CONV2D_GRADS):
+                           mask=None, *, needs=DEFORM_CONV2D_GRADS, deterministic=False):
     """Vector-Jacobian product of :func:`deform_conv2d`.
 
     Parameters
@@ -116,6 +116,10 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
         The gradients to compute; the others are returned as None. Skipping
         "weight" skips re-building the columns; skipping "input", "offset" and
         "mask" skips the column-gradient GEMM.
+    deterministic : bool
+        On CUDA, compute the input gradient without atomics (each thread owns
+        an input plane and adds in a fixed order), so repeated calls agree to
+        the bit; slower. The CPU kernels are always deterministic.
 
     Returns
     -------
@@ -149,7 +153,8 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
     chunks = _columns.chunks_for(geom, dtype, buffers=want_columns + want_weight)
     if chunks and (want_columns or want_weight):
         columns = launchers(xp).DeformColumns(input, offset, mask, geom.kernel, geom.stride,
-                                              geom.padding, geom.dilation)
+                                              geom.padding, geom.dilation,
+                                              deterministic=deterministic)
         if want_input:
             columns.new_input_grad()
 

@@ -129,8 +129,9 @@ def reflect_coordinate(x, twice_low, twice_high, one):
     with the derivative of the reflection (+1 or -1).
 
     The bounds are given doubled so that half-pixel bounds stay exact. The
-    remainder is taken with ``fmod``, exact for any finite ``x``; infinities and
-    NaN give NaN (derivative 0), which no sampling window accepts.
+    remainder (``%`` of non-negative operands, i.e. ``fmod``) is exact for any
+    finite ``x``; infinities and NaN give NaN (derivative 0), which no sampling
+    window accepts.
     """
     zero = one - one
     if twice_low == twice_high:
@@ -145,7 +146,7 @@ def reflect_coordinate(x, twice_low, twice_high, one):
         distance = -distance
     if distance - distance != zero:
         return distance - distance, zero
-    extra = math.fmod(distance, span + span)
+    extra = distance % (span + span)
     if extra > span:
         return span + span - extra + low, -sign
     return extra + low, sign

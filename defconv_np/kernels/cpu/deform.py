@@ -5,7 +5,9 @@ cell and bilinear weights of a tile are computed once per (image, offset group,
 kernel point) and reused for every input channel of that offset group.
 
 Planes are read from (and input gradients written to) zero-padded copies laid
-out as ``kernels.sampling`` describes: ``(N, C, (H + 3) * (W + 3))``.
+out as ``kernels.sampling`` describes: ``(N, C, (H + 3) * (W + 3))``, with
+``row_stride = W + 3``. ``height`` and ``width`` arrive as floats of the input
+dtype: they are only compared with sample positions.
 Offsets are (N, 2*G*K, Ho, Wo) with (dy, dx) interleaved per kernel point;
 masks are (N, G*K, Ho, Wo) and are ignored unless ``use_mask``. The undeformed
 sampling grid arrives as ``y_base[ho, i] = ho*sh - ph + i*dh`` (Ho, kh) and
@@ -20,13 +22,12 @@ from .device import bilinear_coordinate_grads, bilinear_value, bilinear_weights,
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, kernel_w, y_base, x_base,
-               base, ly, lx, inside):
+def _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, row_stride, kernel_w, y_base,
+               x_base, base, ly, lx, inside):
     """Sampling cell of pixels p0 .. p0+pn of the chunk for kernel point k of group g."""
     ki = k // kernel_w
     kj = k - ki * kernel_w
     ch = 2 * (g * y_base.shape[1] * kernel_w + k)
-    row_stride = width + 3
     for t in range(pn):
         p = p0 + t
         r = p // out_w
@@ -38,7 +39,7 @@ def _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, kernel_w, y_ba
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def deform_im2col(inp_pad, height, width, offset, mask, use_mask, n0, r0, y_base, x_base,
+def deform_im2col(inp_pad, height, width, row_stride, offset, mask, use_mask, n0, r0, y_base, x_base,
                   channel_blocks, tile, cols):
     """Fill ``cols`` (nb, C*K, rows*Wo) with (masked) bilinear samples."""
     n_k = y_base.shape[1] * x_base.shape[1]
@@ -48,7 +49,7 @@ def deform_im2col(inp_pad, height, width, offset, mask, use_mask, n0, r0, y_base
     block = (per_group + channel_blocks - 1) // channel_blocks
     out_w = offset.shape[3]
     nb, _, npix = cols.shape
-    rs = width + 3
+    rs = row_stride
     for item in prange(nb * groups * channel_blocks):
         b = item // (groups * channel_blocks)
         g = (item // channel_blocks) % groups
@@ -66,7 +67,7 @@ def deform_im2col(inp_pad, height, width, offset, mask, use_mask, n0, r0, y_base
         for k in range(n_k):
             for p0 in range(0, npix, tile):
                 pn = min(tile, npix - p0)
-                _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, x_base.shape[1],
+                _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, rs, x_base.shape[1],
                            y_base, x_base, base, ly, lx, inside)
                 for t in range(pn):
                     a, bb, c, d = bilinear_weights(ly[t], lx[t], 1.0)
@@ -90,7 +91,7 @@ def deform_im2col(inp_pad, height, width, offset, mask, use_mask, n0, r0, y_base
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def deform_col2im(grad_cols, height, width, offset, mask, use_mask, n0, r0, y_base, x_base,
+def deform_col2im(grad_cols, height, width, row_stride, offset, mask, use_mask, n0, r0, y_base, x_base,
                   channel_blocks, tile, grad_pad):
     """Scatter-add ``grad_cols`` into the padded input gradient (the exact
     adjoint of ``deform_im2col``). Each work item owns whole channel planes of
@@ -102,7 +103,7 @@ def deform_col2im(grad_cols, height, width, offset, mask, use_mask, n0, r0, y_ba
     block = (per_group + channel_blocks - 1) // channel_blocks
     out_w = offset.shape[3]
     nb, _, npix = grad_cols.shape
-    rs = width + 3
+    rs = row_stride
     for item in prange(nb * groups * channel_blocks):
         b = item // (groups * channel_blocks)
         g = (item // channel_blocks) % groups
@@ -120,7 +121,7 @@ def deform_col2im(grad_cols, height, width, offset, mask, use_mask, n0, r0, y_ba
         for k in range(n_k):
             for p0 in range(0, npix, tile):
                 pn = min(tile, npix - p0)
-                _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, x_base.shape[1],
+                _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, rs, x_base.shape[1],
                            y_base, x_base, base, ly, lx, inside)
                 for t in range(pn):
                     a, bb, c, d = bilinear_weights(ly[t], lx[t], 1.0)
@@ -144,7 +145,7 @@ def deform_col2im(grad_cols, height, width, offset, mask, use_mask, n0, r0, y_ba
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def deform_coordinate_grads(grad_cols, inp_pad, height, width, offset, mask, use_mask, n0, r0,
+def deform_coordinate_grads(grad_cols, inp_pad, height, width, row_stride, offset, mask, use_mask, n0, r0,
                             y_base, x_base, tile, want_offset, want_mask,
                             grad_offset, grad_mask):
     """Offset and mask gradients for the chunk.
@@ -162,7 +163,7 @@ def deform_coordinate_grads(grad_cols, inp_pad, height, width, offset, mask, use
     per_group = channels // groups
     out_w = offset.shape[3]
     nb, _, npix = grad_cols.shape
-    rs = width + 3
+    rs = row_stride
     for item in prange(nb * groups * n_k):
         b = item // (groups * n_k)
         g = (item // n_k) % groups
@@ -177,7 +178,7 @@ def deform_coordinate_grads(grad_cols, inp_pad, height, width, offset, mask, use
         acc_v = np.empty(tile, np.float64)
         for p0 in range(0, npix, tile):
             pn = min(tile, npix - p0)
-            _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, x_base.shape[1],
+            _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, rs, x_base.shape[1],
                        y_base, x_base, base, ly, lx, inside)
             acc_dy[:pn] = 0.0
             acc_dx[:pn] = 0.0

@@ -1,0 +1,160 @@
+"""CUDA launchers: the same interface as ``_cpu`` (``DenseColumns``,
+``DeformColumns``), launching ``kernels.cuda`` on CuPy's current stream and on
+the device that holds the arrays.
+
+The array module is normally CuPy. Under Numba's CUDA simulator
+(``NUMBA_ENABLE_CUDASIM=1``) the tests route NumPy arrays here instead (see
+``_backends``): the kernels then run on the CPU, unchanged, and GEMMs use NumPy.
+"""
+
+import contextlib
+
+import numpy as np
+from numba import cuda
+
+from . import config
+from ._cpu import sampling_bases
+from .kernels import sampling
+from .kernels.cuda import deform as deform_kernels
+from .kernels.cuda import im2col as im2col_kernels
+
+def _array_module(array):
+    if isinstance(array, np.ndarray):
+        return np
+    import cupy
+
+    return cupy
+
+
+class _Launch:
+    """Stream, device and launch shape for arrays of one array module."""
+
+    def __init__(self, like):
+        self.xp = _array_module(like)
+        if self.xp is np:
+            self.stream = 0
+            self.device = contextlib.nullcontext()
+        else:
+            self.device = cuda.gpus[like.device.id]
+            with self.device:
+                self.stream = cuda.external_stream(self.xp.cuda.get_current_stream().ptr)
+
+    def __call__(self, kernel, total, *args):
+        """Launch ``kernel`` over ``total`` work items; ``args`` must hold
+        ``total`` where the kernel's signature wants it."""
+        if total <= 0:
+            return
+        threads = config.cuda_threads_per_block
+        blocks = max(1, min(config.cuda_max_blocks, -(-total // threads)))
+        with self.device:
+            kernel[blocks, threads, self.stream](*(self._device(a) for a in args))
+
+    def _device(self, arg):
+        if self.xp is not np and hasattr(arg, "__cuda_array_interface__"):
+            # launched on the arrays' own stream: no host synchronisation needed
+            return cuda.as_cuda_array(arg, sync=False)
+        return arg
+
+
+def zero_padded(xp, array, before, after):
+    """Contiguous zero-bordered copy of ``array`` (N, C, H, W) on its device."""
+    (tb, lb), (ta, la) = before, after
+    n, c, h, w = array.shape
+    out = xp.zeros((n, c, h + tb + ta, w + lb + la), array.dtype)
+    out[:, :, tb:tb + h, lb:lb + w] = array
+    return out
+
+
+class DenseColumns:
+    """im2col / col2im of a plain strided, dilated, padded conv2d."""
+
+    def __init__(self, input, kernel, stride, padding, dilation, out_w):
+        self.launch = _Launch(input)
+        self.xp = self.launch.xp
+        self.padding = padding
+        self.shape_args = (*kernel, *stride, *dilation)
+        self.out_w = out_w
+        self.input_shape = input.shape
+        self.inp_pad = zero_padded(self.xp, input, padding, padding)
+
+    def fill(self, chunk, cols):
+        total = np.int64(cols.size)
+        self.launch(im2col_kernels.im2col, total, self.inp_pad, chunk.n0, chunk.r0, self.out_w,
+                    *self.shape_args, total, cols)
+
+    def new_input_grad(self):
+        self.grad_pad = self.xp.zeros_like(self.inp_pad)
+
+    def scatter_input_grad(self, chunk, grad_cols):
+        total = np.int64(chunk.n1 - chunk.n0) * int(np.prod(self.grad_pad.shape[1:]))
+        self.launch(im2col_kernels.col2im, total, grad_cols, chunk.n0, chunk.r0, chunk.r1,
+                    self.out_w, *self.shape_args, total, self.grad_pad)
+
+    def input_grad(self):
+        ph, pw = self.padding
+        h, w = self.input_shape[2:]
+        return self.xp.ascontiguousarray(self.grad_pad[:, :, ph:ph + h, pw:pw + w])
+
+
+class DeformColumns:
+    """Deformable im2col and its adjoints (input, offset, mask)."""
+
+    def __init__(self, input, offset, mask, kernel, stride, padding, dilation,
+                 deterministic=False):
+        self.launch = _Launch(input)
+        xp = self.xp = self.launch.xp
+        n, c, h, w = input.shape
+        # compared with sample positions only: kept in the input dtype
+        self.height, self.width = input.dtype.type(h), input.dtype.type(w)
+        self.row_stride = w + sampling.PAD_BEFORE + sampling.PAD_AFTER
+        self.input_shape = input.shape
+        before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
+        self.inp_pad = zero_padded(xp, input, (before, before), (after, after)).reshape(n, c, -1)
+        self.offset = xp.ascontiguousarray(offset)
+        self.use_mask = mask is not None
+        self.mask = (xp.ascontiguousarray(mask) if mask is not None
+                     else xp.ones((1, 1, 1, 1), input.dtype))
+        self.bases = sampling_bases(xp, offset.shape[2:], kernel, stride, padding, dilation,
+                                    input.dtype)
+        self.one = input.dtype.type(1)
+        self.deterministic = deterministic
+
+    def _samples(self, cols):
+        """Samples in a chunk: images x (groups x kernel points) x chunk pixels."""
+        return np.int64(cols.shape[0]) * (self.offset.shape[1] // 2) * cols.shape[2]
+
+    def _common(self, chunk):
+        return (self.height, self.width, self.row_stride, self.offset, self.mask, self.use_mask, chunk.n0,
+                chunk.r0, *self.bases, self.one)
+
+    def fill(self, chunk, cols):
+        total = self._samples(cols)
+        self.launch(deform_kernels.deform_im2col, total, self.inp_pad, *self._common(chunk),
+                    total, cols)
+
+    def new_input_grad(self):
+        self.grad_pad = self.xp.zeros_like(self.inp_pad)
+
+    def scatter_input_grad(self, chunk, grad_cols):
+        if self.deterministic:
+            kernel = deform_kernels.deform_col2im_ordered
+            total = np.int64(grad_cols.shape[0]) * self.inp_pad.shape[1]
+        else:
+            kernel = deform_kernels.deform_col2im_atomic
+            total = self._samples(grad_cols)
+        self.launch(kernel, total, grad_cols, *self._common(chunk), total, self.grad_pad)
+
+    def input_grad(self):
+        n, c, h, w = self.input_shape
+        before = sampling.PAD_BEFORE
+        plane = self.grad_pad.reshape(n, c, h + 3, w + 3)
+        return self.xp.ascontiguousarray(plane[:, :, before:before + h, before:before + w])
+
+    def coordinate_grads(self, chunk, grad_cols, grad_offset, grad_mask):
+        """Offset and/or mask gradient for the chunk (either target may be None)."""
+        dummy = self.xp.zeros((1, 1, 1, 1), grad_cols.dtype)
+        total = self._samples(grad_cols)
+        self.launch(deform_kernels.deform_coordinate_grads, total, grad_cols, self.inp_pad,
+                    *self._common(chunk), total, grad_offset is not None, grad_mask is not None,
+                    dummy if grad_offset is None else grad_offset,
+                    dummy if grad_mask is None else grad_mask)

@@ -1,0 +1,172 @@
+"""Deformable im2col, its input adjoint, and the offset/mask gradient on CUDA.
+
+Same layouts as ``kernels.cpu.deform`` (padded planes, interleaved offsets,
+``y_base``/``x_base`` in the input dtype). ``one`` is 1 in the input dtype, so
+float32 kernels stay in float32. One thread handles one sample (image, offset
+group, kernel point, output pixel) and loops over the channels of its offset
+group, reusing the cell and weights; the pixel index is fastest, so column
+reads and writes are coalesced. Flat indices are int64 grid-stride loops.
+"""
+
+from numba import cuda
+
+from .device import bilinear_coordinate_grads, bilinear_value, bilinear_weights, deform_tap
+
+
+@cuda.jit(device=True, inline="always")
+def _sample_index(idx, npix, n_k, groups):
+    p = idx % npix
+    k = (idx // npix) % n_k
+    g = (idx // (npix * n_k)) % groups
+    b = idx // (npix * n_k * groups)
+    return b, g, k, p
+
+
+@cuda.jit(device=True, inline="always")
+def _taps(offset, n, g, k, p, r0, height, width, row_stride, y_base, x_base, one):
+    """Cell and fractional position of one sample, and its (ho, wo)."""
+    kw = x_base.shape[1]
+    n_k = y_base.shape[1] * kw
+    out_w = offset.shape[3]
+    r = p // out_w
+    wo = p - r * out_w
+    ho = r0 + r
+    ki = k // kw
+    ch = 2 * (g * n_k + k)
+    y = y_base[ho, ki] + offset[n, ch, ho, wo]
+    x = x_base[wo, k - ki * kw] + offset[n, ch + 1, ho, wo]
+    q, ly, lx, inside = deform_tap(y, x, height, width, row_stride, one)
+    return q, ly, lx, inside, ho, wo
+
+
+@cuda.jit
+def deform_im2col(inp_pad, height, width, row_stride, offset, mask, use_mask, n0, r0, y_base, x_base,
+                  one, total, cols):
+    n_k = y_base.shape[1] * x_base.shape[1]
+    groups = offset.shape[1] // (2 * n_k)
+    per_group = inp_pad.shape[1] // groups
+    npix = cols.shape[2]
+    rs = row_stride
+    zero = one - one
+    for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
+        b, g, k, p = _sample_index(idx, npix, n_k, groups)
+        n = n0 + b
+        q, ly, lx, inside, ho, wo = _taps(offset, n, g, k, p, r0, height, width, rs, y_base,
+                                          x_base, one)
+        w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
+        if use_mask:
+            m = mask[n, g * n_k + k, ho, wo]
+            w00, w01, w10, w11 = w00 * m, w01 * m, w10 * m, w11 * m
+        if not inside:
+            w00, w01, w10, w11 = w00 * zero, w01 * zero, w10 * zero, w11 * zero
+        for c in range(g * per_group, (g + 1) * per_group):
+            cols[b, c * n_k + k, p] = (w00 * inp_pad[n, c, q] + w01 * inp_pad[n, c, q + 1]
+                                       + w10 * inp_pad[n, c, q + rs]
+                                       + w11 * inp_pad[n, c, q + rs + 1])
+
+
+@cuda.jit
+def deform_col2im_atomic(grad_cols, height, width, row_stride, offset, mask, use_mask, n0, r0, y_base,
+                         x_base, one, total, grad_pad):
+    """Input gradient by atomic scatter-add: fast, but the float summation order
+    (and so the last bits) depends on scheduling."""
+    n_k = y_base.shape[1] * x_base.shape[1]
+    groups = offset.shape[1] // (2 * n_k)
+    per_group = grad_pad.shape[1] // groups
+    npix = grad_cols.shape[2]
+    rs = row_stride
+    for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
+        b, g, k, p = _sample_index(idx, npix, n_k, groups)
+        n = n0 + b
+        q, ly, lx, inside, ho, wo = _taps(offset, n, g, k, p, r0, height, width, rs, y_base,
+                                          x_base, one)
+        if not inside:
+            continue
+        w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
+        if use_mask:
+            m = mask[n, g * n_k + k, ho, wo]
+            w00, w01, w10, w11 = w00 * m, w01 * m, w10 * m, w11 * m
+        for c in range(g * per_group, (g + 1) * per_group):
+            gv = grad_cols[b, c * n_k + k, p]
+            cuda.atomic.add(grad_pad, (n, c, q), w00 * gv)
+            cuda.atomic.add(grad_pad, (n, c, q + 1), w01 * gv)
+            cuda.atomic.add(grad_pad, (n, c, q + rs), w10 * gv)
+            cuda.atomic.add(grad_pad, (n, c, q + rs + 1), w11 * gv)
+
+
+@cuda.jit
+def deform_col2im_ordered(grad_cols, height, width, row_stride, offset, mask, use_mask, n0, r0, y_base,
+                          x_base, one, total, grad_pad):
+    """Deterministic input gradient: one thread owns one (image, channel) plane
+    and adds its samples in a fixed order (kernel point, then pixel)."""
+    n_k = y_base.shape[1] * x_base.shape[1]
+    groups = offset.shape[1] // (2 * n_k)
+    channels = grad_pad.shape[1]
+    per_group = channels // groups
+    npix = grad_cols.shape[2]
+    rs = row_stride
+    for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
+        c = idx % channels
+        b = idx // channels
+        n = n0 + b
+        g = c // per_group
+        for k in range(n_k):
+            for p in range(npix):
+                q, ly, lx, inside, ho, wo = _taps(offset, n, g, k, p, r0, height, width, rs,
+                                                  y_base, x_base, one)
+                if not inside:
+                    continue
+                w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
+                if use_mask:
+                    m = mask[n, g * n_k + k, ho, wo]
+                    w00, w01, w10, w11 = w00 * m, w01 * m, w10 * m, w11 * m
+                gv = grad_cols[b, c * n_k + k, p]
+                grad_pad[n, c, q] += w00 * gv
+                grad_pad[n, c, q + 1] += w01 * gv
+                grad_pad[n, c, q + rs] += w10 * gv
+                grad_pad[n, c, q + rs + 1] += w11 * gv
+
+
+@cuda.jit
+def deform_coordinate_grads(grad_cols, inp_pad, height, width, row_stride, offset, mask, use_mask, n0, r0,
+                            y_base, x_base, one, total, want_offset, want_mask, grad_offset,
+                            grad_mask):
+    """Offset and mask gradients: one thread per sample sums over the channels
+    of its offset group (torchvision's floor-cell rule); outside samples get 0."""
+    n_k = y_base.shape[1] * x_base.shape[1]
+    groups = offset.shape[1] // (2 * n_k)
+    per_group = inp_pad.shape[1] // groups
+    npix = grad_cols.shape[2]
+    rs = row_stride
+    zero = one - one
+    for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
+        b, g, k, p = _sample_index(idx, npix, n_k, groups)
+        n = n0 + b
+        q, ly, lx, inside, ho, wo = _taps(offset, n, g, k, p, r0, height, width, rs, y_base,
+                                          x_base, one)
+        acc_dy = zero
+        acc_dx = zero
+        acc_v = zero
+        if inside:
+            for c in range(g * per_group, (g + 1) * per_group):
+                v00 = inp_pad[n, c, q]
+                v01 = inp_pad[n, c, q + 1]
+                v10 = inp_pad[n, c, q + rs]
+                v11 = inp_pad[n, c, q + rs + 1]
+                gv = grad_cols[b, c * n_k + k, p]
+                if want_offset:
+                    dy, dx = bilinear_coordinate_grads(v00, v01, v10, v11, ly, lx, one)
+                    acc_dy += gv * dy
+                    acc_dx += gv * dx
+                if want_mask:
+                    acc_v += gv * bilinear_value(v00, v01, v10, v11, ly, lx, one)
+            if use_mask:
+                m = mask[n, g * n_k + k, ho, wo]
+                acc_dy *= m
+                acc_dx *= m
+        if want_offset:
+            ch = 2 * (g * n_k + k)
+            grad_offset[n, ch, ho, wo] = acc_dy
+            grad_offset[n, ch + 1, ho, wo] = acc_dx
+        if want_mask:
+            grad_mask[n, g * n_k + k, ho, wo] = acc_v

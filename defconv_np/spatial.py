@@ -1,0 +1,267 @@
+"""Spatial transformer sampling: affine sampling grids and grid_sample.
+
+Jaderberg et al., "Spatial Transformer Networks", NIPS 2015: a grid of
+sampling positions, here usually an affine map of the output pixels, and
+differentiable sampling of the input at those positions. Semantics follow
+``torch.nn.functional.affine_grid`` and ``torch.nn.functional.grid_sample`` for
+4-D inputs, including their boundary rules and gradient conventions.
+"""
+
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _validate
+from ._arrays import array_module, common_float_dtype
+from ._backends import launchers
+from .kernels import sampling
+
+
+class GridSampleGrads(NamedTuple):
+    """Gradients of :func:`grid_sample`; an entry not asked for is None."""
+
+    input: object
+    grid: object
+
+
+GRID_SAMPLE_GRADS = GridSampleGrads._fields
+
+
+def _flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def _choice(value, name, allowed):
+    """The index of ``value`` in ``allowed`` (the kernels' code for it)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {allowed}, got {value!r}")
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return allowed.index(value)
+
+
+def _output_size(size):
+    """Check ``size`` = (N, C, H, W): N >= 0, C, H, W >= 1."""
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 4:
+        raise ValueError(f"size must be (N, C, H, W), got {size!r}")
+    out = []
+    for item, minimum in zip(size, (0, 1, 1, 1)):
+        if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+            raise TypeError(f"size must be four ints (N, C, H, W), got {size!r}")
+        if item < minimum:
+            raise ValueError(f"size must be (N, C, H, W) with N >= 0 and C, H, W >= 1, got {size!r}")
+        out.append(int(item))
+    return tuple(out)
+
+
+def _base_coordinates(xp, steps, align_corners, dtype):
+    """The ``steps`` normalised pixel-centre coordinates along one axis (0 for a
+    single step, as PyTorch does)."""
+    if steps == 1:
+        return xp.zeros(1, dtype)
+    if align_corners:
+        return xp.linspace(-1.0, 1.0, steps).astype(dtype)
+    return ((xp.arange(steps) * 2.0 + 1.0) / steps - 1.0).astype(dtype)
+
+
+def _base_grid(xp, height, width, align_corners, dtype):
+    """(H*W, 3): the rows (x, y, 1) of the untransformed grid, x fastest."""
+    base = xp.empty((height, width, 3), dtype)
+    base[:, :, 0] = _base_coordinates(xp, width, align_corners, dtype)[None, :]
+    base[:, :, 1] = _base_coordinates(xp, height, align_corners, dtype)[:, None]
+    base[:, :, 2] = 1
+    return base.reshape(height * width, 3)
+
+
+def affine_grid(theta, size, align_corners=False):
+    """Sampling grid of a batch of affine maps.
+
+    Parameters
+    ----------
+    theta : ndarray, (N, 2, 3)
+        Maps output coordinates ``(x, y, 1)``, normalised to [-1, 1], to input
+        coordinates ``(x', y')``.
+    size : (int, int, int, int)
+        The output size (N, C, H, W); C is not used.
+    align_corners : bool
+        If True, -1 and 1 are the centres of the corner pixels; if False, the
+        outer edges of the corner pixels (so the grid does not depend on the
+        resolution).
+
+    Returns
+    -------
+    ndarray, (N, H, W, 2)
+        ``grid[n, i, j] = theta[n] @ (x_j, y_i, 1)``, x first, with
+        ``x_j = -1 + 2j / (W - 1)`` (align_corners) or ``(2j + 1) / W - 1``;
+        a length-1 axis has the single coordinate 0.
+
+    See Also
+    --------
+    torch.nn.functional.affine_grid : the function this mirrors.
+    affine_grid_backward : its vector-Jacobian product.
+    grid_sample : samples an input at the grid.
+    """
+    xp = array_module(theta=theta)
+    dtype = common_float_dtype(theta=theta)
+    n, _, height, width = _output_size(size)
+    _validate.shape_equals(theta, "theta", (n, 2, 3), "(N, 2, 3) for size (N, C, H, W)")
+    align_corners = _flag(align_corners, "align_corners")
+    base = _base_grid(xp, height, width, align_corners, dtype)
+    return xp.matmul(base, theta.transpose(0, 2, 1)).reshape(n, height, width, 2)
+
+
+def affine_grid_backward(grad_grid, size, align_corners=False):
+    """Vector-Jacobian product of :func:`affine_grid` (the grid is linear in theta).
+
+    Parameters
+    ----------
+    grad_grid : ndarray, (N, H, W, 2)
+    size, align_corners
+        As given to :func:`affine_grid`.
+
+    Returns
+    -------
+    ndarray, (N, 2, 3)
+        ``grad_theta[n] = sum_{i,j} grad_grid[n, i, j] (x_j, y_i, 1)^T``.
+
+    See Also
+    --------
+    affine_grid : the forward map.
+    """
+    xp = array_module(grad_grid=grad_grid)
+    dtype = common_float_dtype(grad_grid=grad_grid)
+    n, _, height, width = _output_size(size)
+    _validate.shape_equals(grad_grid, "grad_grid", (n, height, width, 2),
+                           "(N, H, W, 2) for size (N, C, H, W)")
+    align_corners = _flag(align_corners, "align_corners")
+    base = _base_grid(xp, height, width, align_corners, dtype)
+    return xp.matmul(grad_grid.reshape(n, height * width, 2).transpose(0, 2, 1), base)
+
+
+class _Sampling(NamedTuple):
+    """Kernel arguments of a grid_sample call."""
+
+    nearest: bool
+    padding_mode: int
+    align_corners: bool
+
+
+def _check_sample(input, grid, mode, padding_mode, align_corners):
+    _validate.ndim(input, "input", 4, "(N, C, H, W)")
+    _validate.ndim(grid, "grid", 4, "(N, Hg, Wg, 2)")
+    if grid.shape[3] != 2:
+        raise ValueError(f"grid must be (N, Hg, Wg, 2) with (x, y) last, got shape {grid.shape}")
+    if grid.shape[0] != input.shape[0]:
+        raise ValueError(f"grid batch ({grid.shape[0]}) must equal input batch ({input.shape[0]}): "
+                         f"input shape {input.shape}, grid shape {grid.shape}")
+    if input.shape[2] < 1 or input.shape[3] < 1:
+        raise ValueError(f"input must have non-empty H and W, got shape {input.shape}")
+    interpolation = _choice(mode, "mode", sampling.GRID_INTERPOLATION_MODES)
+    return _Sampling(interpolation == sampling.INTERPOLATION_NEAREST,
+                     _choice(padding_mode, "padding_mode", sampling.GRID_PADDING_MODES),
+                     _flag(align_corners, "align_corners"))
+
+
+def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=False):
+    """Sample ``input`` at the positions in ``grid``.
+
+    Parameters
+    ----------
+    input : ndarray, (N, C, H, W)
+    grid : ndarray, (N, Hg, Wg, 2)
+        Normalised sampling positions: ``grid[..., 0]`` is x (along W) and
+        ``grid[..., 1]`` is y (along H); -1 and 1 are the image's ends as set by
+        ``align_corners``. Any grid works, affine (:func:`affine_grid`) or not.
+    mode : {"bilinear", "nearest"}
+        Nearest rounds halves to even, as PyTorch does.
+    padding_mode : {"zeros", "border", "reflection"}
+        Values outside the image: zero, the nearest edge pixel, or the image
+        reflected about its edge pixel centres (align_corners) or its outer
+        edges (not align_corners), any number of times.
+    align_corners : bool
+        If True, -1 and 1 are the centres of the corner pixels: pixel
+        ``x = (gx + 1) / 2 * (W - 1)``. If False, their outer edges:
+        ``x = ((gx + 1) * W - 1) / 2``.
+
+    Returns
+    -------
+    ndarray, (N, C, Hg, Wg)
+
+    Notes
+    -----
+    Padding modes other than "zeros" fold each coordinate into the image first
+    (reflect, then clip to ``[0, W - 1]``). Bilinear sampling then uses the
+    cell of ``floor(y), floor(x)``, counting corners outside the image as 0; a
+    sample with ``y < -1``, ``y >= H``, ``x < -1`` or ``x >= W`` is therefore 0.
+
+    Any grid value is safe. Infinities and huge values (1e30) give 0 in
+    "zeros" mode, the edge pixel in "border" mode and, if finite, their exact
+    reflection in "reflection" mode. A NaN coordinate, or an infinite one under
+    "reflection", gives 0 in every mode, with zero gradients (PyTorch gives NaN
+    or fails there).
+
+    See Also
+    --------
+    torch.nn.functional.grid_sample : the function this mirrors.
+    grid_sample_backward : its vector-Jacobian product.
+    affine_grid : grids of affine maps.
+    """
+    xp = array_module(input=input, grid=grid)
+    dtype = common_float_dtype(input=input, grid=grid)
+    modes = _check_sample(input, grid, mode, padding_mode, align_corners)
+    out = xp.empty((input.shape[0], input.shape[1], grid.shape[1], grid.shape[2]), dtype)
+    if out.size:
+        launchers(xp).GridSampler(input, grid, *modes).sample(out)
+    return out
+
+
+def grid_sample_backward(grad_output, input, grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False, *, needs=GRID_SAMPLE_GRADS):
+    """Vector-Jacobian product of :func:`grid_sample`.
+
+    Parameters
+    ----------
+    grad_output : ndarray, (N, C, Hg, Wg)
+    input, grid, mode, padding_mode, align_corners
+        As given to :func:`grid_sample`.
+    needs : iterable of {"input", "grid"}
+        The gradients to compute; the others are returned as None.
+
+    Returns
+    -------
+    GridSampleGrads
+        ``input`` (N, C, H, W) and ``grid`` (N, Hg, Wg, 2).
+
+    Notes
+    -----
+    The input gradient is the exact adjoint of the sampling. The grid gradient
+    follows PyTorch's conventions where the sample is not differentiable: the
+    bilinear derivative is taken in the cell of ``floor(y), floor(x)`` (at an
+    integer coordinate, the one-sided derivative towards larger coordinates);
+    clipping has derivative 1 strictly inside ``(0, W - 1)`` and 0 on its end
+    points and beyond; reflection has derivative +1 or -1. It is 0 in
+    "nearest" mode, and 0 for samples outside the window of :func:`grid_sample`
+    and for NaN coordinates.
+
+    See Also
+    --------
+    torch.nn.functional.grid_sample : whose autograd this mirrors.
+    affine_grid_backward : carries the grid gradient on to theta.
+    """
+    wanted = _validate.needs(needs, GRID_SAMPLE_GRADS)
+    xp = array_module(grad_output=grad_output, input=input, grid=grid)
+    dtype = common_float_dtype(grad_output=grad_output, input=input, grid=grid)
+    modes = _check_sample(input, grid, mode, padding_mode, align_corners)
+    out_shape = (input.shape[0], input.shape[1], grid.shape[1], grid.shape[2])
+    _validate.shape_equals(grad_output, "grad_output", out_shape, "(N, C, Hg, Wg)")
+    grad_input = xp.zeros(input.shape, dtype) if "input" in wanted else None
+    grad_grid = xp.zeros(grid.shape, dtype) if "grid" in wanted else None
+    # Nearest sampling is piecewise constant: its grid gradient stays zero.
+    grid_target = None if modes.nearest else grad_grid
+    if grad_output.size and (grad_input is not None or grid_target is not None):
+        launchers(xp).GridSampler(input, grid, *modes).backward(grad_output, grad_input,
+                                                                grid_target)
+    return GridSampleGrads(grad_input, grad_grid)
