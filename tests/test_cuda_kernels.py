@@ -1,0 +1,159 @@
+"""The CUDA kernels agree with the CPU kernels (which the rest of the suite
+checks against references): on a real GPU with CuPy arrays, or on CPU under
+Numba's CUDA simulator with tiny shapes and a launch configuration patched so
+that even these launch several blocks and exercise the grid-stride loops."""
+
+import contextlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import defconv_np as dc
+
+from .cuda_mode import MODE, SKIP_REASON, to_device, to_host
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(MODE is None, reason=SKIP_REASON)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def small_launches():
+    """Under the simulator, tiny launches: several blocks and grid-stride loops."""
+    with pytest.MonkeyPatch.context() as mp:
+        if MODE == "simulator":
+            mp.setattr(dc.config, "cuda_threads_per_block", 16)
+            mp.setattr(dc.config, "cuda_max_blocks", 3)
+        yield
+
+
+@contextlib.contextmanager
+def through_cuda():
+    """Calls inside run on the CUDA kernels (NumPy arrays are routed there
+    under the simulator; CuPy arrays go there anyway)."""
+    with pytest.MonkeyPatch.context() as mp:
+        if MODE == "simulator":
+            mp.setattr(dc.config, "numpy_through_cuda_kernels", True)
+        yield
+
+
+def _tol(dtype):
+    return dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+
+
+@st.composite
+def deform_cases(draw):
+    groups = draw(st.integers(1, 2))
+    offset_groups = draw(st.integers(1, 2))
+    channels = groups * offset_groups * draw(st.integers(1, 2))
+    out_ch = groups * draw(st.integers(1, 2))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 1)), draw(st.integers(0, 1)))
+    h = draw(st.integers(max(1, dilation[0] * (kh - 1) + 1 - 2 * padding[0]), 5))
+    w = draw(st.integers(max(1, dilation[1] * (kw - 1) + 1 - 2 * padding[1]), 5))
+    batch = draw(st.integers(1, 2))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    seed = draw(st.integers(0, 2**16))
+    masked = draw(st.booleans())
+    rng = np.random.default_rng(seed)
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    arrays = dict(
+        input=rng.standard_normal((batch, channels, h, w)).astype(dtype),
+        offset=rng.uniform(-2, 2, (batch, 2 * offset_groups * kh * kw, ho, wo)).astype(dtype),
+        weight=rng.standard_normal((out_ch, channels // groups, kh, kw)).astype(dtype),
+        mask=rng.uniform(0, 1, (batch, offset_groups * kh * kw, ho, wo)).astype(dtype)
+        if masked else None,
+        grad_output=rng.standard_normal((batch, out_ch, ho, wo)).astype(dtype),
+    )
+    return arrays, dict(stride=stride, padding=padding, dilation=dilation), groups
+
+
+@settings(max_examples=12, deadline=None)
+@given(case=deform_cases(), deterministic=st.booleans())
+def test_deform_conv2d_cuda_matches_cpu(case, deterministic):
+    arrays, geometry, _ = case
+    a = arrays
+    expected_out = dc.deform_conv2d(a["input"], a["offset"], a["weight"], mask=a["mask"], **geometry)
+    expected = dc.deform_conv2d_backward(a["grad_output"], a["input"], a["offset"], a["weight"],
+                                         mask=a["mask"], **geometry)
+    dev, host = to_device, to_host
+    with through_cuda():
+        d = {k: dev(v) for k, v in a.items()}
+        out = dc.deform_conv2d(d["input"], d["offset"], d["weight"], mask=d["mask"], **geometry)
+        grads = dc.deform_conv2d_backward(d["grad_output"], d["input"], d["offset"], d["weight"],
+                                          mask=d["mask"], deterministic=deterministic, **geometry)
+    tol = _tol(a["input"].dtype)
+    np.testing.assert_allclose(host(out), expected_out, **tol)
+    for name in dc.DeformConv2dGrads._fields:
+        got, want = getattr(grads, name), getattr(expected, name)
+        assert (got is None) == (want is None), name
+        if want is not None:
+            np.testing.assert_allclose(host(got), want, err_msg=name, **tol)
+
+
+@settings(max_examples=10, deadline=None)
+@given(case=deform_cases())
+def test_conv2d_cuda_matches_cpu(case):
+    arrays, geometry, groups = case
+    x, w, go = arrays["input"], arrays["weight"], arrays["grad_output"]
+    expected_out = dc.conv2d(x, w, groups=groups, **geometry)
+    expected = dc.conv2d_backward(go, x, w, groups=groups, **geometry)
+    dev, host = to_device, to_host
+    with through_cuda():
+        out = dc.conv2d(dev(x), dev(w), groups=groups, **geometry)
+        grads = dc.conv2d_backward(dev(go), dev(x), dev(w), groups=groups, **geometry)
+    tol = _tol(x.dtype)
+    np.testing.assert_allclose(host(out), expected_out, **tol)
+    for name in dc.Conv2dGrads._fields:
+        np.testing.assert_allclose(host(getattr(grads, name)), getattr(expected, name),
+                                   err_msg=name, **tol)
+
+
+@through_cuda()
+def test_deterministic_input_grad_is_bitwise_repeatable():
+    dev, host = to_device, to_host
+    rng = np.random.default_rng(3)
+    x = dev(rng.standard_normal((1, 2, 4, 4)).astype(np.float32))
+    off = dev(rng.uniform(-0.6, 0.6, (1, 18, 4, 4)).astype(np.float32))
+    w = dev(rng.standard_normal((3, 2, 3, 3)).astype(np.float32))
+    go = dev(rng.standard_normal((1, 3, 4, 4)).astype(np.float32))
+    runs = [host(dc.deform_conv2d_backward(go, x, off, w, padding=1, deterministic=True,
+                                           needs=("input",)).input) for _ in range(3)]
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])
+
+
+@through_cuda()
+def test_chunked_columns_match_unchunked(monkeypatch):
+    """A tiny column budget splits over images and rows; results are unchanged."""
+    dev, host = to_device, to_host
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 2, 5, 4))
+    off = rng.uniform(-1.5, 1.5, (3, 18, 5, 4))
+    w = rng.standard_normal((2, 2, 3, 3))
+    mask = rng.uniform(size=(3, 9, 5, 4))
+    go = rng.standard_normal((3, 2, 5, 4))
+    args = [dev(a) for a in (go, x, off, w)]
+    whole = dc.deform_conv2d_backward(*args, padding=1, mask=dev(mask))
+    monkeypatch.setattr(dc.config, "column_budget_bytes", 2 * 18 * 8 * 4)  # a few rows
+    chunked = dc.deform_conv2d_backward(*args, padding=1, mask=dev(mask))
+    for a, b in zip(whole, chunked):
+        np.testing.assert_allclose(host(b), host(a), rtol=1e-12, atol=1e-12)
+
+
+@through_cuda()
+def test_non_finite_offsets_are_safe():
+    dev, host = to_device, to_host
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 1, 4, 4))
+    off = rng.uniform(-1, 1, (1, 2, 4, 4))
+    off[0, 0, 0, :] = [np.nan, np.inf, -np.inf, 1e30]
+    w = np.ones((1, 1, 1, 1))
+    out = host(dc.deform_conv2d(dev(x), dev(off), dev(w)))
+    assert np.all(np.isfinite(out))
+    assert np.all(out[0, 0, 0, :] == 0)
+    grads = dc.deform_conv2d_backward(dev(np.ones_like(out)), dev(x), dev(off), dev(w))
+    assert np.all(host(grads.offset)[0, :, 0, :] == 0)
+    assert np.all(np.isfinite(host(grads.input)))
