@@ -52,43 +52,97 @@ def largest(chunks, out_w):
     return max(((c.n1 - c.n0) * (c.r1 - c.r0) * out_w for c in chunks), default=0)
 
 
-def _views(xp, buffer, chunk, rows_k, out_w):
-    nb, npix = chunk.n1 - chunk.n0, (chunk.r1 - chunk.r0) * out_w
-    return buffer[: nb * rows_k * npix].reshape(nb, rows_k, npix)
+class ChannelsFirst:
+    """Columns stored as (nb, C*K, P) with row ``c*K + k``: the row order of
+    ``weight.reshape(O, C/groups*K)``, as torchvision lays them out."""
+
+    @staticmethod
+    def physical(buffer, nb, rows_k, npix):
+        return buffer[: nb * rows_k * npix].reshape(nb, rows_k, npix)
+
+    @staticmethod
+    def logical(cols, groups):
+        nb, rows_k, npix = cols.shape
+        return cols.reshape(nb, groups, rows_k // groups, npix)
+
+    @staticmethod
+    def weight_matrix(weight, groups):
+        return weight.reshape(groups, weight.shape[0] // groups, -1)
+
+    @staticmethod
+    def weight_from_matrix(matrix, shape):
+        return matrix.reshape(shape)
+
+    @staticmethod
+    def column_grads(xp, w, go, grad_cols, groups):
+        """grad_cols = w^T @ go, per group."""
+        xp.matmul(w.transpose(0, 2, 1), go, out=ChannelsFirst.logical(grad_cols, groups))
 
 
-def forward(xp, out, weight, groups, chunks, fill_columns):
+class PixelsFirst:
+    """Columns stored as (nb, P, groups*K*C/groups), channel fastest within
+    (weight group, kernel point): sampling kernels then run contiguously over
+    channels (vectorised loads and stores), as DCNv4 does on GPUs."""
+
+    @staticmethod
+    def physical(buffer, nb, rows_k, npix):
+        return buffer[: nb * rows_k * npix].reshape(nb, npix, rows_k)
+
+    @staticmethod
+    def logical(cols, groups):
+        nb, npix, rows_k = cols.shape
+        return cols.reshape(nb, npix, groups, rows_k // groups).transpose(0, 2, 3, 1)
+
+    @staticmethod
+    def weight_matrix(weight, groups):
+        out_ch = weight.shape[0]
+        return weight.transpose(0, 2, 3, 1).reshape(groups, out_ch // groups, -1)
+
+    @staticmethod
+    def weight_from_matrix(matrix, shape):
+        out_ch, per_group, kh, kw = shape
+        return matrix.reshape(out_ch, kh, kw, per_group).transpose(0, 3, 1, 2)
+
+    @staticmethod
+    def column_grads(xp, w, go, grad_cols, groups):
+        """grad_cols^T = go^T @ w, per group, written in place (row-major output)."""
+        nb, npix, rows_k = grad_cols.shape
+        out = grad_cols.reshape(nb, npix, groups, rows_k // groups).transpose(0, 2, 1, 3)
+        xp.matmul(go.transpose(0, 1, 3, 2), w, out=out)
+
+
+def forward(xp, out, weight, groups, chunks, columns):
     """``out[n, o, ho, wo] = sum_r weight[o, r] * cols[n, r, (ho, wo)]`` per group.
 
-    ``fill_columns(chunk, cols)`` writes the (nb, C*K, rows*Wo) columns.
+    ``columns.fill(chunk, cols)`` writes a chunk's columns in ``columns.layout``.
     """
+    layout = columns.layout
     n_out, out_w = out.shape[1], out.shape[3]
-    w = weight.reshape(groups, n_out // groups, -1)
+    w = xp.ascontiguousarray(layout.weight_matrix(weight, groups))
     rows_k = groups * w.shape[2]
     buffer = xp.empty(largest(chunks, out_w) * rows_k, out.dtype)
     for chunk in chunks:
-        cols = _views(xp, buffer, chunk, rows_k, out_w)
-        fill_columns(chunk, cols)
-        nb, _, npix = cols.shape
-        prod = xp.matmul(w, cols.reshape(nb, groups, -1, npix))
+        nb, npix = chunk.n1 - chunk.n0, (chunk.r1 - chunk.r0) * out_w
+        cols = layout.physical(buffer, nb, rows_k, npix)
+        columns.fill(chunk, cols)
+        prod = xp.matmul(w, layout.logical(cols, groups))
         out[chunk.n0:chunk.n1, :, chunk.r0:chunk.r1, :] = prod.reshape(
             nb, n_out, chunk.r1 - chunk.r0, out_w)
 
 
-def backward(xp, grad_output, weight, groups, chunks, fill_columns, use_grad_columns,
+def backward(xp, grad_output, weight, groups, chunks, columns, use_grad_columns,
              want_weight, want_columns):
     """Weight gradient (if ``want_weight``) and, if ``want_columns``, the column
     gradient of every chunk handed to ``use_grad_columns(chunk, grad_cols)``.
 
     Returns the weight gradient (or None).
     """
+    layout = columns.layout
     n_out, out_w = grad_output.shape[1], grad_output.shape[3]
-    w = weight.reshape(groups, n_out // groups, -1)
-    per_group = w.shape[2]
-    rows_k = groups * per_group
+    w = xp.ascontiguousarray(layout.weight_matrix(weight, groups))
+    rows_k = groups * w.shape[2]
     size = largest(chunks, out_w) * rows_k
     grad_w = xp.zeros_like(w) if want_weight else None
-    w_t = xp.ascontiguousarray(w.transpose(0, 2, 1)) if want_columns else None
     cols_buf = xp.empty(size, w.dtype) if want_weight else None
     grad_buf = xp.empty(size, w.dtype) if want_columns else None
     for chunk in chunks:
@@ -97,12 +151,13 @@ def backward(xp, grad_output, weight, groups, chunks, fill_columns, use_grad_col
             grad_output[chunk.n0:chunk.n1, :, chunk.r0:chunk.r1, :]
         ).reshape(nb, groups, n_out // groups, npix)
         if want_weight:
-            cols = _views(xp, cols_buf, chunk, rows_k, out_w)
-            fill_columns(chunk, cols)
-            cols4 = cols.reshape(nb, groups, per_group, npix)
-            grad_w += xp.matmul(go, cols4.transpose(0, 1, 3, 2)).sum(axis=0)
+            cols = layout.physical(cols_buf, nb, rows_k, npix)
+            columns.fill(chunk, cols)
+            grad_w += xp.matmul(go, layout.logical(cols, groups).transpose(0, 1, 3, 2)).sum(axis=0)
         if want_columns:
-            grad_cols = _views(xp, grad_buf, chunk, rows_k, out_w)
-            xp.matmul(w_t, go, out=grad_cols.reshape(nb, groups, per_group, npix))
+            grad_cols = layout.physical(grad_buf, nb, rows_k, npix)
+            layout.column_grads(xp, w, go, grad_cols, groups)
             use_grad_columns(chunk, grad_cols)
-    return None if grad_w is None else grad_w.reshape(weight.shape)
+    if grad_w is None:
+        return None
+    return xp.ascontiguousarray(layout.weight_from_matrix(grad_w, weight.shape))

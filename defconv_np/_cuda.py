@@ -12,7 +12,7 @@ import contextlib
 import numpy as np
 from numba import cuda
 
-from . import config
+from . import _columns, config
 from ._cpu import sampling_bases
 from .kernels import sampling
 from .kernels.cuda import deform as deform_kernels
@@ -68,6 +68,8 @@ def zero_padded(xp, array, before, after):
 class DenseColumns:
     """im2col / col2im of a plain strided, dilated, padded conv2d."""
 
+    layout = _columns.ChannelsFirst
+
     def __init__(self, input, kernel, stride, padding, dilation, out_w):
         self.launch = _Launch(input)
         self.xp = self.launch.xp
@@ -98,6 +100,8 @@ class DenseColumns:
 
 class DeformColumns:
     """Deformable im2col and its adjoints (input, offset, mask)."""
+
+    layout = _columns.ChannelsFirst
 
     def __init__(self, input, offset, mask, kernel, stride, padding, dilation,
                  deterministic=False):

@@ -55,7 +55,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if chunks:
         columns = launchers(xp).DenseColumns(input, geom.kernel, geom.stride, geom.padding,
                                              geom.dilation, geom.out_w)
-        _columns.forward(xp, out, xp.ascontiguousarray(weight), geom.groups, chunks, columns.fill)
+        _columns.forward(xp, out, weight, geom.groups, chunks, columns)
     if bias is not None:
         out += bias.reshape(1, -1, 1, 1)
     return out
@@ -96,7 +96,7 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
         if want_input:
             columns.new_input_grad()
         grad_weight = _columns.backward(
-            xp, grad_output, xp.ascontiguousarray(weight), geom.groups, chunks, columns.fill,
+            xp, grad_output, weight, geom.groups, chunks, columns,
             columns.scatter_input_grad, want_weight, want_input)
         if want_input:
             grad_input = columns.input_grad()

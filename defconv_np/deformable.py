@@ -97,7 +97,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     if chunks:
         columns = launchers(xp).DeformColumns(input, offset, mask, geom.kernel, geom.stride,
                                               geom.padding, geom.dilation)
-        _columns.forward(xp, out, xp.ascontiguousarray(weight), geom.groups, chunks, columns.fill)
+        _columns.forward(xp, out, weight, geom.groups, chunks, columns)
     if bias is not None:
         out += bias.reshape(1, -1, 1, 1)
     return out
@@ -165,7 +165,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
                 columns.coordinate_grads(chunk, grad_cols, grad_offset, grad_mask)
 
         grad_weight = _columns.backward(
-            xp, grad_output, xp.ascontiguousarray(weight), geom.groups, chunks, columns.fill,
+            xp, grad_output, weight, geom.groups, chunks, columns,
             use_grad_columns, want_weight, want_columns)
         if want_input:
             grad_input = columns.input_grad()
