@@ -12,7 +12,7 @@ import threading
 import numba
 import numpy as np
 
-from . import config
+from . import _columns, config
 from .kernels import sampling
 from .kernels.cpu import deform as deform_kernels
 from .kernels.cpu import im2col as im2col_kernels
@@ -49,6 +49,8 @@ def channel_blocks(work_items, channels_per_group):
 class DenseColumns:
     """im2col / col2im of a plain strided, dilated, padded conv2d."""
 
+    layout = _columns.ChannelsFirst
+
     def __init__(self, input, kernel, stride, padding, dilation, out_w):
         self.padding = padding
         self.geometry = (kernel, stride, dilation)
@@ -75,63 +77,75 @@ class DenseColumns:
 
 
 class DeformColumns:
-    """Deformable im2col and its adjoints (input, offset, mask)."""
+    """Deformable im2col and its adjoints (input, offset, mask), channels-last."""
 
-    def __init__(self, input, offset, mask, kernel, stride, padding, dilation,
+    layout = _columns.PixelsFirst
+
+    def __init__(self, input, offset, mask, kernel, stride, padding, dilation, weight_groups,
                  deterministic=False):
-        # the CPU kernels own whole gradient planes: always deterministic
+        # the CPU kernels own whole gradient values: always deterministic
         n, c, h, w = input.shape
         # compared with sample positions only: kept in the input dtype
         self.height, self.width = input.dtype.type(h), input.dtype.type(w)
         self.row_stride = w + sampling.PAD_BEFORE + sampling.PAD_AFTER
         self.input_shape = input.shape
-        before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
-        self.inp_pad = zero_padded(input, (before, before), (after, after)).reshape(n, c, -1)
+        self.inp = channels_last_padded(input)
         self.offset = np.ascontiguousarray(offset)
         self.use_mask = mask is not None
         self.mask = (np.ascontiguousarray(mask) if mask is not None
                      else np.ones((1, 1, 1, 1), input.dtype))
-        self.geometry = sampling_bases(np, offset.shape[2:], kernel, stride, padding, dilation,
-                                       input.dtype)
-        self.groups = offset.shape[1] // (2 * kernel[0] * kernel[1])
-        self.per_group = c // self.groups
+        self.bases = sampling_bases(np, offset.shape[2:], kernel, stride, padding, dilation,
+                                    input.dtype)
+        self.weight_groups = weight_groups
 
-    def _blocks(self, chunk):
-        return channel_blocks((chunk.n1 - chunk.n0) * self.groups, self.per_group)
+    def _common(self, chunk):
+        return (self.height, self.width, self.row_stride, self.offset, self.mask, self.use_mask,
+                chunk.n0, chunk.r0, *self.bases, self.weight_groups)
 
     def fill(self, chunk, cols):
         with _launch_lock:
-            deform_kernels.deform_im2col(
-                self.inp_pad, self.height, self.width, self.row_stride, self.offset, self.mask, self.use_mask,
-                chunk.n0, chunk.r0, *self.geometry, self._blocks(chunk), config.cpu_tile_pixels,
-                cols)
+            deform_kernels.deform_im2col(self.inp, *self._common(chunk), config.cpu_tile_pixels,
+                                         cols)
 
     def new_input_grad(self):
-        self.grad_pad = np.zeros_like(self.inp_pad)
+        self.grad = np.zeros_like(self.inp)
 
     def scatter_input_grad(self, chunk, grad_cols):
+        # every block recomputes the sampling cells: one block per thread
+        blocks = max(1, min(self.inp.shape[2], -(-numba.get_num_threads() // (chunk.n1 - chunk.n0))))
         with _launch_lock:
-            deform_kernels.deform_col2im(
-                grad_cols, self.height, self.width, self.row_stride, self.offset, self.mask, self.use_mask,
-                chunk.n0, chunk.r0, *self.geometry, self._blocks(chunk), config.cpu_tile_pixels,
-                self.grad_pad)
+            deform_kernels.deform_col2im(grad_cols, *self._common(chunk), blocks, self.grad)
 
     def input_grad(self):
-        n, c, h, w = self.input_shape
-        before = sampling.PAD_BEFORE
-        plane = self.grad_pad.reshape(n, c, h + 3, w + 3)
-        return np.ascontiguousarray(plane[:, :, before:before + h, before:before + w])
+        return from_channels_last_padded(self.grad, self.input_shape)
 
     def coordinate_grads(self, chunk, grad_cols, grad_offset, grad_mask):
         """Offset and/or mask gradient for the chunk (either target may be None)."""
         dummy = np.zeros((1, 1, 1, 1), grad_cols.dtype)
         with _launch_lock:
             deform_kernels.deform_coordinate_grads(
-                grad_cols, self.inp_pad, self.height, self.width, self.row_stride, self.offset, self.mask,
-                self.use_mask, chunk.n0, chunk.r0, *self.geometry, config.cpu_tile_pixels,
+                grad_cols, self.inp, *self._common(chunk), config.cpu_tile_pixels,
                 grad_offset is not None, grad_mask is not None,
                 dummy if grad_offset is None else grad_offset,
                 dummy if grad_mask is None else grad_mask)
+
+
+def channels_last_padded(array):
+    """(N, C, H, W) -> zero-padded channels-last (N, (H+3)*(W+3), C), laid out as
+    ``kernels.sampling`` describes; converts any layout in the same pass."""
+    n, c, h, w = array.shape
+    before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
+    out = np.zeros((n, h + before + after, w + before + after, c), array.dtype)
+    out[:, before:before + h, before:before + w, :] = array.transpose(0, 2, 3, 1)
+    return out.reshape(n, -1, c)
+
+
+def from_channels_last_padded(padded, shape):
+    """Inverse of ``channels_last_padded``: crop the border, back to (N, C, H, W)."""
+    n, c, h, w = shape
+    before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
+    plane = padded.reshape(n, h + before + after, w + before + after, c)
+    return np.ascontiguousarray(plane[:, before:before + h, before:before + w, :].transpose(0, 3, 1, 2))
 
 
 from .kernels.cpu import grid_sample as grid_sample_kernels  # noqa: E402
@@ -148,11 +162,13 @@ class GridSampler:
 
     def __init__(self, input, grid, nearest, padding_mode, align_corners):
         n, c, h, w = input.shape
-        self.height, self.width = h, w
         self.input_shape = input.shape
         before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
         self.inp_pad = zero_padded(input, (before, before), (after, after)).reshape(n, c, -1)
         self.grid = np.ascontiguousarray(grid).reshape(n, -1, 2)
+        # sample positions are formed in the input dtype, as PyTorch forms them
+        real = input.dtype.type
+        self.geometry = (real(h), real(w), sampling.padded_width(w), real(1))
         self.modes = (nearest, padding_mode, align_corners)
 
     def sample(self, out):
@@ -160,7 +176,7 @@ class GridSampler:
         n, npix = self.grid.shape[:2]
         with _launch_lock:
             grid_sample_kernels.grid_sample(
-                self.inp_pad, self.height, self.width, self.grid, *self.modes,
+                self.inp_pad, *self.geometry, self.grid, *self.modes,
                 _pixel_blocks(n, npix), config.cpu_tile_pixels, out.reshape(n, out.shape[1], -1))
 
     def backward(self, grad_output, grad_input, grad_grid):
@@ -178,12 +194,13 @@ class GridSampler:
         partials = np.zeros((n, blocks_c, npix, 2) if want_grid else (1, 1, 1, 2), np.float64)
         with _launch_lock:
             grid_sample_kernels.grid_sample_backward(
-                np.ascontiguousarray(grad_output).reshape(n, c, npix), self.inp_pad, self.height,
-                self.width, self.grid, *self.modes, want_input, want_grid, blocks_c, blocks_p,
+                np.ascontiguousarray(grad_output).reshape(n, c, npix), self.inp_pad, *self.geometry,
+                self.grid, *self.modes, want_input, want_grid, blocks_c, blocks_p,
                 config.cpu_tile_pixels, grad_pad, partials)
         if want_input:
-            before = sampling.PAD_BEFORE
-            plane = grad_pad.reshape(n, c, self.height + 3, self.width + 3)
-            grad_input[...] = plane[:, :, before:before + self.height, before:before + self.width]
+            h, w = self.input_shape[2:]
+            before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
+            plane = grad_pad.reshape(n, c, h + before + after, w + before + after)
+            grad_input[...] = plane[:, :, before:before + h, before:before + w]
         if want_grid:
             grad_grid[...] = partials.sum(axis=1).reshape(grad_grid.shape)

@@ -103,7 +103,7 @@ class DeformColumns:
 
     layout = _columns.ChannelsFirst
 
-    def __init__(self, input, offset, mask, kernel, stride, padding, dilation,
+    def __init__(self, input, offset, mask, kernel, stride, padding, dilation, weight_groups,
                  deterministic=False):
         self.launch = _Launch(input)
         xp = self.xp = self.launch.xp

@@ -96,7 +96,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     chunks = _columns.chunks_for(geom, dtype, buffers=1)
     if chunks:
         columns = launchers(xp).DeformColumns(input, offset, mask, geom.kernel, geom.stride,
-                                              geom.padding, geom.dilation)
+                                              geom.padding, geom.dilation, geom.groups)
         _columns.forward(xp, out, weight, geom.groups, chunks, columns)
     if bias is not None:
         out += bias.reshape(1, -1, 1, 1)
@@ -153,7 +153,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
     chunks = _columns.chunks_for(geom, dtype, buffers=want_columns + want_weight)
     if chunks and (want_columns or want_weight):
         columns = launchers(xp).DeformColumns(input, offset, mask, geom.kernel, geom.stride,
-                                              geom.padding, geom.dilation,
+                                              geom.padding, geom.dilation, geom.groups,
                                               deterministic=deterministic)
         if want_input:
             columns.new_input_grad()

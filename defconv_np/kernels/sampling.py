@@ -135,7 +135,9 @@ def reflect_coordinate(x, twice_low, twice_high, one):
     """
     zero = one - one
     if twice_low == twice_high:
-        return zero, zero
+        # a single pixel centre: every finite x lands on it (x - x is 0), NaN
+        # and infinities stay NaN
+        return x - x, zero
     two = one + one
     low = twice_low / two
     span = (twice_high - twice_low) / two

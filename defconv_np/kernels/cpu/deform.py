@@ -1,18 +1,21 @@
-"""Deformable im2col, its input adjoint, and the offset/mask gradient on CPU.
+"""Deformable im2col, its input adjoint, and the offset/mask gradient on CPU,
+channels-last.
 
-Every kernel walks the chunk in tiles of output pixels: the sampling position,
-cell and bilinear weights of a tile are computed once per (image, offset group,
-kernel point) and reused for every input channel of that offset group.
+The input is read from (and its gradient written to) a zero-padded
+channels-last copy ``(N, (H + 3) * (W + 3), C)`` laid out as
+``kernels.sampling`` describes (``row_stride = W + 3``), so the four corners of
+a sample are four contiguous channel vectors. Columns are pixels-first,
+``cols[b, p, (gw*K + k)*Cg + cg]`` for weight group ``gw`` and its channel
+``cg`` (``_columns.PixelsFirst``). The per-channel inner loops are therefore
+unit-stride and vectorise; the sampling cell and weights of a sample are
+computed once and reused for every channel of its offset group.
 
-Planes are read from (and input gradients written to) zero-padded copies laid
-out as ``kernels.sampling`` describes: ``(N, C, (H + 3) * (W + 3))``, with
-``row_stride = W + 3``. ``height`` and ``width`` arrive as floats of the input
-dtype: they are only compared with sample positions.
 Offsets are (N, 2*G*K, Ho, Wo) with (dy, dx) interleaved per kernel point;
-masks are (N, G*K, Ho, Wo) and are ignored unless ``use_mask``. The undeformed
-sampling grid arrives as ``y_base[ho, i] = ho*sh - ph + i*dh`` (Ho, kh) and
-``x_base[wo, j]`` (Wo, kw) in the input dtype, so a sample position is formed
-in the input precision, as torchvision forms it (see ``sampling_bases``).
+masks (N, G*K, Ho, Wo) are ignored unless ``use_mask``. The undeformed grid
+arrives as ``y_base[ho, i] = ho*sh - ph + i*dh`` (Ho, kh) and ``x_base[wo, j]``
+(Wo, kw) in the input dtype, so a sample position is formed in the input
+precision, as torchvision forms it; ``height`` and ``width`` are floats of that
+dtype too (they are only compared with positions).
 """
 
 import numpy as np
@@ -20,199 +23,202 @@ from numba import njit, prange
 
 from .device import bilinear_coordinate_grads, bilinear_value, bilinear_weights, deform_tap
 
+# Channel loops may be reassociated (so reductions vectorise); NaN and
+# infinities keep their IEEE meaning, which the boundary rules rely on.
+_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
 
 @njit(inline="always", cache=True, nogil=True)
-def _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, row_stride, kernel_w, y_base,
-               x_base, base, ly, lx, inside):
-    """Sampling cell of pixels p0 .. p0+pn of the chunk for kernel point k of group g."""
-    ki = k // kernel_w
-    kj = k - ki * kernel_w
-    ch = 2 * (g * y_base.shape[1] * kernel_w + k)
-    for t in range(pn):
-        p = p0 + t
-        r = p // out_w
-        wo = p - r * out_w
-        ho = r0 + r
-        y = y_base[ho, ki] + offset[n, ch, ho, wo]
-        x = x_base[wo, kj] + offset[n, ch + 1, ho, wo]
-        base[t], ly[t], lx[t], inside[t] = deform_tap(y, x, height, width, row_stride, 1.0)
+def _sample(offset, mask, use_mask, n, g, k, ho, wo, height, width, row_stride, y_base, x_base,
+            typed):
+    """Cell, fraction and (masked) corner weights of one sample.
+
+    ``typed`` is a scratch array of the input dtype: values stored there come
+    back in that dtype, which keeps the channel loops in float32 for float32
+    inputs (the per-sample maths itself runs in float64).
+    """
+    kw = x_base.shape[1]
+    n_k = y_base.shape[1] * kw
+    ki = k // kw
+    ch = 2 * (g * n_k + k)
+    y = y_base[ho, ki] + offset[n, ch, ho, wo]
+    x = x_base[wo, k - ki * kw] + offset[n, ch + 1, ho, wo]
+    q, ly, lx, inside = deform_tap(y, x, height, width, row_stride, 1.0)
+    w00, w01, w10, w11 = bilinear_weights(ly, lx, 1.0)
+    m = mask[n, g * n_k + k, ho, wo] if use_mask else 1.0
+    if not inside:
+        m = m * 0.0  # all-zero cell at q = 0; a NaN mask still propagates
+    typed[0] = w00 * m
+    typed[1] = w01 * m
+    typed[2] = w10 * m
+    typed[3] = w11 * m
+    typed[4] = ly
+    typed[5] = lx
+    typed[6] = m
+    typed[7] = 1.0
+    return q, inside
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def deform_im2col(inp_pad, height, width, row_stride, offset, mask, use_mask, n0, r0, y_base, x_base,
-                  channel_blocks, tile, cols):
-    """Fill ``cols`` (nb, C*K, rows*Wo) with (masked) bilinear samples."""
+@njit(inline="always", cache=True, nogil=True)
+def _run(g, gw, k, per_group, per_wgroup, n_k):
+    """The channels ``lo:hi`` shared by offset group ``g`` and weight group
+    ``gw``, and where their column entries for kernel point ``k`` start
+    (``(gw*K + k)*Cg + (lo - gw*Cg)``). Loops then index from 0, which Numba
+    can vectorise (a possibly negative index costs a wraparound check)."""
+    lo = max(g * per_group, gw * per_wgroup)
+    hi = min((g + 1) * per_group, (gw + 1) * per_wgroup)
+    return lo, hi, (gw * (n_k - 1) + k) * per_wgroup + lo
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)
+def deform_im2col(inp, height, width, row_stride, offset, mask, use_mask, n0, r0, y_base, x_base,
+                  weight_groups, pixel_block, cols):
+    """Fill pixels-first ``cols`` (nb, P, C*K) with (masked) bilinear samples."""
     n_k = y_base.shape[1] * x_base.shape[1]
-    channels = inp_pad.shape[1]
+    channels = inp.shape[2]
     groups = offset.shape[1] // (2 * n_k)
     per_group = channels // groups
-    block = (per_group + channel_blocks - 1) // channel_blocks
+    per_wgroup = channels // weight_groups
     out_w = offset.shape[3]
-    nb, _, npix = cols.shape
+    nb, npix, _ = cols.shape
+    blocks = (npix + pixel_block - 1) // pixel_block
     rs = row_stride
-    for item in prange(nb * groups * channel_blocks):
-        b = item // (groups * channel_blocks)
-        g = (item // channel_blocks) % groups
-        c_lo = g * per_group + (item % channel_blocks) * block
-        c_hi = min(c_lo + block, (g + 1) * per_group)
+    for item in prange(nb * blocks):
+        b = item // blocks
         n = n0 + b
-        base = np.empty(tile, np.int64)
-        ly = np.empty(tile, np.float64)
-        lx = np.empty(tile, np.float64)
-        inside = np.empty(tile, np.bool_)
-        w00 = np.empty(tile, cols.dtype)
-        w01 = np.empty(tile, cols.dtype)
-        w10 = np.empty(tile, cols.dtype)
-        w11 = np.empty(tile, cols.dtype)
-        for k in range(n_k):
-            for p0 in range(0, npix, tile):
-                pn = min(tile, npix - p0)
-                _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, rs, x_base.shape[1],
-                           y_base, x_base, base, ly, lx, inside)
-                for t in range(pn):
-                    a, bb, c, d = bilinear_weights(ly[t], lx[t], 1.0)
-                    if use_mask:
-                        p = p0 + t
-                        r = p // out_w
-                        m = mask[n, g * n_k + k, r0 + r, p - r * out_w]
-                        a, bb, c, d = a * m, bb * m, c * m, d * m
-                    if not inside[t]:
-                        # zero weights on the all-zero cell at base 0; a NaN
-                        # mask still propagates, as torchvision's m * 0 does
-                        a, bb, c, d = a * 0.0, bb * 0.0, c * 0.0, d * 0.0
-                    w00[t], w01[t], w10[t], w11[t] = a, bb, c, d
-                for c in range(c_lo, c_hi):
-                    plane = inp_pad[n, c]
-                    row = cols[b, c * n_k + k]
-                    for t in range(pn):
-                        q = base[t]
-                        row[p0 + t] = (w00[t] * plane[q] + w01[t] * plane[q + 1]
-                                       + w10[t] * plane[q + rs] + w11[t] * plane[q + rs + 1])
+        typed = np.empty(8, cols.dtype)
+        for p in range((item - b * blocks) * pixel_block,
+                       min(npix, (item - b * blocks + 1) * pixel_block)):
+            r = p // out_w
+            wo = p - r * out_w
+            row = cols[b, p]
+            for g in range(groups):
+                for k in range(n_k):
+                    q, inside = _sample(offset, mask, use_mask, n, g, k, r0 + r, wo, height,
+                                        width, rs, y_base, x_base, typed)
+                    w00, w01, w10, w11 = typed[0], typed[1], typed[2], typed[3]
+                    for gw in range(g * per_group // per_wgroup,
+                                    ((g + 1) * per_group - 1) // per_wgroup + 1):
+                        lo, hi, dst = _run(g, gw, k, per_group, per_wgroup, n_k)
+                        out = row[dst:dst + hi - lo]
+                        v00, v01 = inp[n, q, lo:hi], inp[n, q + 1, lo:hi]
+                        v10, v11 = inp[n, q + rs, lo:hi], inp[n, q + rs + 1, lo:hi]
+                        for i in range(hi - lo):
+                            out[i] = w00 * v00[i] + w01 * v01[i] + w10 * v10[i] + w11 * v11[i]
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def deform_col2im(grad_cols, height, width, row_stride, offset, mask, use_mask, n0, r0, y_base, x_base,
-                  channel_blocks, tile, grad_pad):
-    """Scatter-add ``grad_cols`` into the padded input gradient (the exact
-    adjoint of ``deform_im2col``). Each work item owns whole channel planes of
-    one image, so no atomics are needed and the result is deterministic."""
+@njit(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)
+def deform_col2im(grad_cols, height, width, row_stride, offset, mask, use_mask, n0, r0, y_base,
+                  x_base, weight_groups, channel_blocks, grad_inp):
+    """Scatter-add pixels-first ``grad_cols`` into the padded channels-last input
+    gradient: the exact adjoint of ``deform_im2col``. Each work item owns a
+    block of channels of one image, so no two items write the same value and
+    the result does not depend on scheduling."""
     n_k = y_base.shape[1] * x_base.shape[1]
-    channels = grad_pad.shape[1]
+    channels = grad_inp.shape[2]
     groups = offset.shape[1] // (2 * n_k)
     per_group = channels // groups
-    block = (per_group + channel_blocks - 1) // channel_blocks
+    per_wgroup = channels // weight_groups
     out_w = offset.shape[3]
-    nb, _, npix = grad_cols.shape
+    nb, npix, _ = grad_cols.shape
+    block = (channels + channel_blocks - 1) // channel_blocks
     rs = row_stride
-    for item in prange(nb * groups * channel_blocks):
-        b = item // (groups * channel_blocks)
-        g = (item // channel_blocks) % groups
-        c_lo = g * per_group + (item % channel_blocks) * block
-        c_hi = min(c_lo + block, (g + 1) * per_group)
+    for item in prange(nb * channel_blocks):
+        b = item // channel_blocks
         n = n0 + b
-        base = np.empty(tile, np.int64)
-        ly = np.empty(tile, np.float64)
-        lx = np.empty(tile, np.float64)
-        inside = np.empty(tile, np.bool_)
-        w00 = np.empty(tile, grad_cols.dtype)
-        w01 = np.empty(tile, grad_cols.dtype)
-        w10 = np.empty(tile, grad_cols.dtype)
-        w11 = np.empty(tile, grad_cols.dtype)
-        for k in range(n_k):
-            for p0 in range(0, npix, tile):
-                pn = min(tile, npix - p0)
-                _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, rs, x_base.shape[1],
-                           y_base, x_base, base, ly, lx, inside)
-                for t in range(pn):
-                    a, bb, c, d = bilinear_weights(ly[t], lx[t], 1.0)
-                    if use_mask:
-                        p = p0 + t
-                        r = p // out_w
-                        m = mask[n, g * n_k + k, r0 + r, p - r * out_w]
-                        a, bb, c, d = a * m, bb * m, c * m, d * m
-                    w00[t], w01[t], w10[t], w11[t] = a, bb, c, d
-                for c in range(c_lo, c_hi):
-                    plane = grad_pad[n, c]
-                    row = grad_cols[b, c * n_k + k]
-                    for t in range(pn):
-                        if inside[t]:
-                            gv = row[p0 + t]
-                            q = base[t]
-                            plane[q] += w00[t] * gv
-                            plane[q + 1] += w01[t] * gv
-                            plane[q + rs] += w10[t] * gv
-                            plane[q + rs + 1] += w11[t] * gv
+        c_lo = (item - b * channel_blocks) * block
+        c_hi = min(channels, c_lo + block)
+        typed = np.empty(8, grad_cols.dtype)
+        for p in range(npix):
+            r = p // out_w
+            wo = p - r * out_w
+            row = grad_cols[b, p]
+            for g in range(groups):
+                if (g + 1) * per_group <= c_lo or g * per_group >= c_hi:
+                    continue  # no channel of this offset group in the block
+                for k in range(n_k):
+                    q, inside = _sample(offset, mask, use_mask, n, g, k, r0 + r, wo, height,
+                                        width, rs, y_base, x_base, typed)
+                    if not inside:
+                        continue
+                    w00, w01, w10, w11 = typed[0], typed[1], typed[2], typed[3]
+                    for gw in range(g * per_group // per_wgroup,
+                                    ((g + 1) * per_group - 1) // per_wgroup + 1):
+                        lo, hi, dst = _run(g, gw, k, per_group, per_wgroup, n_k)
+                        # clip the run to this work item's channel block
+                        skip = max(0, c_lo - lo)
+                        lo, hi = lo + skip, min(hi, c_hi)
+                        if lo >= hi:
+                            continue
+                        gcol = row[dst + skip:dst + skip + hi - lo]
+                        g00, g01 = grad_inp[n, q, lo:hi], grad_inp[n, q + 1, lo:hi]
+                        g10, g11 = grad_inp[n, q + rs, lo:hi], grad_inp[n, q + rs + 1, lo:hi]
+                        for i in range(hi - lo):
+                            gv = gcol[i]
+                            g00[i] += w00 * gv
+                            g01[i] += w01 * gv
+                            g10[i] += w10 * gv
+                            g11[i] += w11 * gv
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def deform_coordinate_grads(grad_cols, inp_pad, height, width, row_stride, offset, mask, use_mask, n0, r0,
-                            y_base, x_base, tile, want_offset, want_mask,
-                            grad_offset, grad_mask):
-    """Offset and mask gradients for the chunk.
+@njit(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)
+def deform_coordinate_grads(grad_cols, inp, height, width, row_stride, offset, mask, use_mask, n0,
+                            r0, y_base, x_base, weight_groups, pixel_block, want_offset,
+                            want_mask, grad_offset, grad_mask):
+    """Offset and mask gradients of the chunk's samples.
 
-    For each sample, sums over the channels of its offset group the column
-    gradient times the derivative of the bilinear sample (torchvision's
-    floor-cell rule, ``sampling.bilinear_coordinate_grads``) for the offset, and
-    times the unmasked sample for the mask. Outside samples get exactly 0.
-    Parallel over (image, offset group, kernel point): each work item owns its
-    output channels, so there are no write conflicts. Sums are kept in float64.
+    For each sample, the column gradient summed over the channels of its offset
+    group, times the derivative of the bilinear sample in the floor cell
+    (torchvision's rule, ``sampling.bilinear_coordinate_grads``) for the offset, and times the unmasked sample for the mask.
+    Outside samples get exactly 0. Sums are kept in float64.
     """
     n_k = y_base.shape[1] * x_base.shape[1]
-    channels = inp_pad.shape[1]
+    channels = inp.shape[2]
     groups = offset.shape[1] // (2 * n_k)
     per_group = channels // groups
+    per_wgroup = channels // weight_groups
     out_w = offset.shape[3]
-    nb, _, npix = grad_cols.shape
+    nb, npix, _ = grad_cols.shape
+    blocks = (npix + pixel_block - 1) // pixel_block
     rs = row_stride
-    for item in prange(nb * groups * n_k):
-        b = item // (groups * n_k)
-        g = (item // n_k) % groups
-        k = item % n_k
+    for item in prange(nb * blocks):
+        b = item // blocks
         n = n0 + b
-        base = np.empty(tile, np.int64)
-        ly = np.empty(tile, np.float64)
-        lx = np.empty(tile, np.float64)
-        inside = np.empty(tile, np.bool_)
-        acc_dy = np.empty(tile, np.float64)
-        acc_dx = np.empty(tile, np.float64)
-        acc_v = np.empty(tile, np.float64)
-        for p0 in range(0, npix, tile):
-            pn = min(tile, npix - p0)
-            _tile_taps(offset, n, g, k, p0, pn, r0, out_w, height, width, rs, x_base.shape[1],
-                       y_base, x_base, base, ly, lx, inside)
-            acc_dy[:pn] = 0.0
-            acc_dx[:pn] = 0.0
-            acc_v[:pn] = 0.0
-            for c in range(g * per_group, (g + 1) * per_group):
-                plane = inp_pad[n, c]
-                row = grad_cols[b, c * n_k + k]
-                for t in range(pn):
-                    q = base[t]
-                    v00 = plane[q]
-                    v01 = plane[q + 1]
-                    v10 = plane[q + rs]
-                    v11 = plane[q + rs + 1]
-                    gv = row[p0 + t]
+        typed = np.empty(8, grad_cols.dtype)
+        for p in range((item - b * blocks) * pixel_block,
+                       min(npix, (item - b * blocks + 1) * pixel_block)):
+            r = p // out_w
+            ho = r0 + r
+            wo = p - r * out_w
+            row = grad_cols[b, p]
+            for g in range(groups):
+                for k in range(n_k):
+                    q, inside = _sample(offset, mask, use_mask, n, g, k, ho, wo, height, width,
+                                        rs, y_base, x_base, typed)
+                    ly, lx, m, one = typed[4], typed[5], typed[6], typed[7]
+                    acc_dy = 0.0
+                    acc_dx = 0.0
+                    acc_v = 0.0
+                    for gw in range(g * per_group // per_wgroup,
+                                    ((g + 1) * per_group - 1) // per_wgroup + 1):
+                        if not inside:
+                            break
+                        lo, hi, dst = _run(g, gw, k, per_group, per_wgroup, n_k)
+                        gcol = row[dst:dst + hi - lo]
+                        v00, v01 = inp[n, q, lo:hi], inp[n, q + 1, lo:hi]
+                        v10, v11 = inp[n, q + rs, lo:hi], inp[n, q + rs + 1, lo:hi]
+                        for i in range(hi - lo):
+                            gv = gcol[i]
+                            a, bq, cq, d = v00[i], v01[i], v10[i], v11[i]
+                            if want_offset:
+                                dy, dx = bilinear_coordinate_grads(a, bq, cq, d, ly, lx, one)
+                                acc_dy += gv * dy
+                                acc_dx += gv * dx
+                            if want_mask:
+                                acc_v += gv * bilinear_value(a, bq, cq, d, ly, lx, one)
                     if want_offset:
-                        dy, dx = bilinear_coordinate_grads(v00, v01, v10, v11, ly[t], lx[t], 1.0)
-                        acc_dy[t] += gv * dy
-                        acc_dx[t] += gv * dx
+                        ch = 2 * (g * n_k + k)
+                        grad_offset[n, ch, ho, wo] = m * acc_dy if inside else 0.0
+                        grad_offset[n, ch + 1, ho, wo] = m * acc_dx if inside else 0.0
                     if want_mask:
-                        acc_v[t] += gv * bilinear_value(v00, v01, v10, v11, ly[t], lx[t], 1.0)
-            for t in range(pn):
-                p = p0 + t
-                r = p // out_w
-                ho = r0 + r
-                wo = p - r * out_w
-                if want_offset:
-                    gy = 0.0
-                    gx = 0.0
-                    if inside[t]:
-                        m = mask[n, g * n_k + k, ho, wo] if use_mask else 1.0
-                        gy = m * acc_dy[t]
-                        gx = m * acc_dx[t]
-                    ch = 2 * (g * n_k + k)
-                    grad_offset[n, ch, ho, wo] = gy
-                    grad_offset[n, ch + 1, ho, wo] = gx
-                if want_mask:
-                    grad_mask[n, g * n_k + k, ho, wo] = acc_v[t] if inside[t] else 0.0
+                        grad_mask[n, g * n_k + k, ho, wo] = acc_v if inside else 0.0

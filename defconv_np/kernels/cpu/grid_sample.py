@@ -1,13 +1,17 @@
 """grid_sample on CPU: sampling, its input adjoint and its grid gradient.
 
 Planes are read from (and input gradients written to) zero-padded copies laid
-out as ``kernels.sampling`` describes: ``(N, C, (H + 3) * (W + 3))``. The grid
-is flattened to ``(N, P, 2)`` with ``P = Hg * Wg`` and x (width) first;
-outputs and output gradients are ``(N, C, P)``.
+out as ``kernels.sampling`` describes: ``(N, C, (H + 3) * (W + 3))``, with
+``row_stride = W + 3``. The grid is flattened to ``(N, P, 2)`` with
+``P = Hg * Wg`` and x (width) first; outputs and output gradients are
+``(N, C, P)``. ``height``, ``width`` and ``one`` arrive as floats of the grid
+dtype, so that a sample position is formed in the input precision, as PyTorch
+forms it (in float32 this decides, as in PyTorch, which way a position that
+is a tie or a kink in exact arithmetic goes).
 
 Work items are (image, channel block, pixel block). Each walks its pixels in
-tiles: the cell, weights and derivative factors of a tile are computed once,
-in float64, and reused for every channel of the block. A sample outside the
+tiles: the cell, weights and derivative factors of a tile are computed once
+and reused for every channel of the block. A sample outside the
 sampling window points at ``base = 0`` with weights (1, 0, 0, 0), i.e. at zero
 padding, so no loop over channels needs a bounds branch.
 """
@@ -28,50 +32,50 @@ from .device import (
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _source_coordinate(coord, size, padding_mode, align_corners):
+def _source_coordinate(coord, size, padding_mode, align_corners, one):
     """Pixel coordinate of a grid coordinate after the padding mode folded it
     into the image, and d(pixel) / d(coord) (PyTorch's chain of factors)."""
-    pixel, factor = grid_unnormalize(coord, size, align_corners, 1.0)
+    pixel, factor = grid_unnormalize(coord, size, align_corners, one)
     if padding_mode == PADDING_BORDER:
-        pixel, clip_factor = clip_coordinate(pixel, size, 1.0)
+        pixel, clip_factor = clip_coordinate(pixel, size, one)
         factor *= clip_factor
     elif padding_mode == PADDING_REFLECTION:
+        two = one + one
         if align_corners:
-            pixel, reflect_factor = reflect_coordinate(pixel, 0.0, 2.0 * (size - 1.0), 1.0)
+            pixel, reflect_factor = reflect_coordinate(pixel, one - one, two * (size - one), one)
         else:
-            pixel, reflect_factor = reflect_coordinate(pixel, -1.0, 2.0 * size - 1.0, 1.0)
-        pixel, clip_factor = clip_coordinate(pixel, size, 1.0)
+            pixel, reflect_factor = reflect_coordinate(pixel, -one, two * size - one, one)
+        pixel, clip_factor = clip_coordinate(pixel, size, one)
         factor *= reflect_factor * clip_factor
     return pixel, factor
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _tile_taps(grid, n, p0, pn, height, width, nearest, padding_mode, align_corners,
-               base, ly, lx, inside, y_factor, x_factor):
+def _tile_taps(grid, n, p0, pn, height, width, row_stride, one, nearest, padding_mode,
+               align_corners, base, ly, lx, inside, y_factor, x_factor):
     """Cell (or nearest pixel) and derivative factors of pixels p0 .. p0+pn."""
-    row_stride = width + 3
     for t in range(pn):
-        x, x_factor[t] = _source_coordinate(grid[n, p0 + t, 0], float(width), padding_mode,
-                                            align_corners)
-        y, y_factor[t] = _source_coordinate(grid[n, p0 + t, 1], float(height), padding_mode,
-                                            align_corners)
+        x, x_factor[t] = _source_coordinate(grid[n, p0 + t, 0], width, padding_mode,
+                                            align_corners, one)
+        y, y_factor[t] = _source_coordinate(grid[n, p0 + t, 1], height, padding_mode,
+                                            align_corners, one)
         if nearest:
-            base[t], inside[t] = grid_nearest_tap(y, x, height, width, row_stride, 1.0)
+            base[t], inside[t] = grid_nearest_tap(y, x, height, width, row_stride, one)
             ly[t] = 0.0
             lx[t] = 0.0
         else:
             base[t], ly[t], lx[t], inside[t] = grid_bilinear_tap(y, x, height, width,
-                                                                 row_stride, 1.0)
+                                                                 row_stride, one)
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def grid_sample(inp_pad, height, width, grid, nearest, padding_mode, align_corners,
-                pixel_blocks, tile, out):
+def grid_sample(inp_pad, height, width, row_stride, one, grid, nearest, padding_mode,
+                align_corners, pixel_blocks, tile, out):
     """Fill ``out`` (N, C, P) with the samples of every channel at the grid."""
     nb, npix = grid.shape[0], grid.shape[1]
     channels = inp_pad.shape[1]
     per_block = (npix + pixel_blocks - 1) // pixel_blocks
-    rs = width + 3
+    rs = row_stride
     for item in prange(nb * pixel_blocks):
         n = item // pixel_blocks
         p_lo = (item % pixel_blocks) * per_block
@@ -88,8 +92,8 @@ def grid_sample(inp_pad, height, width, grid, nearest, padding_mode, align_corne
         w11 = np.empty(tile, out.dtype)
         for p0 in range(p_lo, p_hi, tile):
             pn = min(tile, p_hi - p0)
-            _tile_taps(grid, n, p0, pn, height, width, nearest, padding_mode, align_corners,
-                       base, ly, lx, inside, y_factor, x_factor)
+            _tile_taps(grid, n, p0, pn, height, width, row_stride, one, nearest, padding_mode,
+                       align_corners, base, ly, lx, inside, y_factor, x_factor)
             if nearest:
                 for c in range(channels):
                     plane = inp_pad[n, c]
@@ -109,9 +113,9 @@ def grid_sample(inp_pad, height, width, grid, nearest, padding_mode, align_corne
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def grid_sample_backward(grad_out, inp_pad, height, width, grid, nearest, padding_mode,
-                         align_corners, want_input, want_grid, channel_blocks, pixel_blocks,
-                         tile, grad_pad, grid_partials):
+def grid_sample_backward(grad_out, inp_pad, height, width, row_stride, one, grid, nearest,
+                         padding_mode, align_corners, want_input, want_grid, channel_blocks,
+                         pixel_blocks, tile, grad_pad, grid_partials):
     """Input gradient into ``grad_pad`` (N, C, padded plane) and grid gradient
     shares into ``grid_partials`` (N, channel_blocks, P, 2), float64.
 
@@ -126,7 +130,7 @@ def grid_sample_backward(grad_out, inp_pad, height, width, grid, nearest, paddin
     channels = inp_pad.shape[1]
     c_per_block = (channels + channel_blocks - 1) // channel_blocks
     p_per_block = (npix + pixel_blocks - 1) // pixel_blocks
-    rs = width + 3
+    rs = row_stride
     grid_terms = want_grid and not nearest
     for item in prange(nb * channel_blocks * pixel_blocks):
         n = item // (channel_blocks * pixel_blocks)
@@ -149,8 +153,8 @@ def grid_sample_backward(grad_out, inp_pad, height, width, grid, nearest, paddin
         acc_x = np.empty(tile, np.float64)
         for p0 in range(p_lo, p_hi, tile):
             pn = min(tile, p_hi - p0)
-            _tile_taps(grid, n, p0, pn, height, width, nearest, padding_mode, align_corners,
-                       base, ly, lx, inside, y_factor, x_factor)
+            _tile_taps(grid, n, p0, pn, height, width, row_stride, one, nearest, padding_mode,
+                       align_corners, base, ly, lx, inside, y_factor, x_factor)
             for t in range(pn):
                 w00[t], w01[t], w10[t], w11[t] = bilinear_weights(ly[t], lx[t], 1.0)
             acc_y[:pn] = 0.0
