@@ -160,7 +160,8 @@ def _pixel_blocks(work_items, pixels):
 class GridSampler:
     """grid_sample and its adjoints (input, grid) for one (input, grid) pair."""
 
-    def __init__(self, input, grid, nearest, padding_mode, align_corners):
+    def __init__(self, input, grid, nearest, padding_mode, align_corners, deterministic=False):
+        # the CPU kernels own whole gradient planes: always deterministic
         n, c, h, w = input.shape
         self.input_shape = input.shape
         before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER

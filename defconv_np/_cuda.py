@@ -16,6 +16,7 @@ from . import _columns, config
 from ._cpu import sampling_bases
 from .kernels import sampling
 from .kernels.cuda import deform as deform_kernels
+from .kernels.cuda import grid_sample as grid_sample_kernels
 from .kernels.cuda import im2col as im2col_kernels
 
 def _array_module(array):
@@ -162,3 +163,55 @@ class DeformColumns:
                     *self._common(chunk), total, grad_offset is not None, grad_mask is not None,
                     dummy if grad_offset is None else grad_offset,
                     dummy if grad_mask is None else grad_mask)
+
+
+class GridSampler:
+    """grid_sample and its adjoints (input, grid) for one (input, grid) pair."""
+
+    def __init__(self, input, grid, nearest, padding_mode, align_corners, deterministic=False):
+        self.launch = _Launch(input)
+        xp = self.xp = self.launch.xp
+        n, c, h, w = input.shape
+        self.input_shape = input.shape
+        before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
+        self.inp_pad = zero_padded(xp, input, (before, before), (after, after)).reshape(n, c, -1)
+        self.grid = xp.ascontiguousarray(grid).reshape(n, -1, 2)
+        # sample positions are formed in the input dtype, as PyTorch forms them
+        real = input.dtype.type
+        self.geometry = (real(h), real(w), sampling.padded_width(w), real(1))
+        self.modes = (nearest, padding_mode, align_corners)
+        self.deterministic = deterministic
+
+    def sample(self, out):
+        """Write the samples into ``out`` (N, C, Hg, Wg), C-contiguous."""
+        n, npix = self.grid.shape[:2]
+        total = np.int64(n) * npix
+        self.launch(grid_sample_kernels.grid_sample, total, self.inp_pad, *self.geometry,
+                    self.grid, *self.modes, total, out.reshape(n, out.shape[1], -1))
+
+    def backward(self, grad_output, grad_input, grad_grid):
+        """Write the input and/or grid gradients into the arrays given (either may be None)."""
+        xp = self.xp
+        n, c, h, w = self.input_shape
+        npix = self.grid.shape[1]
+        grad_out = xp.ascontiguousarray(grad_output).reshape(n, c, npix)
+        want_input, want_grid = grad_input is not None, grad_grid is not None
+        grad_pad = xp.zeros_like(self.inp_pad) if want_input else xp.zeros((1, 1, 1), grad_out.dtype)
+        grid_out = (xp.empty((n, npix, 2), grad_out.dtype) if want_grid
+                    else xp.zeros((1, 1, 2), grad_out.dtype))
+        ordered = want_input and self.deterministic
+        if want_grid or (want_input and not ordered):
+            total = np.int64(n) * npix
+            self.launch(grid_sample_kernels.grid_sample_backward, total, grad_out, self.inp_pad,
+                        *self.geometry, self.grid, *self.modes, want_input and not ordered,
+                        want_grid, total, grad_pad, grid_out)
+        if ordered:
+            total = np.int64(n) * c
+            self.launch(grid_sample_kernels.grid_sample_input_grad_ordered, total, grad_out,
+                        self.inp_pad, *self.geometry, self.grid, *self.modes, total, grad_pad)
+        if want_input:
+            before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
+            plane = grad_pad.reshape(n, c, h + before + after, w + before + after)
+            grad_input[...] = plane[:, :, before:before + h, before:before + w]
+        if want_grid:
+            grad_grid[...] = grid_out.reshape(grad_grid.shape)

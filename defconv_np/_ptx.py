@@ -36,9 +36,12 @@ def _example_calls(dtype):
         out = dc.deform_conv2d(x, off, w, mask=m, **geometry)
         for det in (False, True):
             dc.deform_conv2d_backward(out, x, off, w, mask=m, deterministic=det, **geometry)
-    extra = getattr(dc, "_ptx_examples", None)
-    if extra is not None:
-        extra(dtype)
+    grid = rng.uniform(-1.2, 1.2, (2, 3, 4, 2)).astype(dtype)
+    for mode in ("bilinear", "nearest"):
+        for padding_mode in ("zeros", "border", "reflection"):
+            out = dc.grid_sample(x, grid, mode, padding_mode)
+            for det in (False, True):
+                dc.grid_sample_backward(out, x, grid, mode, padding_mode, deterministic=det)
 
 
 def recorded_launches(dtypes=(np.float32, np.float64)):

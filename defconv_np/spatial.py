@@ -199,9 +199,10 @@ def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corner
 
     Any grid value is safe. Infinities and huge values (1e30) give 0 in
     "zeros" mode, the edge pixel in "border" mode and, if finite, their exact
-    reflection in "reflection" mode. A NaN coordinate, or an infinite one under
-    "reflection", gives 0 in every mode, with zero gradients (PyTorch gives NaN
-    or fails there).
+    reflection in "reflection" mode. A NaN coordinate, or one whose pixel
+    coordinate is NaN (an infinity under "reflection", or on a length-1 axis
+    with ``align_corners``, where it is multiplied by 0), gives 0 in every mode,
+    with zero gradients (PyTorch gives NaN or fails there).
 
     See Also
     --------
@@ -219,7 +220,7 @@ def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corner
 
 
 def grid_sample_backward(grad_output, input, grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=False, *, needs=GRID_SAMPLE_GRADS):
+                         align_corners=False, *, needs=GRID_SAMPLE_GRADS, deterministic=False):
     """Vector-Jacobian product of :func:`grid_sample`.
 
     Parameters
@@ -229,6 +230,10 @@ def grid_sample_backward(grad_output, input, grid, mode="bilinear", padding_mode
         As given to :func:`grid_sample`.
     needs : iterable of {"input", "grid"}
         The gradients to compute; the others are returned as None.
+    deterministic : bool
+        On CUDA, compute the input gradient without atomics (each thread owns
+        an input plane and adds in pixel order), so repeated calls agree to the
+        bit; slower. The CPU kernels are always deterministic.
 
     Returns
     -------
@@ -262,6 +267,6 @@ def grid_sample_backward(grad_output, input, grid, mode="bilinear", padding_mode
     # Nearest sampling is piecewise constant: its grid gradient stays zero.
     grid_target = None if modes.nearest else grad_grid
     if grad_output.size and (grad_input is not None or grid_target is not None):
-        launchers(xp).GridSampler(input, grid, *modes).backward(grad_output, grad_input,
-                                                                grid_target)
+        sampler = launchers(xp).GridSampler(input, grid, *modes, deterministic=deterministic)
+        sampler.backward(grad_output, grad_input, grid_target)
     return GridSampleGrads(grad_input, grad_grid)

@@ -191,13 +191,17 @@ def grid_nearest_tap(y, x, height, width, row_stride, one):
     """
     if y >= -one and y < height and x >= -one and x < width:
         half = one / (one + one)
-        yi = math.floor(y)
-        xi = math.floor(x)
-        fy = y - yi
-        fx = x - xi
+        y0 = math.floor(y)
+        x0 = math.floor(x)
+        fy = y - y0
+        fx = x - x0
+        # parity and the step to the next pixel in integers: a float
+        # ``% 2`` or ``+ 1`` would promote float32 GPU code to float64
+        yi = int(y0)
+        xi = int(x0)
         if fy > half or (fy == half and yi % 2 != 0):
             yi += 1
         if fx > half or (fx == half and xi % 2 != 0):
             xi += 1
-        return (int(yi) + PAD_BEFORE) * row_stride + int(xi) + PAD_BEFORE, True
+        return (yi + PAD_BEFORE) * row_stride + xi + PAD_BEFORE, True
     return 0, False
