@@ -171,7 +171,9 @@ class _DeformGeometry:
 
     def mask_per_channel(self):
         """mask[n, c, i, j, ho, wo]: the mask value that multiplies samples[n, c, i, j, ho, wo]."""
-        by_group = self.mask.reshape(self.n_images, self.offset_groups, self.kh, self.kw, self.out_h, self.out_w)
+        by_group = self.mask.reshape(
+            self.n_images, self.offset_groups, self.kh, self.kw, self.out_h, self.out_w
+        )
         return np.repeat(by_group, self.channels_per_offset_group, axis=1)
 
     def weight_groups(self):

@@ -263,3 +263,151 @@ def deform_problems(
 def numpy_generators(draw):
     """A NumPy generator for the extra random arrays a property needs (directions, cotangents)."""
     return np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+
+
+def layout_variants(*arrays):
+    """Yield the same arrays again as strided views, negatively strided views,
+    Fortran-ordered copies and read-only copies (one layout per yielded tuple).
+
+    ``None`` entries stay ``None``.
+    """
+
+    def strided(a):
+        wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        wide[..., ::2] = a
+        return wide[..., ::2]
+
+    def negatively_strided(a):
+        every_axis_reversed = (slice(None, None, -1),) * a.ndim
+        return np.ascontiguousarray(a[every_axis_reversed])[every_axis_reversed]
+
+    def read_only(a):
+        a = a.copy()
+        a.flags.writeable = False
+        return a
+
+    for make in (strided, negatively_strided, np.asfortranarray, read_only):
+        yield tuple(None if a is None else make(a) for a in arrays)
+
+
+# --- spatial transformer ---
+
+GRID_MODES = ("bilinear", "nearest")
+GRID_PADDING_MODES = ("zeros", "border", "reflection")
+#: Grid values are drawn on this grid (exact in float32).
+GRID_QUANTUM = 1.0 / 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSampleProblem:
+    """Arguments of one grid_sample call (plus a grad_output for its backward)."""
+
+    input: np.ndarray
+    grid: np.ndarray
+    grad_output: np.ndarray
+    mode: str
+    padding_mode: str
+    align_corners: bool
+
+    @property
+    def options(self):
+        """mode/padding_mode/align_corners as keyword arguments."""
+        return dict(mode=self.mode, padding_mode=self.padding_mode, align_corners=self.align_corners)
+
+    @property
+    def dtype(self):
+        return self.input.dtype
+
+
+def unnormalized(coord, size, align_corners):
+    """Pixel coordinates of normalised grid coordinates, in float64 (PyTorch's formula)."""
+    coord = np.asarray(coord, np.float64)
+    if align_corners:
+        return (coord + 1) / 2 * (size - 1)
+    return ((coord + 1) * size - 1) / 2
+
+
+def normalized(pixel, size, align_corners):
+    """Inverse of ``unnormalized`` (a length-1 axis with align_corners maps everything to 0)."""
+    pixel = np.asarray(pixel, np.float64)
+    if align_corners:
+        return pixel * 2 / max(size - 1, 1) - 1
+    return (2 * pixel + 1) / size - 1
+
+
+def grid_values(rng, shape, dtype, *, style, size_hw, align_corners, bound=1.5):
+    """Grid values (N, Hg, Wg, 2) in about [-bound, bound].
+
+    ``style``:
+      ``"uniform"``  on the 1/1024 grid, anywhere;
+      ``"lattice"``  pixel coordinates on the half-integers: ties of nearest
+                     sampling, kinks, clip and reflection points, window edges;
+      ``"away_from_kinks"``  (float64 only) pixel coordinates at least
+                     KINK_MARGIN from every integer, where every kink of
+                     bilinear sampling, clipping and reflecting lies.
+    """
+    height, width = size_hw
+    values = np.round(rng.uniform(-bound, bound, size=shape) / GRID_QUANTUM) * GRID_QUANTUM
+    if style == "uniform":
+        return values.astype(dtype)
+    out = np.empty(shape)
+    for axis, size in ((0, width), (1, height)):
+        pixel = unnormalized(values[..., axis], size, align_corners)
+        if style == "lattice":
+            pixel = np.round(pixel * 2) / 2
+        else:
+            assert style == "away_from_kinks", style
+            whole = np.floor(pixel)
+            pixel = whole + np.clip(pixel - whole, KINK_MARGIN, 1 - KINK_MARGIN)
+        out[..., axis] = normalized(pixel, size, align_corners)
+    return out.astype(dtype)
+
+
+@st.composite
+def grid_sample_problems(
+    draw,
+    *,
+    dtypes=DTYPES,
+    modes=GRID_MODES,
+    padding_modes=GRID_PADDING_MODES,
+    align_corners=(True, False),
+    grid_styles=("uniform", "lattice"),
+    min_batch=0,
+    max_batch=2,
+    max_channels=3,
+    max_size=6,
+    max_grid_size=5,
+):
+    """A grid_sample call: shapes, modes, then input, grid and grad_output; about
+    one batch in eight is empty."""
+    if min_batch == 0 and draw(st.integers(0, 7)) == 0:
+        batch = 0
+    else:
+        batch = draw(st.integers(max(min_batch, 1), max_batch))
+    channels = draw(st.integers(1, max_channels))
+    height, width = draw(st.integers(1, max_size)), draw(st.integers(1, max_size))
+    grid_h, grid_w = draw(st.integers(1, max_grid_size)), draw(st.integers(1, max_grid_size))
+    dtype = draw(st.sampled_from(dtypes))
+    corners = draw(st.sampled_from(align_corners))
+    style = draw(st.sampled_from(grid_styles))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return GridSampleProblem(
+        input=uniform(rng, (batch, channels, height, width), dtype),
+        grid=grid_values(rng, (batch, grid_h, grid_w, 2), dtype, style=style,
+                         size_hw=(height, width), align_corners=corners),
+        grad_output=uniform(rng, (batch, channels, grid_h, grid_w), dtype),
+        mode=draw(st.sampled_from(modes)),
+        padding_mode=draw(st.sampled_from(padding_modes)),
+        align_corners=corners,
+    )
+
+
+@st.composite
+def affine_problems(draw, *, dtypes=DTYPES, min_batch=0, max_batch=2, max_size=5, bound=1.2):
+    """theta (N, 2, 3) around the identity, an output size (N, C, H, W) and align_corners."""
+    batch = draw(st.integers(min_batch, max_batch))
+    size = (batch, draw(st.integers(1, 3)), draw(st.integers(1, max_size)), draw(st.integers(1, max_size)))
+    dtype = draw(st.sampled_from(dtypes))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    theta = np.eye(2, 3) + rng.uniform(-bound / 2, bound / 2, size=(batch, 2, 3))
+    return theta.astype(dtype), size, draw(st.booleans())
