@@ -1,5 +1,8 @@
 """CPU benchmark: defconv_np against torch.nn.functional on the same shapes.
 
+conv2d and deform_conv2d at (N=8, C=O=64, 64x64, 3x3; dilation 1 and 2) and
+grid_sample at input (8, 64, 64, 64) with an affine grid, all float32.
+
 Run:  python benchmarks/cpu_bench.py [--repeats 7] [--out benchmarks/results/cpu.json]
 
 Times forward and forward+backward (median of --repeats runs after a warm-up,
@@ -138,6 +141,44 @@ def main():
                    "torch conv2d (dense floor)", peak_mib(ours_deform, *dcases[0]))
             record(f"{name} fwd+bwd", cfg, median_ms(ours_deform_fb, dcases, args.repeats),
                    peer_fb, "torch conv2d (dense floor)", peak_mib(ours_deform_fb, *dcases[0]))
+
+    # grid_sample at input (8, 64, 64, 64) with an affine grid of the same size.
+    theta = np.stack([np.array([[np.cos(a) * z, -np.sin(a) * z, 0.1], [np.sin(a) * z, np.cos(a) * z, -0.05]])
+                      for a, z in zip(rng.uniform(-0.5, 0.5, n), rng.uniform(0.8, 1.2, n))])
+    theta = theta.astype(dtype)
+    grid = dc.affine_grid(theta, (n, c, h, w), align_corners=False)
+    gcases = [(x, grid) for x, _ in cases]
+    go_gs = rng.standard_normal((n, c, h, w)).astype(dtype)
+    for padding_mode in ("zeros", "border", "reflection"):
+        cfg = f"{padding_mode}, bilinear"
+
+        def ours_gs(x, g):
+            return dc.grid_sample(x, g, padding_mode=padding_mode)
+
+        def ours_gs_fb(x, g):
+            dc.grid_sample(x, g, padding_mode=padding_mode)
+            return dc.grid_sample_backward(go_gs, x, g, padding_mode=padding_mode)
+
+        peer_f = peer_fb = None
+        if torch is not None:
+            tg = [(torch.from_numpy(x), torch.from_numpy(g)) for x, g in gcases]
+            tgo = torch.from_numpy(go_gs)
+
+            def torch_gs(x, g):
+                with torch.no_grad():
+                    return F.grid_sample(x, g, padding_mode=padding_mode, align_corners=False)
+
+            def torch_gs_fb(x, g):
+                x = x.detach().requires_grad_(True)
+                g = g.detach().requires_grad_(True)
+                F.grid_sample(x, g, padding_mode=padding_mode, align_corners=False).backward(tgo)
+
+            peer_f = median_ms(torch_gs, tg, args.repeats)
+            peer_fb = median_ms(torch_gs_fb, tg, args.repeats)
+        record("grid_sample forward", cfg, median_ms(ours_gs, gcases, args.repeats), peer_f,
+               "torch grid_sample", peak_mib(ours_gs, *gcases[0]))
+        record("grid_sample forward+backward", cfg, median_ms(ours_gs_fb, gcases, args.repeats),
+               peer_fb, "torch grid_sample", peak_mib(ours_gs_fb, *gcases[0]))
 
     # Bounded scratch: peak extra memory at 4x the batch grows only by the
     # output and gradient arrays, not by the column buffer.

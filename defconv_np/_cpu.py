@@ -1,12 +1,21 @@
 """CPU launchers: lay out the padded planes, pick the parallel work split, and
-call the Numba kernels in ``kernels.cpu`` for one chunk at a time.
+call the Numba kernels in ``kernels.cpu``.
 
-Numba's default ``workqueue`` threading layer aborts the process when two
-Python threads enter parallel regions at once, so every parallel kernel call
-takes ``_launch_lock``. The kernels already use every core, so serialising them
-costs nothing; the GEMMs between them still run concurrently.
+Two ways of using the cores, one per kind of op:
+
+* The im2col + GEMM convs run chunks on ``lanes`` worker threads (one per
+  Numba thread), each calling serial, GIL-free kernels and single-threaded BLAS
+  (``run_chunks``). Parallel Numba regions alternating with multi-threaded BLAS
+  calls oversubscribe the cores: OpenBLAS's workers spin for a while after each
+  call, and on a 2-core machine that made a conv up to ten times slower.
+* grid_sample has no GEMM: its kernels are ``prange``-parallel. Numba's
+  ``workqueue`` threading layer aborts the process when two Python threads
+  enter parallel regions at once, so those calls take ``_launch_lock``; they
+  already use every core, so serialising them costs nothing.
 """
 
+import concurrent.futures
+import contextlib
 import threading
 
 import numba
@@ -16,8 +25,83 @@ from . import _columns, config
 from .kernels import sampling
 from .kernels.cpu import deform as deform_kernels
 from .kernels.cpu import im2col as im2col_kernels
+from .kernels.cpu import layout as layout_kernels
 
 _launch_lock = threading.Lock()
+
+
+def column_lanes():
+    """Worker threads for the im2col + GEMM convs: Numba's thread count."""
+    return numba.get_num_threads()
+
+
+class _SingleThreadedBlas:
+    """Process-wide 'BLAS on one thread' while any conv's lanes run (counted,
+    so that overlapping calls from several Python threads restore it once)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._users = 0
+        self._limiter = None
+        self._controller = None
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with self._lock:
+            if self._users == 0:
+                if self._controller is None:
+                    from threadpoolctl import ThreadpoolController
+
+                    self._controller = ThreadpoolController()
+                self._limiter = self._controller.limit(limits=1, user_api="blas")
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._limiter.restore_original_limits()
+                    self._limiter = None
+
+
+single_threaded_blas = _SingleThreadedBlas()
+
+
+def run_chunks(chunks, work, new_state):
+    """Run ``work(chunk, state)`` over the chunks on ``column_lanes()`` threads.
+
+    Chunks of one image (row chunks) stay on one lane, because their input
+    gradients overlap; images are dealt to lanes round-robin, each lane with its
+    own state (scratch buffers, partial sums), returned in lane order. With a
+    single lane the chunks run here, and BLAS keeps all its threads.
+    """
+    runs = {}
+    for chunk in chunks:
+        runs.setdefault(chunk.n0, []).append(chunk)
+    runs = list(runs.values())
+    lanes = min(column_lanes(), len(runs))
+    if lanes <= 1:
+        return _columns.run_in_order(chunks, work, new_state)
+    states = [new_state() for _ in range(lanes)]
+
+    def lane(index):
+        for run in runs[index::lanes]:
+            for chunk in run:
+                work(chunk, states[index])
+
+    with single_threaded_blas(), concurrent.futures.ThreadPoolExecutor(lanes) as pool:
+        for future in [pool.submit(lane, i) for i in range(lanes)]:
+            future.result()
+    return states
+
+
+def kernel_operand(array):
+    """``array`` as the kernels take it: C-contiguous and writeable. Numba
+    compiles separate code for read-only arrays, so a read-only input would
+    otherwise cost a second compilation of every kernel."""
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()
 
 
 def zero_padded(array, pad_before, pad_after):
@@ -58,17 +142,17 @@ class DenseColumns:
         self.input_shape = input.shape
         self.inp_pad = zero_padded(input, padding, padding)
 
+    run_chunks = staticmethod(run_chunks)
+
     def fill(self, chunk, cols):
-        with _launch_lock:
-            im2col_kernels.im2col(self.inp_pad, chunk.n0, chunk.r0, self.out_w, *self.geometry, cols)
+        im2col_kernels.im2col(self.inp_pad, chunk.n0, chunk.r0, self.out_w, *self.geometry, cols)
 
     def new_input_grad(self):
         self.grad_pad = np.zeros_like(self.inp_pad)
 
     def scatter_input_grad(self, chunk, grad_cols):
-        with _launch_lock:
-            im2col_kernels.col2im(grad_cols, chunk.n0, chunk.r0, self.out_w, *self.geometry,
-                                  self.grad_pad)
+        im2col_kernels.col2im(grad_cols, chunk.n0, chunk.r0, self.out_w, *self.geometry,
+                              self.grad_pad)
 
     def input_grad(self):
         ph, pw = self.padding
@@ -90,9 +174,9 @@ class DeformColumns:
         self.row_stride = w + sampling.PAD_BEFORE + sampling.PAD_AFTER
         self.input_shape = input.shape
         self.inp = channels_last_padded(input)
-        self.offset = np.ascontiguousarray(offset)
+        self.offset = kernel_operand(offset)
         self.use_mask = mask is not None
-        self.mask = (np.ascontiguousarray(mask) if mask is not None
+        self.mask = (kernel_operand(mask) if mask is not None
                      else np.ones((1, 1, 1, 1), input.dtype))
         self.bases = sampling_bases(np, offset.shape[2:], kernel, stride, padding, dilation,
                                     input.dtype)
@@ -102,19 +186,16 @@ class DeformColumns:
         return (self.height, self.width, self.row_stride, self.offset, self.mask, self.use_mask,
                 chunk.n0, chunk.r0, *self.bases, self.weight_groups)
 
+    run_chunks = staticmethod(run_chunks)
+
     def fill(self, chunk, cols):
-        with _launch_lock:
-            deform_kernels.deform_im2col(self.inp, *self._common(chunk), config.cpu_tile_pixels,
-                                         cols)
+        deform_kernels.deform_im2col(self.inp, *self._common(chunk), cols)
 
     def new_input_grad(self):
         self.grad = np.zeros_like(self.inp)
 
     def scatter_input_grad(self, chunk, grad_cols):
-        # every block recomputes the sampling cells: one block per thread
-        blocks = max(1, min(self.inp.shape[2], -(-numba.get_num_threads() // (chunk.n1 - chunk.n0))))
-        with _launch_lock:
-            deform_kernels.deform_col2im(grad_cols, *self._common(chunk), blocks, self.grad)
+        deform_kernels.deform_col2im(grad_cols, *self._common(chunk), self.grad)
 
     def input_grad(self):
         return from_channels_last_padded(self.grad, self.input_shape)
@@ -122,30 +203,28 @@ class DeformColumns:
     def coordinate_grads(self, chunk, grad_cols, grad_offset, grad_mask):
         """Offset and/or mask gradient for the chunk (either target may be None)."""
         dummy = np.zeros((1, 1, 1, 1), grad_cols.dtype)
-        with _launch_lock:
-            deform_kernels.deform_coordinate_grads(
-                grad_cols, self.inp, *self._common(chunk), config.cpu_tile_pixels,
-                grad_offset is not None, grad_mask is not None,
-                dummy if grad_offset is None else grad_offset,
-                dummy if grad_mask is None else grad_mask)
+        deform_kernels.deform_coordinate_grads(
+            grad_cols, self.inp, *self._common(chunk), grad_offset is not None,
+            grad_mask is not None, dummy if grad_offset is None else grad_offset,
+            dummy if grad_mask is None else grad_mask)
 
 
 def channels_last_padded(array):
     """(N, C, H, W) -> zero-padded channels-last (N, (H+3)*(W+3), C), laid out as
-    ``kernels.sampling`` describes; converts any layout in the same pass."""
+    ``kernels.sampling`` describes."""
     n, c, h, w = array.shape
-    before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
-    out = np.zeros((n, h + before + after, w + before + after, c), array.dtype)
-    out[:, before:before + h, before:before + w, :] = array.transpose(0, 2, 3, 1)
-    return out.reshape(n, -1, c)
+    out = np.zeros((n, sampling.padded_height(h) * sampling.padded_width(w), c), array.dtype)
+    with _launch_lock:
+        layout_kernels.to_channels_last_padded(kernel_operand(array), out)
+    return out
 
 
 def from_channels_last_padded(padded, shape):
     """Inverse of ``channels_last_padded``: crop the border, back to (N, C, H, W)."""
-    n, c, h, w = shape
-    before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
-    plane = padded.reshape(n, h + before + after, w + before + after, c)
-    return np.ascontiguousarray(plane[:, before:before + h, before:before + w, :].transpose(0, 3, 1, 2))
+    out = np.empty(shape, padded.dtype)
+    with _launch_lock:
+        layout_kernels.from_channels_last_padded(padded, out)
+    return out
 
 
 from .kernels.cpu import grid_sample as grid_sample_kernels  # noqa: E402
@@ -166,7 +245,7 @@ class GridSampler:
         self.input_shape = input.shape
         before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
         self.inp_pad = zero_padded(input, (before, before), (after, after)).reshape(n, c, -1)
-        self.grid = np.ascontiguousarray(grid).reshape(n, -1, 2)
+        self.grid = kernel_operand(grid).reshape(n, -1, 2)
         # sample positions are formed in the input dtype, as PyTorch forms them
         real = input.dtype.type
         self.geometry = (real(h), real(w), sampling.padded_width(w), real(1))
@@ -195,7 +274,7 @@ class GridSampler:
         partials = np.zeros((n, blocks_c, npix, 2) if want_grid else (1, 1, 1, 2), np.float64)
         with _launch_lock:
             grid_sample_kernels.grid_sample_backward(
-                np.ascontiguousarray(grad_output).reshape(n, c, npix), self.inp_pad, *self.geometry,
+                kernel_operand(grad_output).reshape(n, c, npix), self.inp_pad, *self.geometry,
                 self.grid, *self.modes, want_input, want_grid, blocks_c, blocks_p,
                 config.cpu_tile_pixels, grad_pad, partials)
         if want_input:

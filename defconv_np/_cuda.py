@@ -57,6 +57,11 @@ class _Launch:
         return arg
 
 
+def column_lanes():
+    """One stream, one lane: chunks run in order and queue on the stream."""
+    return 1
+
+
 def zero_padded(xp, array, before, after):
     """Contiguous zero-bordered copy of ``array`` (N, C, H, W) on its device."""
     (tb, lb), (ta, la) = before, after
@@ -70,6 +75,7 @@ class DenseColumns:
     """im2col / col2im of a plain strided, dilated, padded conv2d."""
 
     layout = _columns.ChannelsFirst
+    run_chunks = staticmethod(_columns.run_in_order)
 
     def __init__(self, input, kernel, stride, padding, dilation, out_w):
         self.launch = _Launch(input)
@@ -103,6 +109,7 @@ class DeformColumns:
     """Deformable im2col and its adjoints (input, offset, mask)."""
 
     layout = _columns.ChannelsFirst
+    run_chunks = staticmethod(_columns.run_in_order)
 
     def __init__(self, input, offset, mask, kernel, stride, padding, dilation, weight_groups,
                  deterministic=False):

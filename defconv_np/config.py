@@ -7,9 +7,10 @@ takes effect on the next call.
 #: Upper bound, in bytes, on the scratch buffers an im2col-style call holds at
 #: once (the column buffer, and in a backward pass its gradient too). Work is
 #: split over images, and over output rows of one image when a single image
-#: does not fit, so peak extra memory stays bounded for any batch size. Sized so
-#: that a chunk stays in this machine class's L3 cache (32 MiB shared).
-column_budget_bytes = 16 * 2**20
+#: does not fit, so peak extra memory stays bounded for any batch size. On CPU
+#: the budget is shared by the worker lanes. 8 MiB measured fastest on a
+#: 2-core machine with 32 MiB L3 (benchmarks/results/cpu_budget.txt).
+column_budget_bytes = 8 * 2**20
 
 #: Output pixels handled per tile by the CPU deformable kernels: the sampling
 #: weights of one tile are computed once and reused for every channel of an

@@ -51,9 +51,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     dtype = common_float_dtype(input=input, weight=weight, bias=bias)
     geom = conv_geometry(input, weight, bias, stride, padding, dilation, groups)
     out = xp.empty(geom.out_shape, dtype)
-    chunks = _columns.chunks_for(geom, dtype, buffers=1)
+    backend = launchers(xp)
+    chunks = _columns.chunks_for(geom, dtype, buffers=1, lanes=backend.column_lanes())
     if chunks:
-        columns = launchers(xp).DenseColumns(input, geom.kernel, geom.stride, geom.padding,
+        columns = backend.DenseColumns(input, geom.kernel, geom.stride, geom.padding,
                                              geom.dilation, geom.out_w)
         _columns.forward(xp, out, weight, geom.groups, chunks, columns)
     if bias is not None:
@@ -89,9 +90,11 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     check_grad_output(grad_output, geom)
     want_input, want_weight = "input" in wanted, "weight" in wanted
     grad_input = grad_weight = None
-    chunks = _columns.chunks_for(geom, dtype, buffers=want_input + want_weight)
+    backend = launchers(xp)
+    chunks = _columns.chunks_for(geom, dtype, buffers=want_input + want_weight,
+                                 lanes=backend.column_lanes())
     if chunks and (want_input or want_weight):
-        columns = launchers(xp).DenseColumns(input, geom.kernel, geom.stride, geom.padding,
+        columns = backend.DenseColumns(input, geom.kernel, geom.stride, geom.padding,
                                              geom.dilation, geom.out_w)
         if want_input:
             columns.new_input_grad()

@@ -93,9 +93,10 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     dtype = common_float_dtype(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
     geom = _check(input, offset, weight, bias, mask, stride, padding, dilation)
     out = xp.empty(geom.out_shape, dtype)
-    chunks = _columns.chunks_for(geom, dtype, buffers=1)
+    backend = launchers(xp)
+    chunks = _columns.chunks_for(geom, dtype, buffers=1, lanes=backend.column_lanes())
     if chunks:
-        columns = launchers(xp).DeformColumns(input, offset, mask, geom.kernel, geom.stride,
+        columns = backend.DeformColumns(input, offset, mask, geom.kernel, geom.stride,
                                               geom.padding, geom.dilation, geom.groups)
         _columns.forward(xp, out, weight, geom.groups, chunks, columns)
     if bias is not None:
@@ -150,9 +151,11 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
     grad_input = grad_weight = None
     grad_offset = xp.zeros(offset.shape, dtype) if want_offset else None
     grad_mask = xp.zeros(mask.shape, dtype) if want_mask else None
-    chunks = _columns.chunks_for(geom, dtype, buffers=want_columns + want_weight)
+    backend = launchers(xp)
+    chunks = _columns.chunks_for(geom, dtype, buffers=want_columns + want_weight,
+                                 lanes=backend.column_lanes())
     if chunks and (want_columns or want_weight):
-        columns = launchers(xp).DeformColumns(input, offset, mask, geom.kernel, geom.stride,
+        columns = backend.DeformColumns(input, offset, mask, geom.kernel, geom.stride,
                                               geom.padding, geom.dilation, geom.groups,
                                               deterministic=deterministic)
         if want_input:

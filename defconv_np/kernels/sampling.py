@@ -30,6 +30,10 @@ def padded_width(width):
     return width + PAD_BEFORE + PAD_AFTER
 
 
+def padded_height(height):
+    return height + PAD_BEFORE + PAD_AFTER
+
+
 def deform_tap(y, x, height, width, row_stride, one):
     """Locate a deformable-conv sample in a padded plane (torchvision's rule).
 

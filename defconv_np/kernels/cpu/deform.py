@@ -10,6 +10,10 @@ a sample are four contiguous channel vectors. Columns are pixels-first,
 unit-stride and vectorise; the sampling cell and weights of a sample are
 computed once and reused for every channel of its offset group.
 
+The kernels are serial and release the GIL: the CPU launcher runs chunks on
+one worker thread per core (``_cpu.run_chunks``), each with single-threaded
+BLAS, so kernels and GEMMs never compete for cores.
+
 Offsets are (N, 2*G*K, Ho, Wo) with (dy, dx) interleaved per kernel point;
 masks (N, G*K, Ho, Wo) are ignored unless ``use_mask``. The undeformed grid
 arrives as ``y_base[ho, i] = ho*sh - ph + i*dh`` (Ho, kh) and ``x_base[wo, j]``
@@ -19,7 +23,7 @@ dtype too (they are only compared with positions).
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .device import bilinear_coordinate_grads, bilinear_value, bilinear_weights, deform_tap
 
@@ -70,9 +74,9 @@ def _run(g, gw, k, per_group, per_wgroup, n_k):
     return lo, hi, (gw * (n_k - 1) + k) * per_wgroup + lo
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def deform_im2col(inp, height, width, row_stride, offset, mask, use_mask, n0, r0, y_base, x_base,
-                  weight_groups, pixel_block, cols):
+                  weight_groups, cols):
     """Fill pixels-first ``cols`` (nb, P, C*K) with (masked) bilinear samples."""
     n_k = y_base.shape[1] * x_base.shape[1]
     channels = inp.shape[2]
@@ -81,14 +85,11 @@ def deform_im2col(inp, height, width, row_stride, offset, mask, use_mask, n0, r0
     per_wgroup = channels // weight_groups
     out_w = offset.shape[3]
     nb, npix, _ = cols.shape
-    blocks = (npix + pixel_block - 1) // pixel_block
     rs = row_stride
-    for item in prange(nb * blocks):
-        b = item // blocks
+    typed = np.empty(8, cols.dtype)
+    for b in range(nb):
         n = n0 + b
-        typed = np.empty(8, cols.dtype)
-        for p in range((item - b * blocks) * pixel_block,
-                       min(npix, (item - b * blocks + 1) * pixel_block)):
+        for p in range(npix):
             r = p // out_w
             wo = p - r * out_w
             row = cols[b, p]
@@ -107,13 +108,11 @@ def deform_im2col(inp, height, width, row_stride, offset, mask, use_mask, n0, r0
                             out[i] = w00 * v00[i] + w01 * v01[i] + w10 * v10[i] + w11 * v11[i]
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def deform_col2im(grad_cols, height, width, row_stride, offset, mask, use_mask, n0, r0, y_base,
-                  x_base, weight_groups, channel_blocks, grad_inp):
+                  x_base, weight_groups, grad_inp):
     """Scatter-add pixels-first ``grad_cols`` into the padded channels-last input
-    gradient: the exact adjoint of ``deform_im2col``. Each work item owns a
-    block of channels of one image, so no two items write the same value and
-    the result does not depend on scheduling."""
+    gradient: the exact adjoint of ``deform_im2col``, summed in a fixed order."""
     n_k = y_base.shape[1] * x_base.shape[1]
     channels = grad_inp.shape[2]
     groups = offset.shape[1] // (2 * n_k)
@@ -121,21 +120,15 @@ def deform_col2im(grad_cols, height, width, row_stride, offset, mask, use_mask, 
     per_wgroup = channels // weight_groups
     out_w = offset.shape[3]
     nb, npix, _ = grad_cols.shape
-    block = (channels + channel_blocks - 1) // channel_blocks
     rs = row_stride
-    for item in prange(nb * channel_blocks):
-        b = item // channel_blocks
+    typed = np.empty(8, grad_cols.dtype)
+    for b in range(nb):
         n = n0 + b
-        c_lo = (item - b * channel_blocks) * block
-        c_hi = min(channels, c_lo + block)
-        typed = np.empty(8, grad_cols.dtype)
         for p in range(npix):
             r = p // out_w
             wo = p - r * out_w
             row = grad_cols[b, p]
             for g in range(groups):
-                if (g + 1) * per_group <= c_lo or g * per_group >= c_hi:
-                    continue  # no channel of this offset group in the block
                 for k in range(n_k):
                     q, inside = _sample(offset, mask, use_mask, n, g, k, r0 + r, wo, height,
                                         width, rs, y_base, x_base, typed)
@@ -145,12 +138,7 @@ def deform_col2im(grad_cols, height, width, row_stride, offset, mask, use_mask, 
                     for gw in range(g * per_group // per_wgroup,
                                     ((g + 1) * per_group - 1) // per_wgroup + 1):
                         lo, hi, dst = _run(g, gw, k, per_group, per_wgroup, n_k)
-                        # clip the run to this work item's channel block
-                        skip = max(0, c_lo - lo)
-                        lo, hi = lo + skip, min(hi, c_hi)
-                        if lo >= hi:
-                            continue
-                        gcol = row[dst + skip:dst + skip + hi - lo]
+                        gcol = row[dst:dst + hi - lo]
                         g00, g01 = grad_inp[n, q, lo:hi], grad_inp[n, q + 1, lo:hi]
                         g10, g11 = grad_inp[n, q + rs, lo:hi], grad_inp[n, q + rs + 1, lo:hi]
                         for i in range(hi - lo):
@@ -161,10 +149,10 @@ def deform_col2im(grad_cols, height, width, row_stride, offset, mask, use_mask, 
                             g11[i] += w11 * gv
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def deform_coordinate_grads(grad_cols, inp, height, width, row_stride, offset, mask, use_mask, n0,
-                            r0, y_base, x_base, weight_groups, pixel_block, want_offset,
-                            want_mask, grad_offset, grad_mask):
+                            r0, y_base, x_base, weight_groups, want_offset, want_mask,
+                            grad_offset, grad_mask):
     """Offset and mask gradients of the chunk's samples.
 
     For each sample, the column gradient summed over the channels of its offset
@@ -179,14 +167,11 @@ def deform_coordinate_grads(grad_cols, inp, height, width, row_stride, offset, m
     per_wgroup = channels // weight_groups
     out_w = offset.shape[3]
     nb, npix, _ = grad_cols.shape
-    blocks = (npix + pixel_block - 1) // pixel_block
     rs = row_stride
-    for item in prange(nb * blocks):
-        b = item // blocks
+    typed = np.empty(8, grad_cols.dtype)
+    for b in range(nb):
         n = n0 + b
-        typed = np.empty(8, grad_cols.dtype)
-        for p in range((item - b * blocks) * pixel_block,
-                       min(npix, (item - b * blocks + 1) * pixel_block)):
+        for p in range(npix):
             r = p // out_w
             ho = r0 + r
             wo = p - r * out_w
