@@ -158,14 +158,17 @@ def forward(xp, out, weight, groups, chunks, columns):
     columns.run_chunks(chunks, work, lambda: xp.empty(size, out.dtype))
 
 
-def backward(xp, grad_output, weight, groups, chunks, columns, use_grad_columns,
-             want_weight, want_columns):
+def backward(xp, grad_output, weight, groups, chunks, columns, want_weight, want_columns):
     """Weight gradient (if ``want_weight``) and, if ``want_columns``, the column
-    gradient of every chunk handed to ``use_grad_columns(chunk, grad_cols)``.
+    gradient of every chunk.
 
-    Each worker sums its chunks' weight gradients; the workers' sums are then
-    added in worker order, so the result does not depend on scheduling.
-    Returns the weight gradient (or None).
+    Per chunk: the column gradient ``w^T @ grad_output`` is formed first, then
+    ``columns.backward_chunk(chunk, cols, grad_cols)`` rebuilds the columns
+    into ``cols`` (None unless the weight gradient is wanted) and consumes
+    ``grad_cols`` (None unless wanted) in whatever way the backend likes best,
+    then the weight gradient ``grad_output @ cols^T`` is accumulated. Each
+    worker sums its own chunks; the workers' sums are added in worker order, so
+    the result does not depend on scheduling. Returns the weight gradient (or None).
     """
     layout = columns.layout
     n_out, out_w = grad_output.shape[1], grad_output.shape[3]
@@ -183,15 +186,16 @@ def backward(xp, grad_output, weight, groups, chunks, columns, use_grad_columns,
         go = xp.ascontiguousarray(
             grad_output[chunk.n0:chunk.n1, :, chunk.r0:chunk.r1, :]
         ).reshape(nb, groups, n_out // groups, npix)
-        if want_weight:
-            cols = layout.physical(state["cols"], nb, rows_k, npix)
-            columns.fill(chunk, cols)
-            state["grad_w"] += xp.matmul(
-                go, layout.logical(cols, groups).transpose(0, 1, 3, 2)).sum(axis=0)
+        cols = grad_cols = None
         if want_columns:
             grad_cols = layout.physical(state["grad_cols"], nb, rows_k, npix)
             layout.column_grads(xp, w, go, grad_cols, groups)
-            use_grad_columns(chunk, grad_cols)
+        if want_weight:
+            cols = layout.physical(state["cols"], nb, rows_k, npix)
+        columns.backward_chunk(chunk, cols, grad_cols)
+        if want_weight:
+            state["grad_w"] += xp.matmul(
+                go, layout.logical(cols, groups).transpose(0, 1, 3, 2)).sum(axis=0)
 
     states = columns.run_chunks(chunks, work, new_state)
     if not want_weight:

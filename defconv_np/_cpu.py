@@ -147,8 +147,16 @@ class DenseColumns:
     def fill(self, chunk, cols):
         im2col_kernels.im2col(self.inp_pad, chunk.n0, chunk.r0, self.out_w, *self.geometry, cols)
 
-    def new_input_grad(self):
-        self.grad_pad = np.zeros_like(self.inp_pad)
+    def start_backward(self, want_input):
+        self.grad_pad = np.zeros_like(self.inp_pad) if want_input else None
+
+    def backward_chunk(self, chunk, cols, grad_cols):
+        """Rebuild the chunk's columns into ``cols`` and scatter ``grad_cols``
+        into the input gradient (either may be None)."""
+        if cols is not None:
+            self.fill(chunk, cols)
+        if grad_cols is not None:
+            self.scatter_input_grad(chunk, grad_cols)
 
     def scatter_input_grad(self, chunk, grad_cols):
         im2col_kernels.col2im(grad_cols, chunk.n0, chunk.r0, self.out_w, *self.geometry,
@@ -191,22 +199,31 @@ class DeformColumns:
     def fill(self, chunk, cols):
         deform_kernels.deform_im2col(self.inp, *self._common(chunk), cols)
 
-    def new_input_grad(self):
-        self.grad = np.zeros_like(self.inp)
+    def start_backward(self, want_input, grad_offset, grad_mask):
+        """Where the backward writes: the input gradient (an own padded
+        channels-last buffer, if ``want_input``) and the given offset and mask
+        gradients (or None)."""
+        self.grad = np.zeros_like(self.inp) if want_input else None
+        self.grad_offset, self.grad_mask = grad_offset, grad_mask
 
-    def scatter_input_grad(self, chunk, grad_cols):
-        deform_kernels.deform_col2im(grad_cols, *self._common(chunk), self.grad)
+    def backward_chunk(self, chunk, cols, grad_cols):
+        """Rebuild the columns into ``cols`` (if given) and turn ``grad_cols``
+        (if given) into input, offset and mask gradients, in one fused pass."""
+        dtype = self.inp.dtype
+        dummy3, dummy4 = np.zeros((1, 1, 1), dtype), np.zeros((1, 1, 1, 1), dtype)
+        want_grads = grad_cols is not None
+        want_input = want_grads and self.grad is not None
+        want_offset = want_grads and self.grad_offset is not None
+        want_mask = want_grads and self.grad_mask is not None
+        deform_kernels.deform_backward(
+            grad_cols if want_grads else cols, self.inp, *self._common(chunk), cols is not None,
+            want_input, want_offset, want_mask, dummy3 if cols is None else cols,
+            self.grad if want_input else self.inp,
+            self.grad_offset if want_offset else dummy4,
+            self.grad_mask if want_mask else dummy4)
 
     def input_grad(self):
         return from_channels_last_padded(self.grad, self.input_shape)
-
-    def coordinate_grads(self, chunk, grad_cols, grad_offset, grad_mask):
-        """Offset and/or mask gradient for the chunk (either target may be None)."""
-        dummy = np.zeros((1, 1, 1, 1), grad_cols.dtype)
-        deform_kernels.deform_coordinate_grads(
-            grad_cols, self.inp, *self._common(chunk), grad_offset is not None,
-            grad_mask is not None, dummy if grad_offset is None else grad_offset,
-            dummy if grad_mask is None else grad_mask)
 
 
 def channels_last_padded(array):

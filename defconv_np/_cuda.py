@@ -91,8 +91,16 @@ class DenseColumns:
         self.launch(im2col_kernels.im2col, total, self.inp_pad, chunk.n0, chunk.r0, self.out_w,
                     *self.shape_args, total, cols)
 
-    def new_input_grad(self):
-        self.grad_pad = self.xp.zeros_like(self.inp_pad)
+    def start_backward(self, want_input):
+        self.grad_pad = self.xp.zeros_like(self.inp_pad) if want_input else None
+
+    def backward_chunk(self, chunk, cols, grad_cols):
+        """Rebuild the chunk's columns into ``cols`` and scatter ``grad_cols``
+        into the input gradient (either may be None)."""
+        if cols is not None:
+            self.fill(chunk, cols)
+        if grad_cols is not None:
+            self.scatter_input_grad(chunk, grad_cols)
 
     def scatter_input_grad(self, chunk, grad_cols):
         total = np.int64(chunk.n1 - chunk.n0) * int(np.prod(self.grad_pad.shape[1:]))
@@ -144,8 +152,23 @@ class DeformColumns:
         self.launch(deform_kernels.deform_im2col, total, self.inp_pad, *self._common(chunk),
                     total, cols)
 
-    def new_input_grad(self):
-        self.grad_pad = self.xp.zeros_like(self.inp_pad)
+    def start_backward(self, want_input, grad_offset, grad_mask):
+        """Where the backward writes: the input gradient (an own buffer, if
+        ``want_input``) and the given offset and mask gradients (or None)."""
+        self.grad_pad = self.xp.zeros_like(self.inp_pad) if want_input else None
+        self.grad_offset, self.grad_mask = grad_offset, grad_mask
+
+    def backward_chunk(self, chunk, cols, grad_cols):
+        """Rebuild the chunk's columns into ``cols`` (if given) and turn
+        ``grad_cols`` (if given) into input, offset and mask gradients."""
+        if cols is not None:
+            self.fill(chunk, cols)
+        if grad_cols is None:
+            return
+        if self.grad_pad is not None:
+            self.scatter_input_grad(chunk, grad_cols)
+        if self.grad_offset is not None or self.grad_mask is not None:
+            self.coordinate_grads(chunk, grad_cols, self.grad_offset, self.grad_mask)
 
     def scatter_input_grad(self, chunk, grad_cols):
         if self.deterministic:

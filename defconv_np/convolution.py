@@ -96,11 +96,9 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     if chunks and (want_input or want_weight):
         columns = backend.DenseColumns(input, geom.kernel, geom.stride, geom.padding,
                                              geom.dilation, geom.out_w)
-        if want_input:
-            columns.new_input_grad()
-        grad_weight = _columns.backward(
-            xp, grad_output, weight, geom.groups, chunks, columns,
-            columns.scatter_input_grad, want_weight, want_input)
+        columns.start_backward(want_input)
+        grad_weight = _columns.backward(xp, grad_output, weight, geom.groups, chunks, columns,
+                                        want_weight, want_input)
         if want_input:
             grad_input = columns.input_grad()
     if want_input and grad_input is None:

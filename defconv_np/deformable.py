@@ -158,18 +158,9 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
         columns = backend.DeformColumns(input, offset, mask, geom.kernel, geom.stride,
                                               geom.padding, geom.dilation, geom.groups,
                                               deterministic=deterministic)
-        if want_input:
-            columns.new_input_grad()
-
-        def use_grad_columns(chunk, grad_cols):
-            if want_input:
-                columns.scatter_input_grad(chunk, grad_cols)
-            if want_offset or want_mask:
-                columns.coordinate_grads(chunk, grad_cols, grad_offset, grad_mask)
-
-        grad_weight = _columns.backward(
-            xp, grad_output, weight, geom.groups, chunks, columns,
-            use_grad_columns, want_weight, want_columns)
+        columns.start_backward(want_input, grad_offset, grad_mask)
+        grad_weight = _columns.backward(xp, grad_output, weight, geom.groups, chunks, columns,
+                                        want_weight, want_columns)
         if want_input:
             grad_input = columns.input_grad()
     if want_input and grad_input is None:

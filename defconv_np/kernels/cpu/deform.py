@@ -109,56 +109,27 @@ def deform_im2col(inp, height, width, row_stride, offset, mask, use_mask, n0, r0
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def deform_col2im(grad_cols, height, width, row_stride, offset, mask, use_mask, n0, r0, y_base,
-                  x_base, weight_groups, grad_inp):
-    """Scatter-add pixels-first ``grad_cols`` into the padded channels-last input
-    gradient: the exact adjoint of ``deform_im2col``, summed in a fixed order."""
-    n_k = y_base.shape[1] * x_base.shape[1]
-    channels = grad_inp.shape[2]
-    groups = offset.shape[1] // (2 * n_k)
-    per_group = channels // groups
-    per_wgroup = channels // weight_groups
-    out_w = offset.shape[3]
-    nb, npix, _ = grad_cols.shape
-    rs = row_stride
-    typed = np.empty(8, grad_cols.dtype)
-    for b in range(nb):
-        n = n0 + b
-        for p in range(npix):
-            r = p // out_w
-            wo = p - r * out_w
-            row = grad_cols[b, p]
-            for g in range(groups):
-                for k in range(n_k):
-                    q, inside = _sample(offset, mask, use_mask, n, g, k, r0 + r, wo, height,
-                                        width, rs, y_base, x_base, typed)
-                    if not inside:
-                        continue
-                    w00, w01, w10, w11 = typed[0], typed[1], typed[2], typed[3]
-                    for gw in range(g * per_group // per_wgroup,
-                                    ((g + 1) * per_group - 1) // per_wgroup + 1):
-                        lo, hi, dst = _run(g, gw, k, per_group, per_wgroup, n_k)
-                        gcol = row[dst:dst + hi - lo]
-                        g00, g01 = grad_inp[n, q, lo:hi], grad_inp[n, q + 1, lo:hi]
-                        g10, g11 = grad_inp[n, q + rs, lo:hi], grad_inp[n, q + rs + 1, lo:hi]
-                        for i in range(hi - lo):
-                            gv = gcol[i]
-                            g00[i] += w00 * gv
-                            g01[i] += w01 * gv
-                            g10[i] += w10 * gv
-                            g11[i] += w11 * gv
+def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use_mask, n0, r0,
+                    y_base, x_base, weight_groups, want_cols, want_input, want_offset, want_mask,
+                    cols, grad_inp, grad_offset, grad_mask):
+    """Everything the backward needs from one pass over the chunk's samples.
 
+    Each sample's cell and weights are computed once, and its four corner
+    vectors read once, for up to four results (each skipped unless wanted):
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def deform_coordinate_grads(grad_cols, inp, height, width, row_stride, offset, mask, use_mask, n0,
-                            r0, y_base, x_base, weight_groups, want_offset, want_mask,
-                            grad_offset, grad_mask):
-    """Offset and mask gradients of the chunk's samples.
+    * ``cols``: the columns again, as ``deform_im2col`` writes them (for the
+      weight gradient);
+    * ``grad_inp``: ``grad_cols`` scatter-added onto the corners, the exact
+      adjoint of ``deform_im2col``, into the padded channels-last gradient;
+    * ``grad_offset``: per sample, the column gradient summed over the
+      channels of its offset group times the derivative of the bilinear sample
+      in the floor cell (torchvision's rule, ``sampling.bilinear_coordinate_grads``),
+      times the mask;
+    * ``grad_mask``: the same sum times the unmasked sample.
 
-    For each sample, the column gradient summed over the channels of its offset
-    group, times the derivative of the bilinear sample in the floor cell
-    (torchvision's rule, ``sampling.bilinear_coordinate_grads``) for the offset, and times the unmasked sample for the mask.
-    Outside samples get exactly 0. Sums are kept in float64.
+    Outside samples get exactly 0 offset and mask gradients and scatter
+    nothing. Offset and mask sums are kept in float64; everything runs in a
+    fixed order, so the results do not depend on scheduling.
     """
     n_k = y_base.shape[1] * x_base.shape[1]
     channels = inp.shape[2]
@@ -169,38 +140,51 @@ def deform_coordinate_grads(grad_cols, inp, height, width, row_stride, offset, m
     nb, npix, _ = grad_cols.shape
     rs = row_stride
     typed = np.empty(8, grad_cols.dtype)
+    want_grads = want_input or want_offset or want_mask
     for b in range(nb):
         n = n0 + b
         for p in range(npix):
             r = p // out_w
             ho = r0 + r
             wo = p - r * out_w
-            row = grad_cols[b, p]
+            g_row = grad_cols[b, p]
+            c_row = cols[b, p] if want_cols else g_row
             for g in range(groups):
                 for k in range(n_k):
                     q, inside = _sample(offset, mask, use_mask, n, g, k, ho, wo, height, width,
                                         rs, y_base, x_base, typed)
+                    w00, w01, w10, w11 = typed[0], typed[1], typed[2], typed[3]
                     ly, lx, m, one = typed[4], typed[5], typed[6], typed[7]
+                    scatter = want_input and inside
                     acc_dy = 0.0
                     acc_dx = 0.0
                     acc_v = 0.0
                     for gw in range(g * per_group // per_wgroup,
                                     ((g + 1) * per_group - 1) // per_wgroup + 1):
-                        if not inside:
-                            break
                         lo, hi, dst = _run(g, gw, k, per_group, per_wgroup, n_k)
-                        gcol = row[dst:dst + hi - lo]
                         v00, v01 = inp[n, q, lo:hi], inp[n, q + 1, lo:hi]
                         v10, v11 = inp[n, q + rs, lo:hi], inp[n, q + rs + 1, lo:hi]
+                        out = c_row[dst:dst + hi - lo]
+                        gcol = g_row[dst:dst + hi - lo]
+                        g00, g01 = grad_inp[n, q, lo:hi], grad_inp[n, q + 1, lo:hi]
+                        g10, g11 = grad_inp[n, q + rs, lo:hi], grad_inp[n, q + rs + 1, lo:hi]
                         for i in range(hi - lo):
-                            gv = gcol[i]
                             a, bq, cq, d = v00[i], v01[i], v10[i], v11[i]
-                            if want_offset:
-                                dy, dx = bilinear_coordinate_grads(a, bq, cq, d, ly, lx, one)
-                                acc_dy += gv * dy
-                                acc_dx += gv * dx
-                            if want_mask:
-                                acc_v += gv * bilinear_value(a, bq, cq, d, ly, lx, one)
+                            if want_cols:
+                                out[i] = w00 * a + w01 * bq + w10 * cq + w11 * d
+                            if want_grads and inside:
+                                gv = gcol[i]
+                                if scatter:
+                                    g00[i] += w00 * gv
+                                    g01[i] += w01 * gv
+                                    g10[i] += w10 * gv
+                                    g11[i] += w11 * gv
+                                if want_offset:
+                                    dy, dx = bilinear_coordinate_grads(a, bq, cq, d, ly, lx, one)
+                                    acc_dy += gv * dy
+                                    acc_dx += gv * dx
+                                if want_mask:
+                                    acc_v += gv * bilinear_value(a, bq, cq, d, ly, lx, one)
                     if want_offset:
                         ch = 2 * (g * n_k + k)
                         grad_offset[n, ch, ho, wo] = m * acc_dy if inside else 0.0
