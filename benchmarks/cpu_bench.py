@@ -180,28 +180,62 @@ def main():
         record("grid_sample forward+backward", cfg, median_ms(ours_gs_fb, gcases, args.repeats),
                peer_fb, "torch grid_sample", peak_mib(ours_gs_fb, *gcases[0]))
 
-    # Bounded scratch: peak extra memory at 4x the batch grows only by the
-    # output and gradient arrays, not by the column buffer.
+    # Bounded scratch: from N=8 to N=32 the peak extra memory of a backward
+    # grows by the per-image results and working copies only (input gradient,
+    # offset gradient, the padded channels-last input and its gradient), not
+    # by the column buffers, which stay under the budget.
     scaling = []
+    itemsize = np.dtype(dtype).itemsize
+    per_image_mib = (c * h * w + 2 * k * k * h * w
+                     + 2 * c * (h + 3) * (w + 3)) * itemsize / 2**20
     for batch in (8, 32):
         x = rng.standard_normal((batch, c, h, w)).astype(dtype)
         wt = rng.standard_normal((o, c, k, k)).astype(dtype)
         off = rng.uniform(-2, 2, (batch, 2 * k * k, h, w)).astype(dtype)
         gout = rng.standard_normal((batch, o, h, w)).astype(dtype)
-        io_mib = (x.nbytes + off.nbytes + gout.nbytes) / 2**20
         peak = peak_mib(lambda: dc.deform_conv2d_backward(gout, x, off, wt, padding=1))
         scaling.append({"batch": batch, "backward_peak_extra_mib": round(peak, 1),
-                        "input_offset_gradout_mib": round(io_mib, 1),
+                        "per_image_results_and_copies_mib": round(per_image_mib, 2),
                         "column_budget_mib": dc.config.column_budget_bytes / 2**20})
-        print(f"deform_conv2d_backward N={batch}: peak extra {peak:.1f} MiB "
-              f"(its results alone: {io_mib:.1f} MiB + padded copies; column budget "
-              f"{dc.config.column_budget_bytes / 2**20:.0f} MiB)")
+        print(f"deform_conv2d_backward N={batch}: peak extra {peak:.1f} MiB")
+    growth = (scaling[1]["backward_peak_extra_mib"] - scaling[0]["backward_peak_extra_mib"]) / 24
+    print(f"  growth per image {growth:.2f} MiB = results and copies of one image "
+          f"({per_image_mib:.2f} MiB); column scratch stays under "
+          f"{dc.config.column_budget_bytes / 2**20:.0f} MiB")
+
+    # The column budget: deform_conv2d v2 forward+backward at several budgets,
+    # interleaved round by round so that machine noise hits all alike.
+    budgets = [2, 4, 8, 16, 32]
+    scan = {b: [] for b in budgets}
+    default_budget = dc.config.column_budget_bytes
+    x, wt = cases[0]
+    off = rng.uniform(-2, 2, (n, 2 * k * k, h, w)).astype(dtype)
+    m = rng.uniform(0, 1, (n, k * k, h, w)).astype(dtype)
+    gout = rng.standard_normal((n, o, h, w)).astype(dtype)
+
+    def deform_fb():
+        dc.deform_conv2d(x, off, wt, padding=1, mask=m)
+        dc.deform_conv2d_backward(gout, x, off, wt, padding=1, mask=m)
+
+    deform_fb()
+    for _ in range(args.repeats):
+        for b in budgets:
+            dc.config.column_budget_bytes = b * 2**20
+            t0 = time.perf_counter()
+            deform_fb()
+            scan[b].append((time.perf_counter() - t0) * 1e3)
+    dc.config.column_budget_bytes = default_budget
+    budget_scan = [{"budget_mib": b, "deform_v2_fwd_bwd_ms": round(statistics.median(v), 2)}
+                   for b, v in scan.items()]
+    print("column budget scan (deform_conv2d v2 fwd+bwd, median ms): "
+          + ", ".join(f"{r['budget_mib']} MiB {r['deform_v2_fwd_bwd_ms']}" for r in budget_scan))
 
     result = {"machine": platform.processor() or platform.machine(), "threads": threads,
               "numpy": np.__version__, "numba": numba.__version__,
               "torch": None if torch is None else torch.__version__, "dtype": "float32",
               "shape": {"N": n, "C": c, "O": o, "H": h, "W": w, "k": k},
-              "repeats": args.repeats, "rows": rows, "memory_scaling": scaling}
+              "repeats": args.repeats, "column_budget_mib": default_budget / 2**20, "rows": rows,
+              "memory_scaling": scaling, "budget_scan": budget_scan}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

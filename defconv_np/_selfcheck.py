@@ -6,7 +6,7 @@ import time
 import numba
 import numpy as np
 
-from . import convolution, deformable
+from . import convolution, deformable, spatial
 
 
 def backends():
@@ -79,6 +79,28 @@ def gradient_checks(seed=0):
     for row in _directional_check(loss, {"input": x, "offset": offset, "mask": mask,
                                          "weight": wd, "bias": b}, g._asdict(), rng):
         rows.append(("deform_conv2d",) + row)
+
+    # grid_sample through affine_grid: grid positions drawn away from pixel
+    # centres and edges (the kinks), then theta's gradient by the chain rule.
+    size = (2, 3, 6, 7)
+    image = rng.standard_normal(size)
+    theta = np.array([[[0.9, -0.2, 0.05], [0.15, 0.8, -0.1]]] * 2) + 0.01 * rng.standard_normal((2, 2, 3))
+    for padding_mode in ("zeros", "border", "reflection"):
+        grid = spatial.affine_grid(theta, size)
+        go = rng.standard_normal((2, 3, 6, 7))
+        g = spatial.grid_sample_backward(go, image, grid, padding_mode=padding_mode)
+
+        def sample_loss(input, grid, padding_mode=padding_mode, go=go):
+            return np.sum(go * spatial.grid_sample(input, grid, padding_mode=padding_mode))
+
+        for row in _directional_check(sample_loss, {"input": image, "grid": grid}, g._asdict(),
+                                      rng):
+            rows.append((f"grid_sample ({padding_mode})",) + row)
+        grads = {"theta": spatial.affine_grid_backward(g.grid, size)}
+        for row in _directional_check(
+                lambda theta, go=go: sample_loss(image, spatial.affine_grid(theta, size)),
+                {"theta": theta}, grads, rng):
+            rows.append((f"affine_grid ({padding_mode})",) + row)
     return rows
 
 
@@ -92,6 +114,9 @@ def timings(repeats=5, seed=0):
     mask = rng.uniform(0, 1, (n, k * k, h, w)).astype(np.float32)
     go = rng.standard_normal((n, o, h, w)).astype(np.float32)
     shape = f"({n}, {c}, {h}, {w}) -> {o}, {k}x{k}, pad 1"
+    theta = np.tile(np.array([[[0.9, -0.3, 0.1], [0.3, 0.9, 0.0]]], np.float32), (n, 1, 1))
+    grid = spatial.affine_grid(theta, (n, c, h, w))
+    gs_go = rng.standard_normal((n, c, h, w)).astype(np.float32)
     cases = [
         ("conv2d forward", lambda: convolution.conv2d(x, wt, padding=1)),
         ("conv2d backward", lambda: convolution.conv2d_backward(go, x, wt, padding=1)),
@@ -99,6 +124,8 @@ def timings(repeats=5, seed=0):
                                                                    mask=mask)),
         ("deform_conv2d backward", lambda: deformable.deform_conv2d_backward(
             go, x, off, wt, padding=1, mask=mask)),
+        ("grid_sample forward", lambda: spatial.grid_sample(x, grid)),
+        ("grid_sample backward", lambda: spatial.grid_sample_backward(gs_go, x, grid)),
     ]
     rows = []
     for name, fn in cases:
@@ -108,5 +135,6 @@ def timings(repeats=5, seed=0):
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-        rows.append((name, shape, 1e3 * float(np.median(times))))
+        label = f"({n}, {c}, {h}, {w}), affine grid" if name.startswith("grid") else shape
+        rows.append((name, label, 1e3 * float(np.median(times))))
     return rows

@@ -9,7 +9,7 @@ takes effect on the next call.
 #: split over images, and over output rows of one image when a single image
 #: does not fit, so peak extra memory stays bounded for any batch size. On CPU
 #: the budget is shared by the worker lanes. 8 MiB measured fastest on a
-#: 2-core machine with 32 MiB L3 (benchmarks/results/cpu_budget.txt).
+#: 2-core machine with 32 MiB L3 (``budget_scan`` in benchmarks/results/cpu.json).
 column_budget_bytes = 8 * 2**20
 
 #: Output pixels handled per tile by the CPU deformable kernels: the sampling
