@@ -16,6 +16,7 @@ Two ways of using the cores, one per kind of op:
 
 import concurrent.futures
 import contextlib
+import os
 import threading
 
 import numba
@@ -68,6 +69,45 @@ class _SingleThreadedBlas:
 single_threaded_blas = _SingleThreadedBlas()
 
 
+class _LanePool:
+    """Worker threads kept across calls: starting threads costs milliseconds,
+    and so does OpenBLAS's set-up the first time a new thread calls it. Made
+    again after a fork (threads do not survive one) or a thread-count change."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pool = None
+        self._key = None
+
+    def get(self, lanes):
+        key = (os.getpid(), lanes)
+        with self._lock:
+            if self._key != key:
+                # a pool inherited through fork has no threads: drop it unjoined
+                if self._pool is not None and self._key[0] == key[0]:
+                    self._pool.shutdown(wait=False)
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    lanes, thread_name_prefix="defconv_np-lane")
+                self._key = key
+            return self._pool
+
+
+_lane_pool = _LanePool()
+
+
+def for_image_ranges(batch, work):
+    """Call ``work(n0, n1)`` on contiguous image ranges covering ``batch``, one
+    per lane, on the lane threads (``work`` must release the GIL to overlap)."""
+    lanes = min(column_lanes(), batch)
+    if lanes <= 1:
+        work(0, batch)
+        return
+    bounds = [batch * i // lanes for i in range(lanes + 1)]
+    pool = _lane_pool.get(column_lanes())
+    for future in [pool.submit(work, bounds[i], bounds[i + 1]) for i in range(lanes)]:
+        future.result()
+
+
 def run_chunks(chunks, work, new_state):
     """Run ``work(chunk, state)`` over the chunks on ``column_lanes()`` threads.
 
@@ -90,7 +130,8 @@ def run_chunks(chunks, work, new_state):
             for chunk in run:
                 work(chunk, states[index])
 
-    with single_threaded_blas(), concurrent.futures.ThreadPoolExecutor(lanes) as pool:
+    pool = _lane_pool.get(column_lanes())
+    with single_threaded_blas():
         for future in [pool.submit(lane, i) for i in range(lanes)]:
             future.result()
     return states
@@ -231,16 +272,16 @@ def channels_last_padded(array):
     ``kernels.sampling`` describes."""
     n, c, h, w = array.shape
     out = np.zeros((n, sampling.padded_height(h) * sampling.padded_width(w), c), array.dtype)
-    with _launch_lock:
-        layout_kernels.to_channels_last_padded(kernel_operand(array), out)
+    array = kernel_operand(array)
+    for_image_ranges(n, lambda n0, n1: layout_kernels.to_channels_last_padded(array, n0, n1, out))
     return out
 
 
 def from_channels_last_padded(padded, shape):
     """Inverse of ``channels_last_padded``: crop the border, back to (N, C, H, W)."""
     out = np.empty(shape, padded.dtype)
-    with _launch_lock:
-        layout_kernels.from_channels_last_padded(padded, out)
+    for_image_ranges(shape[0],
+                     lambda n0, n1: layout_kernels.from_channels_last_padded(padded, n0, n1, out))
     return out
 
 
