@@ -16,6 +16,7 @@ Two ways of using the cores, one per kind of op:
 
 import concurrent.futures
 import contextlib
+import functools
 import os
 import threading
 
@@ -95,6 +96,15 @@ class _LanePool:
 _lane_pool = _LanePool()
 
 
+def _run_on_lanes(tasks):
+    """Run the callables on the lane threads; wait for all of them before
+    raising the first error, so none is still running when the caller unwinds."""
+    futures = [_lane_pool.get(column_lanes()).submit(task) for task in tasks]
+    concurrent.futures.wait(futures)
+    for future in futures:
+        future.result()
+
+
 def for_image_ranges(batch, work):
     """Call ``work(n0, n1)`` on contiguous image ranges covering ``batch``, one
     per lane, on the lane threads (``work`` must release the GIL to overlap)."""
@@ -103,9 +113,7 @@ def for_image_ranges(batch, work):
         work(0, batch)
         return
     bounds = [batch * i // lanes for i in range(lanes + 1)]
-    pool = _lane_pool.get(column_lanes())
-    for future in [pool.submit(work, bounds[i], bounds[i + 1]) for i in range(lanes)]:
-        future.result()
+    _run_on_lanes([functools.partial(work, bounds[i], bounds[i + 1]) for i in range(lanes)])
 
 
 def run_chunks(chunks, work, new_state):
@@ -130,10 +138,8 @@ def run_chunks(chunks, work, new_state):
             for chunk in run:
                 work(chunk, states[index])
 
-    pool = _lane_pool.get(column_lanes())
     with single_threaded_blas():
-        for future in [pool.submit(lane, i) for i in range(lanes)]:
-            future.result()
+        _run_on_lanes([functools.partial(lane, i) for i in range(lanes)])
     return states
 
 

@@ -1,0 +1,80 @@
+"""The CPU convs' worker lanes: any lane count gives the same numbers, BLAS
+gets its threads back, errors propagate, and a forked child still works."""
+
+import multiprocessing
+import sys
+
+import numba
+import numpy as np
+import pytest
+
+import defconv_np as dc
+
+
+def _case(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((5, 4, 9, 8))
+    off = rng.uniform(-2, 2, (5, 18, 9, 8))
+    w = rng.standard_normal((3, 4, 3, 3))
+    go = rng.standard_normal((5, 3, 9, 8))
+    return x, off, w, go
+
+
+def _all_results(x, off, w, go):
+    return [dc.conv2d(x, w, padding=1), *dc.conv2d_backward(go, x, w, padding=1),
+            dc.deform_conv2d(x, off, w, padding=1),
+            *[g for g in dc.deform_conv2d_backward(go, x, off, w, padding=1) if g is not None]]
+
+
+def test_one_lane_and_many_lanes_agree(monkeypatch):
+    args = _case()
+    many = _all_results(*args)
+    monkeypatch.setattr(dc.config, "column_budget_bytes", 3000)  # row chunks too
+    chunked = _all_results(*args)
+    numba.set_num_threads(1)
+    try:
+        one = _all_results(*args)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for a, b, c in zip(many, chunked, one):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12)
+
+
+def test_blas_threads_restored_after_calls_and_errors(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+              if lib["user_api"] == "blas"]
+    _all_results(*_case())
+    from defconv_np import _cpu
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("lane failure")
+
+    monkeypatch.setattr(_cpu.im2col_kernels, "im2col", failing)
+    x, _, w, _ = _case()
+    with pytest.raises(RuntimeError, match="lane failure"):
+        dc.conv2d(x, w, padding=1)
+    after = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+             if lib["user_api"] == "blas"]
+    assert after == before
+
+
+def _child(queue):
+    x, off, w, go = _case()
+    queue.put(dc.deform_conv2d(x, off, w, padding=1))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method is Linux-only here")
+def test_forked_child_runs_convs():
+    """Lane threads do not survive a fork: the child must make its own."""
+    x, off, w, go = _case()
+    expected = dc.deform_conv2d(x, off, w, padding=1)  # parent's lanes exist now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child, args=(queue,))
+    child.start()
+    got = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
