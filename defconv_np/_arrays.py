@@ -4,6 +4,9 @@ CuPy is never imported here: an array is recognised by its type's module, so
 ``import defconv_np`` works where CuPy or a CUDA driver is missing.
 """
 
+import functools
+import itertools
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -36,6 +39,10 @@ def array_module(**arrays):
                 f"{name} must be a numpy.ndarray or cupy.ndarray, "
                 f"got {type(value).__module__}.{type(value).__qualname__}"
             )
+    devices = {arrays[name].device.id for name in cupy_names}
+    if len(devices) > 1:
+        where = ", ".join(f"{name} on GPU {arrays[name].device.id}" for name in cupy_names)
+        raise ValueError(f"all CuPy arrays must be on one GPU, got {where}")
     if numpy_names and cupy_names:
         raise TypeError(
             "all arrays must live on the same device: "
@@ -65,3 +72,19 @@ def common_float_dtype(**arrays):
                 "all arrays must share one dtype"
             )
     return dtype
+
+
+def on_arrays_device(function):
+    """Run ``function`` with the GPU of its first CuPy argument current, so that
+    CuPy allocations and CuPy's current stream belong to that device (an array
+    on device 1 runs on device 1). NumPy calls are passed straight through."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        for value in itertools.chain(args, kwargs.values()):
+            if is_cupy_array(value):
+                with value.device:
+                    return function(*args, **kwargs)
+        return function(*args, **kwargs)
+
+    return wrapper

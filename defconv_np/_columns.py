@@ -48,6 +48,18 @@ def chunks_for(geom, dtype, buffers, lanes=1):
                        config.column_budget_bytes // max(1, lanes))
 
 
+class SeparateBackward:
+    """``backward_chunk`` for column providers without a fused backward kernel:
+    rebuild the columns with ``fill`` and scatter the column gradient with
+    ``scatter_input_grad`` (the dense convs, on either backend)."""
+
+    def backward_chunk(self, chunk, cols, grad_cols):
+        if cols is not None:
+            self.fill(chunk, cols)
+        if grad_cols is not None:
+            self.scatter_input_grad(chunk, grad_cols)
+
+
 def run_in_order(chunks, work, new_state):
     """Run ``work(chunk, state)`` on every chunk, in order, with one state.
     Returns the list of states (here one), as a parallel runner would."""

@@ -177,7 +177,7 @@ def channel_blocks(work_items, channels_per_group):
     return max(1, min(channels_per_group, -(-target // max(1, work_items))))
 
 
-class DenseColumns:
+class DenseColumns(_columns.SeparateBackward):
     """im2col / col2im of a plain strided, dilated, padded conv2d."""
 
     layout = _columns.ChannelsFirst
@@ -196,14 +196,6 @@ class DenseColumns:
 
     def start_backward(self, want_input):
         self.grad_pad = np.zeros_like(self.inp_pad) if want_input else None
-
-    def backward_chunk(self, chunk, cols, grad_cols):
-        """Rebuild the chunk's columns into ``cols`` and scatter ``grad_cols``
-        into the input gradient (either may be None)."""
-        if cols is not None:
-            self.fill(chunk, cols)
-        if grad_cols is not None:
-            self.scatter_input_grad(chunk, grad_cols)
 
     def scatter_input_grad(self, chunk, grad_cols):
         im2col_kernels.col2im(grad_cols, chunk.n0, chunk.r0, self.out_w, *self.geometry,

@@ -13,40 +13,58 @@ import numpy as np
 from numba import cuda
 
 from . import _columns, config
-from ._cpu import sampling_bases
+from ._arrays import array_module
+from ._cpu import kernel_operand, sampling_bases
 from .kernels import sampling
 from .kernels.cuda import deform as deform_kernels
 from .kernels.cuda import grid_sample as grid_sample_kernels
 from .kernels.cuda import im2col as im2col_kernels
 
-def _array_module(array):
-    if isinstance(array, np.ndarray):
-        return np
-    import cupy
 
-    return cupy
+def launch_shape(total):
+    """(blocks, threads) for ``total`` work items, as Python ints: numba-cuda
+    hands them to ``cuda.core.LaunchConfig``, which rejects NumPy integers."""
+    threads = int(config.cuda_threads_per_block)
+    blocks = max(1, min(int(config.cuda_max_blocks), -(-int(total) // threads)))
+    return blocks, threads
+
+
+#: Numba stream objects by (device, CuPy stream pointer): numba-cuda caches
+#: launch configurations per stream object, so one object per stream is reused.
+_streams = {}
+
+
+def _numba_stream(xp, device_id):
+    ptr = xp.cuda.get_current_stream().ptr
+    key = (device_id, ptr)
+    if key not in _streams:
+        with cuda.gpus[device_id]:
+            _streams[key] = cuda.external_stream(ptr)
+    return _streams[key]
 
 
 class _Launch:
-    """Stream, device and launch shape for arrays of one array module."""
+    """Stream, device and launch shape for the arrays of one op.
+
+    The public ops run with the arrays' device current (``_arrays.on_arrays_device``),
+    so CuPy's current stream and allocations are that device's.
+    """
 
     def __init__(self, like):
-        self.xp = _array_module(like)
+        self.xp = array_module(like=like)
         if self.xp is np:
             self.stream = 0
             self.device = contextlib.nullcontext()
         else:
             self.device = cuda.gpus[like.device.id]
-            with self.device:
-                self.stream = cuda.external_stream(self.xp.cuda.get_current_stream().ptr)
+            self.stream = _numba_stream(self.xp, like.device.id)
 
     def __call__(self, kernel, total, *args):
         """Launch ``kernel`` over ``total`` work items; ``args`` must hold
         ``total`` where the kernel's signature wants it."""
         if total <= 0:
             return
-        threads = config.cuda_threads_per_block
-        blocks = max(1, min(config.cuda_max_blocks, -(-total // threads)))
+        blocks, threads = launch_shape(total)
         with self.device:
             kernel[blocks, threads, self.stream](*(self._device(a) for a in args))
 
@@ -55,6 +73,13 @@ class _Launch:
             # launched on the arrays' own stream: no host synchronisation needed
             return cuda.as_cuda_array(arg, sync=False)
         return arg
+
+    def operand(self, array):
+        """``array`` as a kernel reads it: C-contiguous (and, for the
+        simulator's NumPy arrays, writeable: it copies every argument back)."""
+        if self.xp is np:
+            return kernel_operand(array)
+        return self.xp.ascontiguousarray(array)
 
 
 def column_lanes():
@@ -71,7 +96,7 @@ def zero_padded(xp, array, before, after):
     return out
 
 
-class DenseColumns:
+class DenseColumns(_columns.SeparateBackward):
     """im2col / col2im of a plain strided, dilated, padded conv2d."""
 
     layout = _columns.ChannelsFirst
@@ -93,14 +118,6 @@ class DenseColumns:
 
     def start_backward(self, want_input):
         self.grad_pad = self.xp.zeros_like(self.inp_pad) if want_input else None
-
-    def backward_chunk(self, chunk, cols, grad_cols):
-        """Rebuild the chunk's columns into ``cols`` and scatter ``grad_cols``
-        into the input gradient (either may be None)."""
-        if cols is not None:
-            self.fill(chunk, cols)
-        if grad_cols is not None:
-            self.scatter_input_grad(chunk, grad_cols)
 
     def scatter_input_grad(self, chunk, grad_cols):
         total = np.int64(chunk.n1 - chunk.n0) * int(np.prod(self.grad_pad.shape[1:]))
@@ -130,9 +147,9 @@ class DeformColumns:
         self.input_shape = input.shape
         before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
         self.inp_pad = zero_padded(xp, input, (before, before), (after, after)).reshape(n, c, -1)
-        self.offset = xp.ascontiguousarray(offset)
+        self.offset = self.launch.operand(offset)
         self.use_mask = mask is not None
-        self.mask = (xp.ascontiguousarray(mask) if mask is not None
+        self.mask = (self.launch.operand(mask) if mask is not None
                      else xp.ones((1, 1, 1, 1), input.dtype))
         self.bases = sampling_bases(xp, offset.shape[2:], kernel, stride, padding, dilation,
                                     input.dtype)
@@ -205,7 +222,7 @@ class GridSampler:
         self.input_shape = input.shape
         before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
         self.inp_pad = zero_padded(xp, input, (before, before), (after, after)).reshape(n, c, -1)
-        self.grid = xp.ascontiguousarray(grid).reshape(n, -1, 2)
+        self.grid = self.launch.operand(grid).reshape(n, -1, 2)
         # sample positions are formed in the input dtype, as PyTorch forms them
         real = input.dtype.type
         self.geometry = (real(h), real(w), sampling.padded_width(w), real(1))
@@ -224,7 +241,7 @@ class GridSampler:
         xp = self.xp
         n, c, h, w = self.input_shape
         npix = self.grid.shape[1]
-        grad_out = xp.ascontiguousarray(grad_output).reshape(n, c, npix)
+        grad_out = self.launch.operand(grad_output).reshape(n, c, npix)
         want_input, want_grid = grad_input is not None, grad_grid is not None
         grad_pad = xp.zeros_like(self.inp_pad) if want_input else xp.zeros((1, 1, 1), grad_out.dtype)
         grid_out = (xp.empty((n, npix, 2), grad_out.dtype) if want_grid

@@ -35,8 +35,11 @@ def conv_geometry(input, weight, bias, stride, padding, dilation, groups):
     _validate.ndim(weight, "weight", 4, "(O, C/groups, kh, kw)")
     batch, channels, height, width = input.shape
     out_channels, per_group, kh, kw = weight.shape
-    if per_group < 1 or kh < 1 or kw < 1:
-        raise ValueError(f"weight must have non-empty (C/groups, kh, kw) dims, got shape {weight.shape}")
+    if out_channels < 1 or per_group < 1 or kh < 1 or kw < 1:
+        raise ValueError(
+            f"weight must have non-empty (O, C/groups, kh, kw) dims, got shape {weight.shape}")
+    if channels < 1:
+        raise ValueError(f"input must have at least one channel, got shape {input.shape}")
     if groups is None:
         if channels % per_group:
             raise ValueError(

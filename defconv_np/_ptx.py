@@ -81,12 +81,10 @@ def compile_all(cc=(9, 0)):
     float32 kernel), and registers/spills/shared bytes when nvJitLink is present."""
     from numba import cuda
 
-    from . import config
-
     rows = []
     with _target(cc):
         for (name, dtype), (kernel, sig) in sorted(recorded_launches().items()):
-            ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=cc, fastmath=config.cuda_fastmath)
+            ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=cc)
             body = "\n".join(line for line in ptx.splitlines() if not line.lstrip().startswith("//"))
             row = {"kernel": name, "dtype": dtype, "ptx": ptx,
                    "f64_instructions": len(re.findall(r"\.f64\b", body))}

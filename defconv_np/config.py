@@ -27,9 +27,6 @@ cuda_threads_per_block = 256
 #: Cap on blocks per launch; the kernels' int64 grid-stride loops cover the rest.
 cuda_max_blocks = 65535 * 4
 
-#: Compile CUDA kernels with fast-math (approximate division, flush-to-zero).
-#: Off by default: it changes results in the last bits.
-cuda_fastmath = False
 
 #: Testing hook: route NumPy arrays through the CUDA launchers and kernels.
 #: Only meaningful under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``),

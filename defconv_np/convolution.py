@@ -7,7 +7,7 @@ Dilated Convolutions", ICLR 2016. Semantics follow ``torch.nn.functional.conv2d`
 from typing import NamedTuple
 
 from . import _columns, _validate
-from ._arrays import array_module, common_float_dtype
+from ._arrays import array_module, common_float_dtype, on_arrays_device
 from ._backends import launchers
 from ._geometry import check_grad_output, conv_geometry
 
@@ -23,6 +23,7 @@ class Conv2dGrads(NamedTuple):
 CONV2D_GRADS = Conv2dGrads._fields
 
 
+@on_arrays_device
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
@@ -53,15 +54,15 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     out = xp.empty(geom.out_shape, dtype)
     backend = launchers(xp)
     chunks = _columns.chunks_for(geom, dtype, buffers=1, lanes=backend.column_lanes())
-    if chunks:
-        columns = backend.DenseColumns(input, geom.kernel, geom.stride, geom.padding,
-                                             geom.dilation, geom.out_w)
-        _columns.forward(xp, out, weight, geom.groups, chunks, columns)
+    columns = backend.DenseColumns(input, geom.kernel, geom.stride, geom.padding, geom.dilation,
+                                   geom.out_w)
+    _columns.forward(xp, out, weight, geom.groups, chunks, columns)
     if bias is not None:
         out += bias.reshape(1, -1, 1, 1)
     return out
 
 
+@on_arrays_device
 def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, *,
                     needs=CONV2D_GRADS):
     """Vector-Jacobian product of :func:`conv2d`.
@@ -93,18 +94,14 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     backend = launchers(xp)
     chunks = _columns.chunks_for(geom, dtype, buffers=want_input + want_weight,
                                  lanes=backend.column_lanes())
-    if chunks and (want_input or want_weight):
+    if want_input or want_weight:
+        # an empty batch has no chunks and comes out as zero gradients
         columns = backend.DenseColumns(input, geom.kernel, geom.stride, geom.padding,
-                                             geom.dilation, geom.out_w)
+                                       geom.dilation, geom.out_w)
         columns.start_backward(want_input)
         grad_weight = _columns.backward(xp, grad_output, weight, geom.groups, chunks, columns,
                                         want_weight, want_input)
-        if want_input:
-            grad_input = columns.input_grad()
-    if want_input and grad_input is None:
-        grad_input = xp.zeros(input.shape, dtype)
-    if want_weight and grad_weight is None:
-        grad_weight = xp.zeros(weight.shape, dtype)
+        grad_input = columns.input_grad() if want_input else None
     grad_bias = grad_output.sum(axis=(0, 2, 3)) if "bias" in wanted else None
     return Conv2dGrads(grad_input, grad_weight, grad_bias)
 

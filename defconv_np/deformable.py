@@ -11,7 +11,7 @@ in the cell of ``floor(y), floor(x)``.
 from typing import NamedTuple
 
 from . import _columns, _validate
-from ._arrays import array_module, common_float_dtype
+from ._arrays import array_module, common_float_dtype, on_arrays_device
 from ._backends import launchers
 from ._geometry import check_grad_output, conv_geometry
 
@@ -53,6 +53,7 @@ def _check(input, offset, weight, bias, mask, stride, padding, dilation):
     return geom
 
 
+@on_arrays_device
 def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
     """Deformable 2-D convolution (v1), or modulated (v2) when ``mask`` is given.
 
@@ -95,15 +96,15 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     out = xp.empty(geom.out_shape, dtype)
     backend = launchers(xp)
     chunks = _columns.chunks_for(geom, dtype, buffers=1, lanes=backend.column_lanes())
-    if chunks:
-        columns = backend.DeformColumns(input, offset, mask, geom.kernel, geom.stride,
-                                              geom.padding, geom.dilation, geom.groups)
-        _columns.forward(xp, out, weight, geom.groups, chunks, columns)
+    columns = backend.DeformColumns(input, offset, mask, geom.kernel, geom.stride, geom.padding,
+                                    geom.dilation, geom.groups)
+    _columns.forward(xp, out, weight, geom.groups, chunks, columns)
     if bias is not None:
         out += bias.reshape(1, -1, 1, 1)
     return out
 
 
+@on_arrays_device
 def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding=0, dilation=1,
                            mask=None, *, needs=DEFORM_CONV2D_GRADS, deterministic=False):
     """Vector-Jacobian product of :func:`deform_conv2d`.
@@ -154,18 +155,14 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
     backend = launchers(xp)
     chunks = _columns.chunks_for(geom, dtype, buffers=want_columns + want_weight,
                                  lanes=backend.column_lanes())
-    if chunks and (want_columns or want_weight):
+    if want_columns or want_weight:
+        # an empty batch has no chunks and comes out as zero gradients
         columns = backend.DeformColumns(input, offset, mask, geom.kernel, geom.stride,
-                                              geom.padding, geom.dilation, geom.groups,
-                                              deterministic=deterministic)
+                                        geom.padding, geom.dilation, geom.groups,
+                                        deterministic=deterministic)
         columns.start_backward(want_input, grad_offset, grad_mask)
         grad_weight = _columns.backward(xp, grad_output, weight, geom.groups, chunks, columns,
                                         want_weight, want_columns)
-        if want_input:
-            grad_input = columns.input_grad()
-    if want_input and grad_input is None:
-        grad_input = xp.zeros(input.shape, dtype)
-    if want_weight and grad_weight is None:
-        grad_weight = xp.zeros(weight.shape, dtype)
+        grad_input = columns.input_grad() if want_input else None
     grad_bias = grad_output.sum(axis=(0, 2, 3)) if "bias" in wanted else None
     return DeformConv2dGrads(grad_input, grad_offset, grad_mask, grad_weight, grad_bias)

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _validate
-from ._arrays import array_module, common_float_dtype
+from ._arrays import array_module, common_float_dtype, on_arrays_device
 from ._backends import launchers
 from .kernels import sampling
 
@@ -76,6 +76,7 @@ def _base_grid(xp, height, width, align_corners, dtype):
     return base.reshape(height * width, 3)
 
 
+@on_arrays_device
 def affine_grid(theta, size, align_corners=False):
     """Sampling grid of a batch of affine maps.
 
@@ -113,6 +114,7 @@ def affine_grid(theta, size, align_corners=False):
     return xp.matmul(base, theta.transpose(0, 2, 1)).reshape(n, height, width, 2)
 
 
+@on_arrays_device
 def affine_grid_backward(grad_grid, size, align_corners=False):
     """Vector-Jacobian product of :func:`affine_grid` (the grid is linear in theta).
 
@@ -165,6 +167,7 @@ def _check_sample(input, grid, mode, padding_mode, align_corners):
                      _flag(align_corners, "align_corners"))
 
 
+@on_arrays_device
 def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=False):
     """Sample ``input`` at the positions in ``grid``.
 
@@ -219,6 +222,7 @@ def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corner
     return out
 
 
+@on_arrays_device
 def grid_sample_backward(grad_output, input, grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False, *, needs=GRID_SAMPLE_GRADS, deterministic=False):
     """Vector-Jacobian product of :func:`grid_sample`.

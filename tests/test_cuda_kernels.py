@@ -186,3 +186,24 @@ def test_grid_sample_cuda_matches_cpu(mode, padding_mode, align_corners, determi
                                         deterministic=deterministic)]
     for name, a, b in zip(("output", "input", "grid"), got, expected):
         np.testing.assert_allclose(to_host(a), b, err_msg=name, **_tol(dtype))
+
+
+def test_read_only_inputs(monkeypatch):
+    rng = np.random.default_rng(6)
+    arrays = [rng.standard_normal((1, 2, 4, 4)), rng.uniform(-1, 1, (1, 18, 4, 4)),
+              rng.standard_normal((2, 2, 3, 3)), rng.uniform(size=(1, 9, 4, 4)),
+              rng.standard_normal((1, 2, 4, 4)), rng.uniform(-1, 1, (1, 3, 5, 2))]
+    expected_out = dc.deform_conv2d(*arrays[:3], padding=1, mask=arrays[3])
+    expected = dc.deform_conv2d_backward(arrays[4], *arrays[:3], padding=1, mask=arrays[3])
+    expected_gs = dc.grid_sample_backward(rng.standard_normal((1, 2, 3, 5)), arrays[0], arrays[5])
+    for a in arrays:
+        a.flags.writeable = False
+    with through_cuda():
+        x, off, w, mask, go, grid = (to_device(a) for a in arrays)
+        out = dc.deform_conv2d(x, off, w, padding=1, mask=mask)
+        grads = dc.deform_conv2d_backward(go, x, off, w, padding=1, mask=mask)
+        dc.grid_sample_backward(to_device(np.ones((1, 2, 3, 5))), x, grid)
+    np.testing.assert_allclose(to_host(out), expected_out, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, expected):
+        np.testing.assert_allclose(to_host(got), want, rtol=1e-12, atol=1e-12)
+    assert expected_gs.input.shape == arrays[0].shape

@@ -148,3 +148,17 @@ def test_failed_validation_leaves_inputs_alone(op):
         call(op, arguments)
     for name, value in before.items():
         np.testing.assert_array_equal(arguments[name], value, err_msg=name)
+
+
+def test_empty_channel_counts_are_rejected():
+    x = np.zeros((1, 0, 4, 4))
+    w = np.zeros((2, 0, 3, 3))
+    with pytest.raises(ValueError, match="weight"):
+        dc.conv2d(x, w)
+    with pytest.raises(ValueError, match="weight"):
+        dc.deform_conv2d(x, np.zeros((1, 18, 2, 2)), w)
+    x = np.zeros((1, 2, 4, 4))
+    with pytest.raises(ValueError, match="weight"):
+        dc.conv2d(x, np.zeros((0, 2, 3, 3)))
+    with pytest.raises(ValueError, match="weight"):
+        dc.deform_conv2d(x, np.zeros((1, 18, 2, 2)), np.zeros((0, 2, 3, 3)))

@@ -23,8 +23,11 @@ def _sample_index(idx, npix, n_k, groups):
 
 
 @cuda.jit(device=True, inline="always")
-def _taps(offset, n, g, k, p, r0, height, width, row_stride, y_base, x_base, one):
-    """Cell and fractional position of one sample, and its (ho, wo)."""
+def _sample(offset, mask, use_mask, n, g, k, p, r0, height, width, row_stride, y_base, x_base,
+            one):
+    """Everything about one sample: its cell ``q``, whether it is inside the
+    window, its fractions, its mask value ``m`` (0 outside; a NaN mask stays
+    NaN), the corner weights times ``m``, and its output pixel."""
     kw = x_base.shape[1]
     n_k = y_base.shape[1] * kw
     out_w = offset.shape[3]
@@ -36,7 +39,11 @@ def _taps(offset, n, g, k, p, r0, height, width, row_stride, y_base, x_base, one
     y = y_base[ho, ki] + offset[n, ch, ho, wo]
     x = x_base[wo, k - ki * kw] + offset[n, ch + 1, ho, wo]
     q, ly, lx, inside = deform_tap(y, x, height, width, row_stride, one)
-    return q, ly, lx, inside, ho, wo
+    w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
+    m = mask[n, g * n_k + k, ho, wo] if use_mask else one
+    if not inside:
+        m = m * (one - one)  # the all-zero cell at q = 0
+    return q, inside, ly, lx, m, w00 * m, w01 * m, w10 * m, w11 * m, ho, wo
 
 
 @cuda.jit
@@ -47,18 +54,11 @@ def deform_im2col(inp_pad, height, width, row_stride, offset, mask, use_mask, n0
     per_group = inp_pad.shape[1] // groups
     npix = cols.shape[2]
     rs = row_stride
-    zero = one - one
     for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
         b, g, k, p = _sample_index(idx, npix, n_k, groups)
         n = n0 + b
-        q, ly, lx, inside, ho, wo = _taps(offset, n, g, k, p, r0, height, width, rs, y_base,
-                                          x_base, one)
-        w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
-        if use_mask:
-            m = mask[n, g * n_k + k, ho, wo]
-            w00, w01, w10, w11 = w00 * m, w01 * m, w10 * m, w11 * m
-        if not inside:
-            w00, w01, w10, w11 = w00 * zero, w01 * zero, w10 * zero, w11 * zero
+        q, inside, ly, lx, m, w00, w01, w10, w11, ho, wo = _sample(
+            offset, mask, use_mask, n, g, k, p, r0, height, width, rs, y_base, x_base, one)
         for c in range(g * per_group, (g + 1) * per_group):
             cols[b, c * n_k + k, p] = (w00 * inp_pad[n, c, q] + w01 * inp_pad[n, c, q + 1]
                                        + w10 * inp_pad[n, c, q + rs]
@@ -66,8 +66,8 @@ def deform_im2col(inp_pad, height, width, row_stride, offset, mask, use_mask, n0
 
 
 @cuda.jit
-def deform_col2im_atomic(grad_cols, height, width, row_stride, offset, mask, use_mask, n0, r0, y_base,
-                         x_base, one, total, grad_pad):
+def deform_col2im_atomic(grad_cols, height, width, row_stride, offset, mask, use_mask, n0, r0,
+                         y_base, x_base, one, total, grad_pad):
     """Input gradient by atomic scatter-add: fast, but the float summation order
     (and so the last bits) depends on scheduling."""
     n_k = y_base.shape[1] * x_base.shape[1]
@@ -78,14 +78,10 @@ def deform_col2im_atomic(grad_cols, height, width, row_stride, offset, mask, use
     for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
         b, g, k, p = _sample_index(idx, npix, n_k, groups)
         n = n0 + b
-        q, ly, lx, inside, ho, wo = _taps(offset, n, g, k, p, r0, height, width, rs, y_base,
-                                          x_base, one)
+        q, inside, ly, lx, m, w00, w01, w10, w11, ho, wo = _sample(
+            offset, mask, use_mask, n, g, k, p, r0, height, width, rs, y_base, x_base, one)
         if not inside:
             continue
-        w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
-        if use_mask:
-            m = mask[n, g * n_k + k, ho, wo]
-            w00, w01, w10, w11 = w00 * m, w01 * m, w10 * m, w11 * m
         for c in range(g * per_group, (g + 1) * per_group):
             gv = grad_cols[b, c * n_k + k, p]
             cuda.atomic.add(grad_pad, (n, c, q), w00 * gv)
@@ -95,8 +91,8 @@ def deform_col2im_atomic(grad_cols, height, width, row_stride, offset, mask, use
 
 
 @cuda.jit
-def deform_col2im_ordered(grad_cols, height, width, row_stride, offset, mask, use_mask, n0, r0, y_base,
-                          x_base, one, total, grad_pad):
+def deform_col2im_ordered(grad_cols, height, width, row_stride, offset, mask, use_mask, n0, r0,
+                          y_base, x_base, one, total, grad_pad):
     """Deterministic input gradient: one thread owns one (image, channel) plane
     and adds its samples in a fixed order (kernel point, then pixel)."""
     n_k = y_base.shape[1] * x_base.shape[1]
@@ -112,14 +108,11 @@ def deform_col2im_ordered(grad_cols, height, width, row_stride, offset, mask, us
         g = c // per_group
         for k in range(n_k):
             for p in range(npix):
-                q, ly, lx, inside, ho, wo = _taps(offset, n, g, k, p, r0, height, width, rs,
-                                                  y_base, x_base, one)
+                q, inside, ly, lx, m, w00, w01, w10, w11, ho, wo = _sample(
+                    offset, mask, use_mask, n, g, k, p, r0, height, width, rs, y_base, x_base,
+                    one)
                 if not inside:
                     continue
-                w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
-                if use_mask:
-                    m = mask[n, g * n_k + k, ho, wo]
-                    w00, w01, w10, w11 = w00 * m, w01 * m, w10 * m, w11 * m
                 gv = grad_cols[b, c * n_k + k, p]
                 grad_pad[n, c, q] += w00 * gv
                 grad_pad[n, c, q + 1] += w01 * gv
@@ -128,9 +121,9 @@ def deform_col2im_ordered(grad_cols, height, width, row_stride, offset, mask, us
 
 
 @cuda.jit
-def deform_coordinate_grads(grad_cols, inp_pad, height, width, row_stride, offset, mask, use_mask, n0, r0,
-                            y_base, x_base, one, total, want_offset, want_mask, grad_offset,
-                            grad_mask):
+def deform_coordinate_grads(grad_cols, inp_pad, height, width, row_stride, offset, mask,
+                            use_mask, n0, r0, y_base, x_base, one, total, want_offset, want_mask,
+                            grad_offset, grad_mask):
     """Offset and mask gradients: one thread per sample sums over the channels
     of its offset group (torchvision's floor-cell rule); outside samples get 0."""
     n_k = y_base.shape[1] * x_base.shape[1]
@@ -142,8 +135,8 @@ def deform_coordinate_grads(grad_cols, inp_pad, height, width, row_stride, offse
     for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
         b, g, k, p = _sample_index(idx, npix, n_k, groups)
         n = n0 + b
-        q, ly, lx, inside, ho, wo = _taps(offset, n, g, k, p, r0, height, width, rs, y_base,
-                                          x_base, one)
+        q, inside, ly, lx, m, w00, w01, w10, w11, ho, wo = _sample(
+            offset, mask, use_mask, n, g, k, p, r0, height, width, rs, y_base, x_base, one)
         acc_dy = zero
         acc_dx = zero
         acc_v = zero
@@ -160,10 +153,8 @@ def deform_coordinate_grads(grad_cols, inp_pad, height, width, row_stride, offse
                     acc_dx += gv * dx
                 if want_mask:
                     acc_v += gv * bilinear_value(v00, v01, v10, v11, ly, lx, one)
-            if use_mask:
-                m = mask[n, g * n_k + k, ho, wo]
-                acc_dy *= m
-                acc_dx *= m
+            acc_dy *= m
+            acc_dx *= m
         if want_offset:
             ch = 2 * (g * n_k + k)
             grad_offset[n, ch, ho, wo] = acc_dy
