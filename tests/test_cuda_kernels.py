@@ -195,15 +195,17 @@ def test_read_only_inputs(monkeypatch):
               rng.standard_normal((1, 2, 4, 4)), rng.uniform(-1, 1, (1, 3, 5, 2))]
     expected_out = dc.deform_conv2d(*arrays[:3], padding=1, mask=arrays[3])
     expected = dc.deform_conv2d_backward(arrays[4], *arrays[:3], padding=1, mask=arrays[3])
-    expected_gs = dc.grid_sample_backward(rng.standard_normal((1, 2, 3, 5)), arrays[0], arrays[5])
+    go_gs = rng.standard_normal((1, 2, 3, 5))
+    expected_gs = dc.grid_sample_backward(go_gs, arrays[0], arrays[5])
     for a in arrays:
         a.flags.writeable = False
     with through_cuda():
         x, off, w, mask, go, grid = (to_device(a) for a in arrays)
         out = dc.deform_conv2d(x, off, w, padding=1, mask=mask)
         grads = dc.deform_conv2d_backward(go, x, off, w, padding=1, mask=mask)
-        dc.grid_sample_backward(to_device(np.ones((1, 2, 3, 5))), x, grid)
+        grads_gs = dc.grid_sample_backward(to_device(go_gs), x, grid)
     np.testing.assert_allclose(to_host(out), expected_out, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads, expected):
         np.testing.assert_allclose(to_host(got), want, rtol=1e-12, atol=1e-12)
-    assert expected_gs.input.shape == arrays[0].shape
+    for got, want in zip(grads_gs, expected_gs):
+        np.testing.assert_allclose(to_host(got), want, rtol=1e-12, atol=1e-12)
