@@ -24,6 +24,7 @@ import numba
 import numpy as np
 
 from . import _columns, config
+from ._planes import SAMPLING_PAD, cropped, sampling_bases, zero_padded
 from .kernels import sampling
 from .kernels.cpu import deform as deform_kernels
 from .kernels.cpu import im2col as im2col_kernels
@@ -151,30 +152,15 @@ def kernel_operand(array):
     return array if array.flags.writeable else array.copy()
 
 
-def zero_padded(array, pad_before, pad_after):
-    """Contiguous copy of ``array`` (N, C, H, W) with zero borders; converts any
-    layout (Fortran, negative strides, read-only) in the same pass."""
-    (tb, lb), (ta, la) = pad_before, pad_after
-    n, c, h, w = array.shape
-    out = np.zeros((n, c, h + tb + ta, w + lb + la), array.dtype)
-    out[:, :, tb:tb + h, lb:lb + w] = array
-    return out
 
 
-def sampling_bases(xp, out_size, kernel, stride, padding, dilation, dtype):
-    """The undeformed sample positions ``(y_base (Ho, kh), x_base (Wo, kw))``:
-    ``y_base[ho, i] = ho*sh - ph + i*dh``, in ``dtype``."""
-    bases = []
-    for out, k, s, p, d in zip(out_size, kernel, stride, padding, dilation):
-        base = (xp.arange(out)[:, None] * s - p) + xp.arange(k)[None, :] * d
-        bases.append(xp.ascontiguousarray(base.astype(dtype)))
-    return tuple(bases)
 
 
-def channel_blocks(work_items, channels_per_group):
-    """Split each group's channels so that every thread gets several items."""
+def work_blocks(work_items, limit):
+    """Blocks to split each of ``work_items`` into (at most ``limit``), so that
+    every Numba thread gets ``config.cpu_items_per_thread`` items."""
     target = numba.get_num_threads() * config.cpu_items_per_thread
-    return max(1, min(channels_per_group, -(-target // max(1, work_items))))
+    return max(1, min(limit, -(-target // max(1, work_items))))
 
 
 class DenseColumns(_columns.SeparateBackward):
@@ -187,7 +173,7 @@ class DenseColumns(_columns.SeparateBackward):
         self.geometry = (kernel, stride, dilation)
         self.out_w = out_w
         self.input_shape = input.shape
-        self.inp_pad = zero_padded(input, padding, padding)
+        self.inp_pad = zero_padded(np, input, padding, padding)
 
     run_chunks = staticmethod(run_chunks)
 
@@ -202,9 +188,7 @@ class DenseColumns(_columns.SeparateBackward):
                               self.grad_pad)
 
     def input_grad(self):
-        ph, pw = self.padding
-        h, w = self.input_shape[2:]
-        return np.ascontiguousarray(self.grad_pad[:, :, ph:ph + h, pw:pw + w])
+        return cropped(np, self.grad_pad, self.input_shape, self.padding, self.padding)
 
 
 class DeformColumns:
@@ -218,7 +202,7 @@ class DeformColumns:
         n, c, h, w = input.shape
         # compared with sample positions only: kept in the input dtype
         self.height, self.width = input.dtype.type(h), input.dtype.type(w)
-        self.row_stride = w + sampling.PAD_BEFORE + sampling.PAD_AFTER
+        self.row_stride = sampling.padded_width(w)
         self.input_shape = input.shape
         self.inp = channels_last_padded(input)
         self.offset = kernel_operand(offset)
@@ -286,12 +270,6 @@ def from_channels_last_padded(padded, shape):
 from .kernels.cpu import grid_sample as grid_sample_kernels  # noqa: E402
 
 
-def _pixel_blocks(work_items, pixels):
-    """Split each image's pixels so that every thread gets several items."""
-    target = numba.get_num_threads() * config.cpu_items_per_thread
-    return max(1, min(pixels, -(-target // max(1, work_items))))
-
-
 class GridSampler:
     """grid_sample and its adjoints (input, grid) for one (input, grid) pair."""
 
@@ -299,8 +277,7 @@ class GridSampler:
         # the CPU kernels own whole gradient planes: always deterministic
         n, c, h, w = input.shape
         self.input_shape = input.shape
-        before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
-        self.inp_pad = zero_padded(input, (before, before), (after, after)).reshape(n, c, -1)
+        self.inp_pad = zero_padded(np, input, *SAMPLING_PAD).reshape(n, c, -1)
         self.grid = kernel_operand(grid).reshape(n, -1, 2)
         # sample positions are formed in the input dtype, as PyTorch forms them
         real = input.dtype.type
@@ -313,7 +290,7 @@ class GridSampler:
         with _launch_lock:
             grid_sample_kernels.grid_sample(
                 self.inp_pad, *self.geometry, self.grid, *self.modes,
-                _pixel_blocks(n, npix), config.cpu_tile_pixels, out.reshape(n, out.shape[1], -1))
+                work_blocks(n, npix), config.cpu_tile_pixels, out.reshape(n, out.shape[1], -1))
 
     def backward(self, grad_output, grad_input, grad_grid):
         """Write the input and/or grid gradients into the arrays given (either may be None)."""
@@ -322,10 +299,10 @@ class GridSampler:
         want_input, want_grid = grad_input is not None, grad_grid is not None
         if want_input:
             # A work item owns whole channel planes: split channels, not pixels.
-            blocks_c, blocks_p = channel_blocks(n, c), 1
+            blocks_c, blocks_p = work_blocks(n, c), 1
             grad_pad = np.zeros_like(self.inp_pad)
         else:
-            blocks_c, blocks_p = 1, _pixel_blocks(n, npix)
+            blocks_c, blocks_p = 1, work_blocks(n, npix)
             grad_pad = np.zeros((1, 1, 1), self.inp_pad.dtype)
         partials = np.zeros((n, blocks_c, npix, 2) if want_grid else (1, 1, 1, 2), np.float64)
         with _launch_lock:
@@ -334,9 +311,6 @@ class GridSampler:
                 self.grid, *self.modes, want_input, want_grid, blocks_c, blocks_p,
                 config.cpu_tile_pixels, grad_pad, partials)
         if want_input:
-            h, w = self.input_shape[2:]
-            before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
-            plane = grad_pad.reshape(n, c, h + before + after, w + before + after)
-            grad_input[...] = plane[:, :, before:before + h, before:before + w]
+            grad_input[...] = cropped(np, grad_pad, self.input_shape, *SAMPLING_PAD)
         if want_grid:
             grad_grid[...] = partials.sum(axis=1).reshape(grad_grid.shape)

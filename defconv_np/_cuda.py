@@ -14,7 +14,8 @@ from numba import cuda
 
 from . import _columns, config
 from ._arrays import array_module
-from ._cpu import kernel_operand, sampling_bases
+from ._cpu import kernel_operand
+from ._planes import SAMPLING_PAD, cropped, sampling_bases, zero_padded
 from .kernels import sampling
 from .kernels.cuda import deform as deform_kernels
 from .kernels.cuda import grid_sample as grid_sample_kernels
@@ -87,13 +88,6 @@ def column_lanes():
     return 1
 
 
-def zero_padded(xp, array, before, after):
-    """Contiguous zero-bordered copy of ``array`` (N, C, H, W) on its device."""
-    (tb, lb), (ta, la) = before, after
-    n, c, h, w = array.shape
-    out = xp.zeros((n, c, h + tb + ta, w + lb + la), array.dtype)
-    out[:, :, tb:tb + h, lb:lb + w] = array
-    return out
 
 
 class DenseColumns(_columns.SeparateBackward):
@@ -125,9 +119,7 @@ class DenseColumns(_columns.SeparateBackward):
                     self.out_w, *self.shape_args, total, self.grad_pad)
 
     def input_grad(self):
-        ph, pw = self.padding
-        h, w = self.input_shape[2:]
-        return self.xp.ascontiguousarray(self.grad_pad[:, :, ph:ph + h, pw:pw + w])
+        return cropped(self.xp, self.grad_pad, self.input_shape, self.padding, self.padding)
 
 
 class DeformColumns:
@@ -143,10 +135,9 @@ class DeformColumns:
         n, c, h, w = input.shape
         # compared with sample positions only: kept in the input dtype
         self.height, self.width = input.dtype.type(h), input.dtype.type(w)
-        self.row_stride = w + sampling.PAD_BEFORE + sampling.PAD_AFTER
+        self.row_stride = sampling.padded_width(w)
         self.input_shape = input.shape
-        before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
-        self.inp_pad = zero_padded(xp, input, (before, before), (after, after)).reshape(n, c, -1)
+        self.inp_pad = zero_padded(xp, input, *SAMPLING_PAD).reshape(n, c, -1)
         self.offset = self.launch.operand(offset)
         self.use_mask = mask is not None
         self.mask = (self.launch.operand(mask) if mask is not None
@@ -197,10 +188,7 @@ class DeformColumns:
         self.launch(kernel, total, grad_cols, *self._common(chunk), total, self.grad_pad)
 
     def input_grad(self):
-        n, c, h, w = self.input_shape
-        before = sampling.PAD_BEFORE
-        plane = self.grad_pad.reshape(n, c, h + 3, w + 3)
-        return self.xp.ascontiguousarray(plane[:, :, before:before + h, before:before + w])
+        return cropped(self.xp, self.grad_pad, self.input_shape, *SAMPLING_PAD)
 
     def coordinate_grads(self, chunk, grad_cols, grad_offset, grad_mask):
         """Offset and/or mask gradient for the chunk (either target may be None)."""
@@ -220,8 +208,7 @@ class GridSampler:
         xp = self.xp = self.launch.xp
         n, c, h, w = input.shape
         self.input_shape = input.shape
-        before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
-        self.inp_pad = zero_padded(xp, input, (before, before), (after, after)).reshape(n, c, -1)
+        self.inp_pad = zero_padded(xp, input, *SAMPLING_PAD).reshape(n, c, -1)
         self.grid = self.launch.operand(grid).reshape(n, -1, 2)
         # sample positions are formed in the input dtype, as PyTorch forms them
         real = input.dtype.type
@@ -257,8 +244,6 @@ class GridSampler:
             self.launch(grid_sample_kernels.grid_sample_input_grad_ordered, total, grad_out,
                         self.inp_pad, *self.geometry, self.grid, *self.modes, total, grad_pad)
         if want_input:
-            before, after = sampling.PAD_BEFORE, sampling.PAD_AFTER
-            plane = grad_pad.reshape(n, c, h + before + after, w + before + after)
-            grad_input[...] = plane[:, :, before:before + h, before:before + w]
+            grad_input[...] = cropped(xp, grad_pad, self.input_shape, *SAMPLING_PAD)
         if want_grid:
             grad_grid[...] = grid_out.reshape(grad_grid.shape)

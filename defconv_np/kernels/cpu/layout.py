@@ -9,7 +9,7 @@ region would leave its threads spinning into the conv's GEMMs).
 
 from numba import njit
 
-from ..sampling import PAD_BEFORE
+from ..sampling import PAD_AFTER, PAD_BEFORE
 
 
 @njit(cache=True, nogil=True)
@@ -17,7 +17,7 @@ def to_channels_last_padded(inp, n0, n1, out):
     """Copy images ``n0:n1`` of ``inp`` (N, C, H, W) into the interior of
     ``out`` (N, Hp*Wp, C), whose border must already be zero."""
     _, channels, height, width = inp.shape
-    row_stride = width + PAD_BEFORE + 1
+    row_stride = width + PAD_BEFORE + PAD_AFTER
     for item in range(n0 * height, n1 * height):
         n = item // height
         y = item - n * height
@@ -33,7 +33,7 @@ def from_channels_last_padded(padded, n0, n1, out):
     """Copy the interior of images ``n0:n1`` of ``padded`` (N, Hp*Wp, C) into
     ``out`` (N, C, H, W)."""
     _, channels, height, width = out.shape
-    row_stride = width + PAD_BEFORE + 1
+    row_stride = width + PAD_BEFORE + PAD_AFTER
     for item in range(n0 * height, n1 * height):
         n = item // height
         y = item - n * height

@@ -1,0 +1,38 @@
+"""Padded planes and sampling grids, on either array module: the layout pieces
+that the CPU and CUDA launchers share."""
+
+from .kernels import sampling
+
+#: Zero border of the bilinear-sampling planes, as (top/left, bottom/right).
+SAMPLING_PAD = ((sampling.PAD_BEFORE, sampling.PAD_BEFORE),
+                (sampling.PAD_AFTER, sampling.PAD_AFTER))
+
+
+def zero_padded(xp, array, before, after):
+    """Contiguous copy of ``array`` (N, C, H, W) with zero borders of
+    ``before = (top, left)`` and ``after = (bottom, right)``; converts any
+    layout (Fortran, negative strides, read-only) in the same pass."""
+    (tb, lb), (ta, la) = before, after
+    n, c, h, w = array.shape
+    out = xp.zeros((n, c, h + tb + ta, w + lb + la), array.dtype)
+    out[:, :, tb:tb + h, lb:lb + w] = array
+    return out
+
+
+def cropped(xp, padded, shape, before, after):
+    """The (N, C, H, W) interior of a plane padded as ``zero_padded`` pads
+    (``padded`` may be flattened to (N, C, Hp*Wp)), as a contiguous array."""
+    (tb, lb), (ta, la) = before, after
+    n, c, h, w = shape
+    plane = padded.reshape(n, c, h + tb + ta, w + lb + la)
+    return xp.ascontiguousarray(plane[:, :, tb:tb + h, lb:lb + w])
+
+
+def sampling_bases(xp, out_size, kernel, stride, padding, dilation, dtype):
+    """The undeformed sample positions ``(y_base (Ho, kh), x_base (Wo, kw))``:
+    ``y_base[ho, i] = ho*sh - ph + i*dh``, in ``dtype``."""
+    bases = []
+    for out, k, s, p, d in zip(out_size, kernel, stride, padding, dilation):
+        base = (xp.arange(out)[:, None] * s - p) + xp.arange(k)[None, :] * d
+        bases.append(xp.ascontiguousarray(base.astype(dtype)))
+    return tuple(bases)
