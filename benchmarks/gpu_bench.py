@@ -744,7 +744,7 @@ def parse_args(argv=None):
                         choices=("deform_conv2d", "grid_sample", "conv2d"),
                         help="run only these ops (default: all)")
     parser.add_argument("--column-budget-mib", type=float, default=None,
-                        help="set defconv_np.config.column_budget_bytes for this run")
+                        help="set defconv_np.config.cuda_column_budget_bytes for this run")
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 5 if args.quick else 20
@@ -767,7 +767,7 @@ def main(argv=None):
     import defconv_np as dc
 
     if args.column_budget_mib is not None:
-        dc.config.column_budget_bytes = int(args.column_budget_mib * 2**20)
+        dc.config.cuda_column_budget_bytes = int(args.column_budget_mib * 2**20)
     disable_tf32(torch)
     torch.backends.cudnn.benchmark = True  # the peer gets its best cuDNN algorithm
     torch.cuda.init()
@@ -828,7 +828,7 @@ def main(argv=None):
         "dtype": "float32", "tf32": {"CUPY_TF32": os.environ.get("CUPY_TF32"),
                                      **tf32_state(torch)},
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "column_budget_bytes": dc.config.column_budget_bytes,
+        "cuda_column_budget_bytes": dc.config.cuda_column_budget_bytes,
         "repeats": args.repeats, "rotations": args.rotations, "quick": args.quick,
         "copy_gbs": bench.peaks.get("copy_gbs"),
         "copy_gbs_memcpy": bench.peaks.get("copy_gbs_memcpy"),

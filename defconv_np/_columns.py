@@ -10,8 +10,6 @@ multiplies it directly, group by group.
 
 from typing import NamedTuple
 
-from . import config
-
 
 class Chunk(NamedTuple):
     """Images ``n0:n1``, output rows ``r0:r1`` (either one image, or whole images)."""
@@ -39,13 +37,13 @@ def plan_chunks(batch, out_h, out_w, bytes_per_pixel, budget):
             for n in range(batch) for r0 in range(0, out_h, rows)]
 
 
-def chunks_for(geom, dtype, buffers, lanes=1):
-    """Chunks of a conv of geometry ``geom`` where each of ``lanes`` concurrent
-    workers holds ``buffers`` column-sized scratch buffers, all together under
-    ``config.column_budget_bytes``."""
+def chunks_for(geom, dtype, buffers, backend):
+    """Chunks of a conv of geometry ``geom`` where each of the backend's
+    concurrent lanes holds ``buffers`` column-sized scratch buffers, all
+    together under the backend's column budget."""
     bytes_per_pixel = max(1, buffers) * geom.channels * geom.kernel_points * dtype.itemsize
     return plan_chunks(geom.batch, geom.out_h, geom.out_w, bytes_per_pixel,
-                       config.column_budget_bytes // max(1, lanes))
+                       backend.column_budget() // max(1, backend.column_lanes()))
 
 
 class SeparateBackward:

@@ -33,6 +33,11 @@ from .kernels.cpu import layout as layout_kernels
 _launch_lock = threading.Lock()
 
 
+def column_budget():
+    """Bytes of column scratch a conv may hold, over all its lanes."""
+    return config.column_budget_bytes
+
+
 def column_lanes():
     """Worker threads for the im2col + GEMM convs: Numba's thread count."""
     return numba.get_num_threads()

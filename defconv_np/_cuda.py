@@ -83,6 +83,11 @@ class _Launch:
         return self.xp.ascontiguousarray(array)
 
 
+def column_budget():
+    """Bytes of column scratch a conv may hold on the GPU."""
+    return config.cuda_column_budget_bytes
+
+
 def column_lanes():
     """One stream, one lane: chunks run in order and queue on the stream."""
     return 1

@@ -12,6 +12,11 @@ takes effect on the next call.
 #: 2-core machine with 32 MiB L3 (``budget_scan`` in benchmarks/results/cpu.json).
 column_budget_bytes = 8 * 2**20
 
+#: The same bound for CuPy arrays. A GPU needs large chunks for cuBLAS to
+#: reach its GEMM rate and to amortise launches; 256 MiB is under half of the
+#: column buffer torchvision holds at (N=16, C=256, 64x64, 3x3) (604 MB).
+cuda_column_budget_bytes = 256 * 2**20
+
 #: Output pixels handled per tile by the CPU deformable kernels: the sampling
 #: weights of one tile are computed once and reused for every channel of an
 #: offset group, and must stay in L1.

@@ -53,7 +53,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     geom = conv_geometry(input, weight, bias, stride, padding, dilation, groups)
     out = xp.empty(geom.out_shape, dtype)
     backend = launchers(xp)
-    chunks = _columns.chunks_for(geom, dtype, buffers=1, lanes=backend.column_lanes())
+    chunks = _columns.chunks_for(geom, dtype, buffers=1, backend=backend)
     columns = backend.DenseColumns(input, geom.kernel, geom.stride, geom.padding, geom.dilation,
                                    geom.out_w)
     _columns.forward(xp, out, weight, geom.groups, chunks, columns)
@@ -92,8 +92,7 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     want_input, want_weight = "input" in wanted, "weight" in wanted
     grad_input = grad_weight = None
     backend = launchers(xp)
-    chunks = _columns.chunks_for(geom, dtype, buffers=want_input + want_weight,
-                                 lanes=backend.column_lanes())
+    chunks = _columns.chunks_for(geom, dtype, buffers=want_input + want_weight, backend=backend)
     if want_input or want_weight:
         # an empty batch has no chunks and comes out as zero gradients
         columns = backend.DenseColumns(input, geom.kernel, geom.stride, geom.padding,

@@ -95,7 +95,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     geom = _check(input, offset, weight, bias, mask, stride, padding, dilation)
     out = xp.empty(geom.out_shape, dtype)
     backend = launchers(xp)
-    chunks = _columns.chunks_for(geom, dtype, buffers=1, lanes=backend.column_lanes())
+    chunks = _columns.chunks_for(geom, dtype, buffers=1, backend=backend)
     columns = backend.DeformColumns(input, offset, mask, geom.kernel, geom.stride, geom.padding,
                                     geom.dilation, geom.groups)
     _columns.forward(xp, out, weight, geom.groups, chunks, columns)
@@ -154,7 +154,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
     grad_mask = xp.zeros(mask.shape, dtype) if want_mask else None
     backend = launchers(xp)
     chunks = _columns.chunks_for(geom, dtype, buffers=want_columns + want_weight,
-                                 lanes=backend.column_lanes())
+                                 backend=backend)
     if want_columns or want_weight:
         # an empty batch has no chunks and comes out as zero gradients
         columns = backend.DeformColumns(input, offset, mask, geom.kernel, geom.stride,

@@ -143,7 +143,7 @@ def test_chunked_columns_match_unchunked(monkeypatch):
     go = rng.standard_normal((3, 2, 5, 4))
     args = [dev(a) for a in (go, x, off, w)]
     whole = dc.deform_conv2d_backward(*args, padding=1, mask=dev(mask))
-    monkeypatch.setattr(dc.config, "column_budget_bytes", 2 * 18 * 8 * 4)  # a few rows
+    monkeypatch.setattr(dc.config, "cuda_column_budget_bytes", 2 * 18 * 8 * 4)  # a few rows
     chunked = dc.deform_conv2d_backward(*args, padding=1, mask=dev(mask))
     for a, b in zip(whole, chunked):
         np.testing.assert_allclose(host(b), host(a), rtol=1e-12, atol=1e-12)
