@@ -1,11 +1,12 @@
 """The im2col + GEMM skeleton shared by conv2d and deform_conv2d, on any backend.
 
-A backend supplies kernels that fill a column buffer for a chunk and consume
-its gradient; this module splits the batch into chunks under
-``config.column_budget_bytes`` and runs the GEMMs through the array module
-(NumPy's BLAS, or cuBLAS through CuPy). Column layout: ``cols[b, c*K + k, p]``
-(see ``kernels.cpu.im2col``), so ``weight.reshape(groups, O/groups, C/groups*K)``
-multiplies it directly, group by group.
+A backend supplies a columns provider (kernels that fill a chunk's column
+buffer and consume its gradient, a column ``layout``, and a way to run chunks),
+plus a column budget and a number of concurrent lanes. This module splits the
+batch into chunks under that budget and runs the GEMMs through the array module
+(NumPy's BLAS, or cuBLAS through CuPy). The two layouts, ``ChannelsFirst``
+(torchvision's) and ``PixelsFirst`` (channels-last), each say how the weight
+multiplies their columns, group by group.
 """
 
 from typing import NamedTuple

@@ -17,13 +17,14 @@ column_budget_bytes = 8 * 2**20
 #: column buffer torchvision holds at (N=16, C=256, 64x64, 3x3) (604 MB).
 cuda_column_budget_bytes = 256 * 2**20
 
-#: Output pixels handled per tile by the CPU deformable kernels: the sampling
-#: weights of one tile are computed once and reused for every channel of an
-#: offset group, and must stay in L1.
+#: Output pixels handled per tile by the CPU grid_sample kernels: the sampling
+#: weights of one tile are computed once and reused for every channel, and must
+#: stay in L1.
 cpu_tile_pixels = 256
 
-#: Work items per Numba thread that the CPU kernels aim for when they split the
-#: channels of a group into blocks (load balance against repeated weight maths).
+#: Work items per Numba thread that the CPU grid_sample kernels aim for when
+#: they split images into pixel or channel blocks (load balance against
+#: repeated weight maths).
 cpu_items_per_thread = 4
 
 #: CUDA launch shape: threads per block for the one-dimensional kernels.
