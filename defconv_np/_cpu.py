@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from . import _columns, config
-from ._planes import SAMPLING_PAD, cropped, sampling_bases, zero_padded
+from ._planes import SAMPLING_PAD, cropped, deform_sampling, plane_limits, zero_padded
 from .kernels import sampling
 from .kernels.cpu import deform as deform_kernels
 from .kernels.cpu import im2col as im2col_kernels
@@ -204,23 +204,16 @@ class DeformColumns:
     def __init__(self, input, offset, mask, kernel, stride, padding, dilation, weight_groups,
                  deterministic=False):
         # the CPU kernels own whole gradient values: always deterministic
-        n, c, h, w = input.shape
-        # compared with sample positions only: kept in the input dtype
-        self.height, self.width = input.dtype.type(h), input.dtype.type(w)
-        self.row_stride = sampling.padded_width(w)
         self.input_shape = input.shape
         self.inp = channels_last_padded(input)
-        self.offset = kernel_operand(offset)
-        self.use_mask = mask is not None
-        self.mask = (kernel_operand(mask) if mask is not None
-                     else np.ones((1, 1, 1, 1), input.dtype))
-        self.bases = sampling_bases(np, offset.shape[2:], kernel, stride, padding, dilation,
-                                    input.dtype)
+        self.sampling = deform_sampling(np, input, offset, mask, kernel, stride, padding,
+                                        dilation, kernel_operand)
         self.weight_groups = weight_groups
 
     def _common(self, chunk):
-        return (self.height, self.width, self.row_stride, self.offset, self.mask, self.use_mask,
-                chunk.n0, chunk.r0, *self.bases, self.weight_groups)
+        s = self.sampling
+        return (s.height, s.width, s.row_stride, s.offset, s.mask, s.use_mask, chunk.n0,
+                chunk.r0, s.y_base, s.x_base, self.weight_groups)
 
     run_chunks = staticmethod(run_chunks)
 
@@ -280,13 +273,12 @@ class GridSampler:
 
     def __init__(self, input, grid, nearest, padding_mode, align_corners, deterministic=False):
         # the CPU kernels own whole gradient planes: always deterministic
-        n, c, h, w = input.shape
+        n, c = input.shape[:2]
         self.input_shape = input.shape
         self.inp_pad = zero_padded(np, input, *SAMPLING_PAD).reshape(n, c, -1)
         self.grid = kernel_operand(grid).reshape(n, -1, 2)
         # sample positions are formed in the input dtype, as PyTorch forms them
-        real = input.dtype.type
-        self.geometry = (real(h), real(w), sampling.padded_width(w), real(1))
+        self.geometry = (*plane_limits(input), input.dtype.type(1))
         self.modes = (nearest, padding_mode, align_corners)
 
     def sample(self, out):

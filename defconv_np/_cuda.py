@@ -15,8 +15,7 @@ from numba import cuda
 from . import _columns, config
 from ._arrays import array_module
 from ._cpu import kernel_operand
-from ._planes import SAMPLING_PAD, cropped, sampling_bases, zero_padded
-from .kernels import sampling
+from ._planes import SAMPLING_PAD, cropped, deform_sampling, plane_limits, zero_padded
 from .kernels.cuda import deform as deform_kernels
 from .kernels.cuda import grid_sample as grid_sample_kernels
 from .kernels.cuda import im2col as im2col_kernels
@@ -137,28 +136,22 @@ class DeformColumns:
                  deterministic=False):
         self.launch = _Launch(input)
         xp = self.xp = self.launch.xp
-        n, c, h, w = input.shape
-        # compared with sample positions only: kept in the input dtype
-        self.height, self.width = input.dtype.type(h), input.dtype.type(w)
-        self.row_stride = sampling.padded_width(w)
+        n, c = input.shape[:2]
         self.input_shape = input.shape
         self.inp_pad = zero_padded(xp, input, *SAMPLING_PAD).reshape(n, c, -1)
-        self.offset = self.launch.operand(offset)
-        self.use_mask = mask is not None
-        self.mask = (self.launch.operand(mask) if mask is not None
-                     else xp.ones((1, 1, 1, 1), input.dtype))
-        self.bases = sampling_bases(xp, offset.shape[2:], kernel, stride, padding, dilation,
-                                    input.dtype)
+        self.sampling = deform_sampling(xp, input, offset, mask, kernel, stride, padding,
+                                        dilation, self.launch.operand)
         self.one = input.dtype.type(1)
         self.deterministic = deterministic
 
     def _samples(self, cols):
         """Samples in a chunk: images x (groups x kernel points) x chunk pixels."""
-        return np.int64(cols.shape[0]) * (self.offset.shape[1] // 2) * cols.shape[2]
+        return np.int64(cols.shape[0]) * (self.sampling.offset.shape[1] // 2) * cols.shape[2]
 
     def _common(self, chunk):
-        return (self.height, self.width, self.row_stride, self.offset, self.mask, self.use_mask, chunk.n0,
-                chunk.r0, *self.bases, self.one)
+        s = self.sampling
+        return (s.height, s.width, s.row_stride, s.offset, s.mask, s.use_mask, chunk.n0, chunk.r0,
+                s.y_base, s.x_base, self.one)
 
     def fill(self, chunk, cols):
         total = self._samples(cols)
@@ -211,13 +204,12 @@ class GridSampler:
     def __init__(self, input, grid, nearest, padding_mode, align_corners, deterministic=False):
         self.launch = _Launch(input)
         xp = self.xp = self.launch.xp
-        n, c, h, w = input.shape
+        n, c = input.shape[:2]
         self.input_shape = input.shape
         self.inp_pad = zero_padded(xp, input, *SAMPLING_PAD).reshape(n, c, -1)
         self.grid = self.launch.operand(grid).reshape(n, -1, 2)
         # sample positions are formed in the input dtype, as PyTorch forms them
-        real = input.dtype.type
-        self.geometry = (real(h), real(w), sampling.padded_width(w), real(1))
+        self.geometry = (*plane_limits(input), input.dtype.type(1))
         self.modes = (nearest, padding_mode, align_corners)
         self.deterministic = deterministic
 

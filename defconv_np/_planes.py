@@ -1,6 +1,8 @@
 """Padded planes and sampling grids, on either array module: the layout pieces
 that the CPU and CUDA launchers share."""
 
+from typing import NamedTuple
+
 from .kernels import sampling
 
 #: Zero border of the bilinear-sampling planes, as (top/left, bottom/right).
@@ -36,3 +38,40 @@ def sampling_bases(xp, out_size, kernel, stride, padding, dilation, dtype):
         base = (xp.arange(out)[:, None] * s - p) + xp.arange(k)[None, :] * d
         bases.append(xp.ascontiguousarray(base.astype(dtype)))
     return tuple(bases)
+
+
+def plane_limits(input):
+    """(height, width) of ``input``'s planes in its own dtype (the kernels only
+    compare them with sample positions, which are formed in that dtype), and
+    the row stride of its padded sampling planes."""
+    real = input.dtype.type
+    height, width = input.shape[2:]
+    return real(height), real(width), sampling.padded_width(width)
+
+
+class DeformSampling(NamedTuple):
+    """What every deformable kernel reads besides its planes and columns."""
+
+    height: object
+    width: object
+    row_stride: int
+    offset: object
+    mask: object
+    use_mask: bool
+    y_base: object
+    x_base: object
+
+
+def deform_sampling(xp, input, offset, mask, kernel, stride, padding, dilation, operand):
+    """``DeformSampling`` of one call; ``operand`` makes offset and mask
+    kernel-ready (the backend's contiguity rule). Without a mask the kernels
+    get a dummy one and ``use_mask = False``."""
+    height, width, row_stride = plane_limits(input)
+    y_base, x_base = sampling_bases(xp, offset.shape[2:], kernel, stride, padding, dilation,
+                                    input.dtype)
+    if mask is None:
+        mask_operand = xp.ones((1, 1, 1, 1), input.dtype)
+    else:
+        mask_operand = operand(mask)
+    return DeformSampling(height, width, row_stride, operand(offset), mask_operand,
+                          mask is not None, y_base, x_base)

@@ -3,7 +3,6 @@ dtypes, without a GPU: typing errors that the simulator cannot see fail here.
 Needs numba-cuda with its NVVM (``pip install "numba-cuda[cu13]"``, the
 ``ptx`` extra, which the test environment installs)."""
 
-import numpy as np
 import pytest
 
 from defconv_np import _ptx
