@@ -745,14 +745,22 @@ def parse_args(argv=None):
                         help="run only these ops (default: all)")
     parser.add_argument("--column-budget-mib", type=float, default=None,
                         help="set defconv_np.config.cuda_column_budget_bytes for this run")
+    parser.add_argument("--measure-cap-s", type=float, default=None,
+                        help="seconds after which one measurement stops adding runs "
+                             "(default 6, 2.5 with --quick)")
+    parser.add_argument("--total-s", type=float, default=None,
+                        help="seconds after which every measurement does only 3 runs "
+                             "(default 420, 150 with --quick)")
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 5 if args.quick else 20
     args.repeats = max(1, args.repeats)
     args.rotations = max(1, args.rotations)
     # per-measurement and whole-run time caps (seconds): see Deadline
-    args.measure_cap_s = 2.5 if args.quick else 6.0
-    args.total_s = 150.0 if args.quick else 420.0
+    if args.measure_cap_s is None:
+        args.measure_cap_s = 2.5 if args.quick else 6.0
+    if args.total_s is None:
+        args.total_s = 150.0 if args.quick else 420.0
     return args
 
 
