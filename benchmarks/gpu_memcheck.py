@@ -17,6 +17,7 @@ import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
+
 def main(argv):
     try:
         import cupy
@@ -25,7 +26,7 @@ def main(argv):
     if cupy is not None:
         cupy.cuda.set_allocator(None)
         cupy.cuda.set_pinned_memory_allocator(None)
-    args = ["-p", "no:cacheprovider", "-m", "cuda", "-q", "-x",
+    args = ["-p", "no:cacheprovider", "-m", "cuda", "-q",
             os.path.join(ROOT, "tests", "test_cuda_kernels.py"), *argv]
     return pytest.main(args)
 
