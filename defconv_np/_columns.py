@@ -95,9 +95,10 @@ class ChannelsFirst:
         return matrix.reshape(shape)
 
     @staticmethod
-    def product(xp, w, cols, groups):
-        """``w @ cols`` per group, as (nb, groups, O/groups, P)."""
-        return xp.matmul(w, ChannelsFirst.logical(cols, groups))
+    def product(xp, w, cols, groups, out=None):
+        """``w @ cols`` per group, as (nb, groups, O/groups, P); written into
+        ``out`` (C-contiguous, that shape) when given."""
+        return xp.matmul(w, ChannelsFirst.logical(cols, groups), out=out)
 
     @staticmethod
     def column_grads(xp, w, go, grad_cols, groups):
@@ -130,13 +131,17 @@ class PixelsFirst:
         return matrix.reshape(out_ch, kh, kw, per_group).transpose(0, 3, 1, 2)
 
     @staticmethod
-    def product(xp, w, cols, groups):
+    def product(xp, w, cols, groups, out=None):
         """``w @ cols`` per group, as a (nb, groups, O/groups, P) view of
         ``cols^T @ w^T``: BLAS runs faster with the pixels as the long, row-major
         side (measured 3.6 vs 4.4 ms for one 64x576x4096 image on one core)."""
         nb, npix, rows_k = cols.shape
         rows = cols.reshape(nb, npix, groups, rows_k // groups).transpose(0, 2, 1, 3)
-        return xp.matmul(rows, w.transpose(0, 2, 1)).transpose(0, 1, 3, 2)
+        prod = xp.matmul(rows, w.transpose(0, 2, 1)).transpose(0, 1, 3, 2)
+        if out is None:
+            return prod
+        out[...] = prod
+        return out
 
     @staticmethod
     def column_grads(xp, w, go, grad_cols, groups):
@@ -162,9 +167,14 @@ def forward(xp, out, weight, groups, chunks, columns):
         nb, npix = chunk.n1 - chunk.n0, (chunk.r1 - chunk.r0) * out_w
         cols = layout.physical(scratch, nb, rows_k, npix)
         columns.fill(chunk, cols)
-        prod = layout.product(xp, w, cols, groups)
-        out[chunk.n0:chunk.n1, :, chunk.r0:chunk.r1, :] = prod.reshape(
-            nb, n_out, chunk.r1 - chunk.r0, out_w)
+        target = out[chunk.n0:chunk.n1, :, chunk.r0:chunk.r1, :]
+        if target.flags.c_contiguous:
+            # whole images: the GEMM writes the output in place, no staging copy
+            layout.product(xp, w, cols, groups,
+                           out=target.reshape(nb, groups, n_out // groups, npix))
+        else:
+            target[...] = layout.product(xp, w, cols, groups).reshape(
+                nb, n_out, chunk.r1 - chunk.r0, out_w)
 
     columns.run_chunks(chunks, work, lambda: xp.empty(size, out.dtype))
 

@@ -142,11 +142,20 @@ class DeformColumns:
         self.sampling = deform_sampling(xp, input, offset, mask, kernel, stride, padding,
                                         dilation, self.launch.operand)
         self.one = input.dtype.type(1)
+        self.n_k = kernel[0] * kernel[1]
         self.deterministic = deterministic
 
     def _samples(self, cols):
         """Samples in a chunk: images x (groups x kernel points) x chunk pixels."""
         return np.int64(cols.shape[0]) * (self.sampling.offset.shape[1] // 2) * cols.shape[2]
+
+    def _blocked(self, cols, block):
+        """(block, total) for kernels that give each sample's channels of its
+        offset group to threads ``block`` channels at a time."""
+        groups = self.sampling.offset.shape[1] // (2 * self.n_k)
+        per_group = self.inp_pad.shape[1] // groups
+        block = max(1, min(int(block), per_group))
+        return np.int64(block), self._samples(cols) * (-(-per_group // block))
 
     def _common(self, chunk):
         s = self.sampling
@@ -154,9 +163,9 @@ class DeformColumns:
                 s.y_base, s.x_base, self.one)
 
     def fill(self, chunk, cols):
-        total = self._samples(cols)
+        block, total = self._blocked(cols, config.cuda_channels_per_thread)
         self.launch(deform_kernels.deform_im2col, total, self.inp_pad, *self._common(chunk),
-                    total, cols)
+                    block, total, cols)
 
     def start_backward(self, want_input, grad_offset, grad_mask):
         """Where the backward writes: the input gradient (an own buffer, if
@@ -178,12 +187,13 @@ class DeformColumns:
 
     def scatter_input_grad(self, chunk, grad_cols):
         if self.deterministic:
-            kernel = deform_kernels.deform_col2im_ordered
             total = np.int64(grad_cols.shape[0]) * self.inp_pad.shape[1]
+            self.launch(deform_kernels.deform_col2im_ordered, total, grad_cols,
+                        *self._common(chunk), total, self.grad_pad)
         else:
-            kernel = deform_kernels.deform_col2im_atomic
-            total = self._samples(grad_cols)
-        self.launch(kernel, total, grad_cols, *self._common(chunk), total, self.grad_pad)
+            block, total = self._blocked(grad_cols, config.cuda_channels_per_thread)
+            self.launch(deform_kernels.deform_col2im_atomic, total, grad_cols,
+                        *self._common(chunk), block, total, self.grad_pad)
 
     def input_grad(self):
         return cropped(self.xp, self.grad_pad, self.input_shape, *SAMPLING_PAD)
@@ -191,9 +201,13 @@ class DeformColumns:
     def coordinate_grads(self, chunk, grad_cols, grad_offset, grad_mask):
         """Offset and/or mask gradient for the chunk (either target may be None)."""
         dummy = self.xp.zeros((1, 1, 1, 1), grad_cols.dtype)
-        total = self._samples(grad_cols)
+        # deterministic: one block per group, so each sum is formed by one
+        # thread in a fixed order and written, never added atomically
+        per_thread = self.inp_pad.shape[1] if self.deterministic else config.cuda_channels_per_thread
+        block, total = self._blocked(grad_cols, per_thread)
         self.launch(deform_kernels.deform_coordinate_grads, total, grad_cols, self.inp_pad,
-                    *self._common(chunk), total, grad_offset is not None, grad_mask is not None,
+                    *self._common(chunk), block, total, grad_offset is not None,
+                    grad_mask is not None,
                     dummy if grad_offset is None else grad_offset,
                     dummy if grad_mask is None else grad_mask)
 

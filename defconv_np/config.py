@@ -30,6 +30,14 @@ cpu_items_per_thread = 4
 #: CUDA launch shape: threads per block for the one-dimensional kernels.
 cuda_threads_per_block = 256
 
+#: Channels one thread of the deformable CUDA kernels handles for one sample
+#: (the sample's cell and weights are computed once per block of channels).
+#: Smaller blocks give more threads: at (N=2, C=512, 32x32, 4 offset groups)
+#: a whole group per thread is only 74k threads, a third of one H200 wave.
+#: The offset/mask gradient adds blocks' sums atomically (except with
+#: ``deterministic=True``, which keeps one block per group).
+cuda_channels_per_thread = 8
+
 #: Cap on blocks per launch; the kernels' int64 grid-stride loops cover the rest.
 cuda_max_blocks = 65535 * 4
 

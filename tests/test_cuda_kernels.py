@@ -4,6 +4,7 @@ Numba's CUDA simulator with tiny shapes and a launch configuration patched so
 that even these launch several blocks and exercise the grid-stride loops."""
 
 import contextlib
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -78,15 +79,17 @@ def deform_cases(draw):
 
 
 @settings(max_examples=12, deadline=None)
-@given(case=deform_cases(), deterministic=st.booleans())
-def test_deform_conv2d_cuda_matches_cpu(case, deterministic):
+@given(case=deform_cases(), deterministic=st.booleans(), block=st.integers(1, 3))
+def test_deform_conv2d_cuda_matches_cpu(case, deterministic, block):
+    """``block`` channels per thread: with fewer than a group's channels, the
+    channel blocks' offset and mask gradients are added atomically."""
     arrays, geometry, _ = case
     a = arrays
     expected_out = dc.deform_conv2d(a["input"], a["offset"], a["weight"], mask=a["mask"], **geometry)
     expected = dc.deform_conv2d_backward(a["grad_output"], a["input"], a["offset"], a["weight"],
                                          mask=a["mask"], **geometry)
     dev, host = to_device, to_host
-    with through_cuda():
+    with through_cuda(), mock.patch.object(dc.config, "cuda_channels_per_thread", block):
         d = {k: dev(v) for k, v in a.items()}
         out = dc.deform_conv2d(d["input"], d["offset"], d["weight"], mask=d["mask"], **geometry)
         grads = dc.deform_conv2d_backward(d["grad_output"], d["input"], d["offset"], d["weight"],
