@@ -28,7 +28,9 @@ import sys
 import time
 import traceback
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+# DEFCONV_BENCH_ROOT: the folder holding the defconv_np to time (another
+# version side by side in the same session); default this checkout
+sys.path.insert(0, os.environ.get("DEFCONV_BENCH_ROOT") or os.path.join(os.path.dirname(__file__), ".."))
 
 F32 = 4  # bytes per float32 value
 COPY_BYTES = 2**30  # device copy bandwidth buffer
@@ -745,6 +747,7 @@ def parse_args(argv=None):
                         help="run only these ops (default: all)")
     parser.add_argument("--column-budget-mib", type=float, default=None,
                         help="set defconv_np.config.cuda_column_budget_bytes for this run")
+    parser.add_argument("--no-chart", action="store_true", help="write the JSON only")
     parser.add_argument("--measure-cap-s", type=float, default=None,
                         help="seconds after which one measurement stops adding runs "
                              "(default 6, 2.5 with --quick)")
@@ -832,6 +835,8 @@ def main(argv=None):
         "cupy": cp.__version__, "torch": torch.__version__,
         "torchvision": torchvision.__version__, "defconv_np": dc.__version__,
         "git": git_revision(),
+        "package": os.path.dirname(os.path.abspath(dc.__file__)),
+        "cuda_channels_per_thread": getattr(dc.config, "cuda_channels_per_thread", None),
         "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
         "dtype": "float32", "tf32": {"CUPY_TF32": os.environ.get("CUPY_TF32"),
                                      **tf32_state(torch)},
@@ -849,8 +854,9 @@ def main(argv=None):
     }
     write_json(args.out, result)
     print(f"wrote {args.out} ({result['wall_s']:.0f} s)")
-    png = write_chart(chart_path(args.out), bench.rows,
-                      f"defconv_np vs peer on {device_name}: time ratio (float32, TF32 off)")
+    png = None if args.no_chart else write_chart(
+        chart_path(args.out), bench.rows,
+        f"defconv_np vs peer on {device_name}: time ratio (float32, TF32 off)")
     if png:
         print(f"wrote {png}")
 
