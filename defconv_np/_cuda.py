@@ -154,7 +154,7 @@ class DeformColumns:
         offset group to threads ``block`` channels at a time."""
         groups = self.sampling.offset.shape[1] // (2 * self.n_k)
         per_group = self.inp_pad.shape[1] // groups
-        block = max(1, min(int(block), per_group))
+        block = per_group if block is None else max(1, min(int(block), per_group))
         return np.int64(block), self._samples(cols) * (-(-per_group // block))
 
     def _common(self, chunk):

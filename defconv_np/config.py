@@ -31,12 +31,15 @@ cpu_items_per_thread = 4
 cuda_threads_per_block = 256
 
 #: Channels one thread of the deformable CUDA kernels handles for one sample
-#: (the sample's cell and weights are computed once per block of channels).
-#: Smaller blocks give more threads: at (N=2, C=512, 32x32, 4 offset groups)
-#: a whole group per thread is only 74k threads, a third of one H200 wave.
-#: The offset/mask gradient adds blocks' sums atomically (except with
-#: ``deterministic=True``, which keeps one block per group).
-cuda_channels_per_thread = 8
+#: (the sample's cell and weights are computed once per block of channels);
+#: None: all channels of its offset group. Smaller blocks give more threads,
+#: and the offset/mask gradient then adds the blocks' sums atomically (never
+#: with ``deterministic=True``, which keeps one block per group). Measured on
+#: an H200 (benchmarks/results/h200_2026-11-26/run2): blocks of 8 were no
+#: faster than whole groups at the three benchmark shapes (4.45 vs 3.59 ms
+#: forward at N=16, C=256, 64x64), whose kernels are bound by index arithmetic
+#: and launch overhead rather than by too few threads.
+cuda_channels_per_thread = None
 
 #: Cap on blocks per launch; the kernels' int64 grid-stride loops cover the rest.
 cuda_max_blocks = 65535 * 4
