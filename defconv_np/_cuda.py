@@ -10,7 +10,16 @@ The array module is normally CuPy. Under Numba's CUDA simulator
 import contextlib
 
 import numpy as np
-from numba import cuda
+
+if not hasattr(np, "row_stack"):
+    # numba-cuda (0.30.4 and earlier) registers an overload of np.row_stack
+    # while loading its typing, at the first kernel compile; NumPy 2.5 removed
+    # that alias of np.vstack, and every compile then fails with
+    # "module 'numpy' has no attribute 'row_stack'" (seen on an H200 image
+    # with NumPy 2.5.2). Restoring the alias is the smallest fix.
+    np.row_stack = np.vstack
+
+from numba import cuda  # noqa: E402
 
 from . import _columns, config
 from ._arrays import array_module
