@@ -4,8 +4,10 @@ v1: Dai et al., "Deformable Convolutional Networks", ICCV 2017.
 v2: Zhu et al., "Deformable ConvNets v2: More Deformable, Better Results",
 CVPR 2019 (the ``mask``). Semantics follow ``torchvision.ops.deform_conv2d``
 index for index, including its boundary rule (a sample at ``y <= -1``,
-``y >= H``, ``x <= -1`` or ``x >= W`` is zero) and its offset gradient, taken
-in the cell of ``floor(y), floor(x)``.
+``y >= H``, ``x <= -1`` or ``x >= W`` is zero), its offset gradient, taken
+in the cell of ``floor(y), floor(x)`` with no window test (so a sample on
+``y = -1`` gets the derivative towards row 0), and its order of the mask
+products.
 """
 
 from typing import NamedTuple
@@ -80,8 +82,9 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
 
     Notes
     -----
-    A sample with ``y <= -1``, ``y >= H``, ``x <= -1`` or ``x >= W`` is 0;
-    inside that window, corners outside the image count as 0. Any offset value
+    A sample with ``y < -1``, ``y >= H``, ``x < -1`` or ``x >= W`` is 0;
+    inside that window, corners outside the image count as 0 (so ``y = -1``
+    gives 0 too). The mask multiplies the finished sample, as torchvision does. Any offset value
     is safe: NaN, infinities and huge values (1e30) all fall outside the window,
     so such a sample is 0 (with zero offset and mask gradients).
 
@@ -135,8 +138,12 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
     The offset gradient is the derivative of the bilinear sample in the cell of
     ``floor(y), floor(x)`` (torchvision's rule): at integer coordinates, where
     the sample is not differentiable, it is the one-sided derivative towards
-    larger coordinates. Samples outside the window get zero offset and mask
-    gradients. The input gradient is the exact adjoint of the forward sampling.
+    larger coordinates, and on ``y = -1`` (``x = -1``) the derivative towards
+    row (column) 0, as torchvision gives; mmcv gives 0 there. Samples beyond
+    the window get zero offset and mask gradients. The input gradient is the
+    exact adjoint of the forward sampling. Products keep torchvision's order:
+    ``(mask * weight) * g`` for the input, ``sum_c (mask * d sample) * g_c``
+    for the offset, ``sum_c g_c * sample`` for the mask.
     """
     wanted = _validate.needs(needs, DEFORM_CONV2D_GRADS)
     xp = array_module(grad_output=grad_output, input=input, offset=offset, weight=weight,

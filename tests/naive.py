@@ -98,10 +98,13 @@ def naive_bilinear_coordinate_grad(img2d, y, x):
     """(d sample / dy, d sample / dx) by torchvision's floor-cell rule.
 
     The derivative of the bilinear form on the floor cell of (y, x), corners
-    outside the image counting 0; 0 outside the sampling window (and for NaN).
+    outside the image counting 0, with no window test (torchvision's
+    ``get_coordinate_weight``): at ``y = -1`` it is the one-sided derivative
+    towards row 0; wherever all four corners are outside it is 0. NaN and
+    infinities give 0.
     """
     height, width = img2d.shape
-    if not inside_sampling_window(y, x, height, width):
+    if not (math.isfinite(y) and math.isfinite(x)):
         return 0.0, 0.0
     y0, x0 = math.floor(y), math.floor(x)
     ly, lx = y - y0, x - x0
@@ -226,13 +229,13 @@ def naive_deform_conv2d_grads(grad_output, input, offset, weight, stride=1, padd
     grad_input = np.zeros_like(geo.x)
     grad_offset = np.zeros_like(geo.offset)
     for n, g, i, j, ho, wo, k, y, x in geo.sample_points():
-        if not inside_sampling_window(y, x, geo.height, geo.width):
-            continue
-        corners = bilinear_corners(y, x, geo.height, geo.width)
+        inside = inside_sampling_window(y, x, geo.height, geo.width)
+        corners = bilinear_corners(y, x, geo.height, geo.width) if inside else []
         for c in geo.channels_of_offset_group(g):
             grad_sample = grad_columns[n, c, i, j, ho, wo] * geo.mask[n, k, ho, wo]
             for row, col, corner_weight in corners:
                 grad_input[n, c, row, col] += grad_sample * corner_weight
+            # torchvision: the coordinate weight has no window test
             d_dy, d_dx = naive_bilinear_coordinate_grad(geo.x[n, c], y, x)
             grad_offset[n, 2 * k, ho, wo] += grad_sample * d_dy
             grad_offset[n, 2 * k + 1, ho, wo] += grad_sample * d_dx

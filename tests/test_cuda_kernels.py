@@ -213,3 +213,31 @@ def test_read_only_inputs(monkeypatch):
         np.testing.assert_allclose(to_host(got), want, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads_gs, expected_gs):
         np.testing.assert_allclose(to_host(got), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_torchvision_edge_and_mask_rules(dtype, deterministic):
+    """The CUDA kernels follow torchvision where the CPU kernels do: the offset
+    gradient of a sample on y = -1 is the derivative towards row 0, and the
+    mask multiplies the finished sample."""
+    dev, host = to_device, to_host
+    x = np.array([[[[1.0, 2.0], [3.0, 4.0]]]], dtype)
+    w = np.ones((1, 1, 1, 1), dtype)
+    go = np.zeros((1, 1, 4, 4), dtype)
+    go[0, 0, 0, 1] = 1.0
+    with through_cuda():
+        grads = dc.deform_conv2d_backward(dev(go), dev(x), dev(np.zeros((1, 2, 4, 4), dtype)),
+                                          dev(w), padding=1, deterministic=deterministic)
+    assert host(grads.offset)[0, 0, 0, 1] == 1.0
+    assert host(grads.offset)[0, 1, 0, 1] == 0.0
+
+    x = np.array([[[[10.0, -10.0]]]], dtype)
+    off = np.zeros((1, 2, 1, 2), dtype)
+    off[0, 1, 0, 0] = 0.5
+    off[0, 0, 0, 1] = -0.5
+    mask = np.array([[[[np.finfo(dtype).max / 4, np.inf]]]], dtype)
+    with through_cuda():
+        out = host(dc.deform_conv2d(dev(x), dev(off), dev(w), mask=dev(mask)))
+    assert out[0, 0, 0, 0] == 0.0
+    assert out[0, 0, 0, 1] == -np.inf

@@ -339,6 +339,86 @@ def test_non_finite_and_huge_offsets_read_zero(problem, rng):
     assert np.all(offset_grad_pairs[:, :, 1][broken] == 0)
 
 
+# ------------------------------------------------ torchvision's edge and mask rules
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_offset_gradient_on_the_window_edge_is_torchvisions(dtype):
+    """A sample exactly on y = -1 gets the floor-cell derivative towards row 0,
+    as torchvision.ops.deform_conv2d gives (1.0 here, measured on its CPU and
+    CUDA kernels); mmcv keeps 0 there."""
+    x = np.array([[[[1.0, 2.0], [3.0, 4.0]]]], dtype)
+    w = np.ones((1, 1, 1, 1), dtype)
+    off = np.zeros((1, 2, 4, 4), dtype)
+    go = np.zeros((1, 1, 4, 4), dtype)
+    go[0, 0, 0, 1] = 1.0  # output (0, 1) samples (y, x) = (-1, 0)
+    grads = dc.deform_conv2d_backward(go, x, off, w, padding=1)
+    assert grads.offset[0, 0, 0, 1] == 1.0  # d/d(dy): towards x[0, 0, 0, 0] = 1
+    assert grads.offset[0, 1, 0, 1] == 0.0  # d/d(dx): along row -1, all padding
+    expected = naive_deform_conv2d_grads(go, x, off, w, padding=1)
+    for name in ("input", "offset", "weight"):
+        assert_close(getattr(grads, name), expected[name], dtype=dtype, err_msg=name)
+
+
+@settings(max_examples=20)
+@given(seed=st.integers(0, 2**16), padding=st.sampled_from([1, 2]),
+       zero=st.booleans(), with_mask=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]))
+def test_integer_lattice_offsets_match_reference_and_one_sided_differences(
+        seed, padding, zero, with_mask, dtype):
+    """Zero and integer offsets with padding put samples exactly on -1, on the
+    last row and column, and beyond: gradients match the float64 reference,
+    and the offset gradient is the one-sided derivative from above (a step
+    along a non-negative direction keeps every sample in its floor cell)."""
+    rng = np.random.default_rng(seed)
+    n, c, h, w, k = 2, 2, 3, 4, 3
+    out_h, out_w = h + 2 * padding - k + 1, w + 2 * padding - k + 1
+    shape = (n, 2 * k * k, out_h, out_w)
+    off = np.zeros(shape) if zero else rng.integers(-2, 3, shape).astype(float)
+    problem = DeformProblem(
+        input=rng.uniform(-1, 1, (n, c, h, w)).astype(dtype), offset=off.astype(dtype),
+        weight=rng.uniform(-1, 1, (3, c, k, k)).astype(dtype), bias=None,
+        mask=rng.uniform(0.5, 1.5, (n, k * k, out_h, out_w)).astype(dtype) if with_mask else None,
+        grad_output=rng.uniform(-1, 1, (n, 3, out_h, out_w)).astype(dtype),
+        stride=1, padding=padding, dilation=1)
+    grads = backward(problem)
+    expected = naive_grads(problem)
+    for name in ALL_GRADS:
+        if expected[name] is None:
+            assert getattr(grads, name) is None
+        else:
+            assert_close(getattr(grads, name), expected[name], dtype=dtype, err_msg=name)
+    if dtype == np.float64:
+        direction = rng.uniform(0, 1, off.shape)
+        step = 1e-7
+        base = loss(problem)
+        above = loss(problem, offset=problem.offset + step * direction)
+        one_sided = (above - base) / step
+        assert one_sided == pytest.approx(np.vdot(grads.offset, direction), rel=1e-5, abs=1e-6)
+    # the repro's situation at scale: taps on row or column -1 have gradients
+    y_edge = (np.arange(out_h)[:, None] - padding + np.arange(k)[None, :]) == -1
+    if zero and y_edge.any():
+        assert np.any(grads.offset[:, 0::2] != 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mask_multiplies_the_finished_sample(dtype):
+    """torchvision forms mask * (sum of weighted corners), not the sum of
+    mask-weighted corners: a huge mask over corners that cancel gives 0, and an
+    infinite mask on an inside sample with corners outside the image gives inf."""
+    big = np.finfo(dtype).max / 4  # 1e38 in float32
+    x = np.array([[[[10.0, -10.0]]]], dtype)
+    w = np.ones((1, 1, 1, 1), dtype)
+    off = np.zeros((1, 2, 1, 2), dtype)
+    off[0, 1, 0, 0] = 0.5  # output (0, 0) samples x = 0.5: 0.5*10 + 0.5*(-10)
+    off[0, 0, 0, 1] = -0.5  # output (0, 1) samples (y, x) = (-0.5, 1): half outside
+    mask = np.array([[[[big, np.inf]]]], dtype)
+    out = dc.deform_conv2d(x, off, w, mask=mask)
+    assert out[0, 0, 0, 0] == 0.0
+    assert out[0, 0, 0, 1] == -np.inf  # inf * (0.5 * -10)
+    expected = naive_deform_conv2d(x, off, w, mask=np.array([[[[1e38, 1.0]]]]))
+    assert expected[0, 0, 0, 0] == 0.0
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_empty_batch(dtype, with_mask):

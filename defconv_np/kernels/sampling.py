@@ -37,10 +37,16 @@ def padded_height(height):
 def deform_tap(y, x, height, width, row_stride, one):
     """Locate a deformable-conv sample in a padded plane (torchvision's rule).
 
-    A sample with ``y <= -1``, ``y >= height``, ``x <= -1`` or ``x >= width``
-    is zero with zero gradient; NaN fails every comparison and lands there too,
-    as do infinities and huge values, so no index is ever formed from them.
-    Otherwise the sample is bilinear in the cell of ``floor(y), floor(x)``.
+    A sample with ``y < -1``, ``y >= height``, ``x < -1`` or ``x >= width``
+    is zero with zero gradients; NaN fails every comparison and lands there
+    too, as do infinities and huge values, so no index is ever formed from
+    them. Otherwise the sample is bilinear in the cell of ``floor(y), floor(x)``.
+
+    ``y = -1`` (or ``x = -1``) is inside: its value is 0 (the weight of row
+    -1 is 1 and that row is padding), but torchvision's offset gradient there
+    is the floor-cell derivative, towards row 0, with no window test.
+    torchvision's forward and input gradient treat -1 as outside; at -1 they
+    agree with this rule, since every in-image corner has weight 0.
 
     Returns
     -------
@@ -50,7 +56,7 @@ def deform_tap(y, x, height, width, row_stride, one):
         Fractional position inside the cell (0 when outside).
     inside : bool
     """
-    if y > -1 and y < height and x > -1 and x < width:
+    if y >= -one and y < height and x >= -one and x < width:
         y0 = math.floor(y)
         x0 = math.floor(x)
         base = (int(y0) + PAD_BEFORE) * row_stride + int(x0) + PAD_BEFORE

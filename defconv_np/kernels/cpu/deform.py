@@ -27,19 +27,23 @@ from numba import njit
 
 from .device import bilinear_coordinate_grads, bilinear_value, bilinear_weights, deform_tap
 
-# Channel loops may be reassociated (so reductions vectorise); NaN and
-# infinities keep their IEEE meaning, which the boundary rules rely on.
-_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+# NaN and infinities keep their IEEE meaning, which the boundary rules rely
+# on. No "reassoc": with it LLVM distributes the mask over the corner sums
+# (``m * (a + b)`` into ``m*a + m*b``, hoisting ``m * w``), which overflows
+# where torchvision's ``mask * sample`` does not (mask 1e38 over corners +10
+# and -10 gave inf instead of 0).
+_FASTMATH = {"contract", "nsz", "arcp"}
 
 
 @njit(inline="always", cache=True, nogil=True)
 def _sample(offset, mask, use_mask, n, g, k, ho, wo, height, width, row_stride, y_base, x_base,
             typed):
-    """Cell, fraction and (masked) corner weights of one sample.
+    """Cell, fraction, corner weights and mask value of one sample.
 
     ``typed`` is a scratch array of the input dtype: values stored there come
     back in that dtype, which keeps the channel loops in float32 for float32
-    inputs (the per-sample maths itself runs in float64).
+    inputs (the per-sample maths itself runs in float64). The weights are
+    unmasked: the mask multiplies the finished sample, as torchvision does.
     """
     kw = x_base.shape[1]
     n_k = y_base.shape[1] * kw
@@ -50,12 +54,10 @@ def _sample(offset, mask, use_mask, n, g, k, ho, wo, height, width, row_stride, 
     q, ly, lx, inside = deform_tap(y, x, height, width, row_stride, 1.0)
     w00, w01, w10, w11 = bilinear_weights(ly, lx, 1.0)
     m = mask[n, g * n_k + k, ho, wo] if use_mask else 1.0
-    if not inside:
-        m = m * 0.0  # all-zero cell at q = 0; a NaN mask still propagates
-    typed[0] = w00 * m
-    typed[1] = w01 * m
-    typed[2] = w10 * m
-    typed[3] = w11 * m
+    typed[0] = w00
+    typed[1] = w01
+    typed[2] = w10
+    typed[3] = w11
     typed[4] = ly
     typed[5] = lx
     typed[6] = m
@@ -77,7 +79,9 @@ def _run(g, gw, k, per_group, per_wgroup, n_k):
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def deform_im2col(inp, height, width, row_stride, offset, mask, use_mask, n0, r0, y_base, x_base,
                   weight_groups, cols):
-    """Fill pixels-first ``cols`` (nb, P, C*K) with (masked) bilinear samples."""
+    """Fill pixels-first ``cols`` (nb, P, C*K) with bilinear samples times
+    their mask (``m * sample``; an outside sample reads the all-zero cell at
+    ``q = 0``, so it is ``m * 0``)."""
     n_k = y_base.shape[1] * x_base.shape[1]
     channels = inp.shape[2]
     groups = offset.shape[1] // (2 * n_k)
@@ -98,6 +102,7 @@ def deform_im2col(inp, height, width, row_stride, offset, mask, use_mask, n0, r0
                     q, inside = _sample(offset, mask, use_mask, n, g, k, r0 + r, wo, height,
                                         width, rs, y_base, x_base, typed)
                     w00, w01, w10, w11 = typed[0], typed[1], typed[2], typed[3]
+                    m = typed[6]
                     for gw in range(g * per_group // per_wgroup,
                                     ((g + 1) * per_group - 1) // per_wgroup + 1):
                         lo, hi, dst = _run(g, gw, k, per_group, per_wgroup, n_k)
@@ -105,7 +110,8 @@ def deform_im2col(inp, height, width, row_stride, offset, mask, use_mask, n0, r0
                         v00, v01 = inp[n, q, lo:hi], inp[n, q + 1, lo:hi]
                         v10, v11 = inp[n, q + rs, lo:hi], inp[n, q + rs + 1, lo:hi]
                         for i in range(hi - lo):
-                            out[i] = w00 * v00[i] + w01 * v01[i] + w10 * v10[i] + w11 * v11[i]
+                            out[i] = m * (w00 * v00[i] + w01 * v01[i] + w10 * v10[i]
+                                          + w11 * v11[i])
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -119,13 +125,14 @@ def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use
 
     * ``cols``: the columns again, as ``deform_im2col`` writes them (for the
       weight gradient);
-    * ``grad_inp``: ``grad_cols`` scatter-added onto the corners, the exact
-      adjoint of ``deform_im2col``, into the padded channels-last gradient;
-    * ``grad_offset``: per sample, the column gradient summed over the
-      channels of its offset group times the derivative of the bilinear sample
-      in the floor cell (torchvision's rule, ``sampling.bilinear_coordinate_grads``),
-      times the mask;
-    * ``grad_mask``: the same sum times the unmasked sample.
+    * ``grad_inp``: ``(mask * weight) * grad_cols`` scatter-added onto the
+      corners, the exact adjoint of ``deform_im2col``, into the padded
+      channels-last gradient;
+    * ``grad_offset``: per sample, the sum over the channels of its offset
+      group of ``(mask * d sample / dy) * grad_cols`` (and dx), the derivative
+      taken in the floor cell (torchvision's rule and order,
+      ``sampling.bilinear_coordinate_grads``);
+    * ``grad_mask``: the sum of ``grad_cols * sample``.
 
     Outside samples get exactly 0 offset and mask gradients and scatter
     nothing. Offset and mask sums are kept in float64; everything runs in a
@@ -140,6 +147,11 @@ def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use
     nb, npix, _ = grad_cols.shape
     rs = row_stride
     typed = np.empty(8, grad_cols.dtype)
+    # per-channel terms of the offset and mask sums: formed in the vectorised
+    # channel loop, then added in channel order (torchvision's order, without
+    # letting the compiler reassociate the mask out of the sums)
+    terms = np.empty((3, per_group), grad_cols.dtype)
+    t_dy, t_dx, t_v = terms[0], terms[1], terms[2]
     want_grads = want_input or want_offset or want_mask
     for b in range(nb):
         n = n0 + b
@@ -155,6 +167,7 @@ def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use
                                         rs, y_base, x_base, typed)
                     w00, w01, w10, w11 = typed[0], typed[1], typed[2], typed[3]
                     ly, lx, m, one = typed[4], typed[5], typed[6], typed[7]
+                    mw00, mw01, mw10, mw11 = m * w00, m * w01, m * w10, m * w11
                     scatter = want_input and inside
                     acc_dy = 0.0
                     acc_dx = 0.0
@@ -171,23 +184,30 @@ def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use
                         for i in range(hi - lo):
                             a, bq, cq, d = v00[i], v01[i], v10[i], v11[i]
                             if want_cols:
-                                out[i] = w00 * a + w01 * bq + w10 * cq + w11 * d
+                                out[i] = m * (w00 * a + w01 * bq + w10 * cq + w11 * d)
                             if want_grads and inside:
                                 gv = gcol[i]
                                 if scatter:
-                                    g00[i] += w00 * gv
-                                    g01[i] += w01 * gv
-                                    g10[i] += w10 * gv
-                                    g11[i] += w11 * gv
+                                    g00[i] += mw00 * gv
+                                    g01[i] += mw01 * gv
+                                    g10[i] += mw10 * gv
+                                    g11[i] += mw11 * gv
                                 if want_offset:
                                     dy, dx = bilinear_coordinate_grads(a, bq, cq, d, ly, lx, one)
-                                    acc_dy += gv * dy
-                                    acc_dx += gv * dx
+                                    t_dy[i] = (m * dy) * gv
+                                    t_dx[i] = (m * dx) * gv
                                 if want_mask:
-                                    acc_v += gv * bilinear_value(a, bq, cq, d, ly, lx, one)
+                                    t_v[i] = gv * bilinear_value(a, bq, cq, d, ly, lx, one)
+                        if inside and want_offset:
+                            for i in range(hi - lo):
+                                acc_dy += t_dy[i]
+                                acc_dx += t_dx[i]
+                        if inside and want_mask:
+                            for i in range(hi - lo):
+                                acc_v += t_v[i]
                     if want_offset:
                         ch = 2 * (g * n_k + k)
-                        grad_offset[n, ch, ho, wo] = m * acc_dy if inside else 0.0
-                        grad_offset[n, ch + 1, ho, wo] = m * acc_dx if inside else 0.0
+                        grad_offset[n, ch, ho, wo] = acc_dy if inside else 0.0
+                        grad_offset[n, ch + 1, ho, wo] = acc_dx if inside else 0.0
                     if want_mask:
                         grad_mask[n, g * n_k + k, ho, wo] = acc_v if inside else 0.0

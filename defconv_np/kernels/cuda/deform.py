@@ -32,8 +32,9 @@ def _blocked_index(idx, npix, n_k, blocks, groups):
 def _sample(offset, mask, use_mask, n, g, k, p, r0, height, width, row_stride, y_base, x_base,
             one):
     """Everything about one sample: its cell ``q``, whether it is inside the
-    window, its fractions, its mask value ``m`` (0 outside; a NaN mask stays
-    NaN), the corner weights times ``m``, and its output pixel."""
+    window, its fractions, its mask value ``m``, the (unmasked) corner
+    weights, and its output pixel. The mask multiplies the finished sample,
+    as torchvision does; an outside sample reads the all-zero cell at q = 0."""
     kw = x_base.shape[1]
     n_k = y_base.shape[1] * kw
     out_w = offset.shape[3]
@@ -47,9 +48,7 @@ def _sample(offset, mask, use_mask, n, g, k, p, r0, height, width, row_stride, y
     q, ly, lx, inside = deform_tap(y, x, height, width, row_stride, one)
     w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
     m = mask[n, g * n_k + k, ho, wo] if use_mask else one
-    if not inside:
-        m = m * (one - one)  # the all-zero cell at q = 0
-    return q, inside, ly, lx, m, w00 * m, w01 * m, w10 * m, w11 * m, ho, wo
+    return q, inside, ly, lx, m, w00, w01, w10, w11, ho, wo
 
 
 @cuda.jit
@@ -68,9 +67,9 @@ def deform_im2col(inp_pad, height, width, row_stride, offset, mask, use_mask, n0
             offset, mask, use_mask, n, g, k, p, r0, height, width, rs, y_base, x_base, one)
         c0 = g * per_group + j * block
         for c in range(c0, min(c0 + block, (g + 1) * per_group)):
-            cols[b, c * n_k + k, p] = (w00 * inp_pad[n, c, q] + w01 * inp_pad[n, c, q + 1]
-                                       + w10 * inp_pad[n, c, q + rs]
-                                       + w11 * inp_pad[n, c, q + rs + 1])
+            cols[b, c * n_k + k, p] = m * (w00 * inp_pad[n, c, q] + w01 * inp_pad[n, c, q + 1]
+                                           + w10 * inp_pad[n, c, q + rs]
+                                           + w11 * inp_pad[n, c, q + rs + 1])
 
 
 @cuda.jit
@@ -91,6 +90,8 @@ def deform_col2im_atomic(grad_cols, height, width, row_stride, offset, mask, use
             offset, mask, use_mask, n, g, k, p, r0, height, width, rs, y_base, x_base, one)
         if not inside:
             continue
+        # torchvision's order: (mask * weight) * column gradient
+        w00, w01, w10, w11 = m * w00, m * w01, m * w10, m * w11
         c0 = g * per_group + j * block
         for c in range(c0, min(c0 + block, (g + 1) * per_group)):
             gv = grad_cols[b, c * n_k + k, p]
@@ -124,10 +125,10 @@ def deform_col2im_ordered(grad_cols, height, width, row_stride, offset, mask, us
                 if not inside:
                     continue
                 gv = grad_cols[b, c * n_k + k, p]
-                grad_pad[n, c, q] += w00 * gv
-                grad_pad[n, c, q + 1] += w01 * gv
-                grad_pad[n, c, q + rs] += w10 * gv
-                grad_pad[n, c, q + rs + 1] += w11 * gv
+                grad_pad[n, c, q] += (m * w00) * gv
+                grad_pad[n, c, q + 1] += (m * w01) * gv
+                grad_pad[n, c, q + rs] += (m * w10) * gv
+                grad_pad[n, c, q + rs + 1] += (m * w11) * gv
 
 
 @cuda.jit
@@ -163,13 +164,12 @@ def deform_coordinate_grads(grad_cols, inp_pad, height, width, row_stride, offse
                 v11 = inp_pad[n, c, q + rs + 1]
                 gv = grad_cols[b, c * n_k + k, p]
                 if want_offset:
+                    # torchvision's order: (mask * coordinate weight) * column gradient
                     dy, dx = bilinear_coordinate_grads(v00, v01, v10, v11, ly, lx, one)
-                    acc_dy += gv * dy
-                    acc_dx += gv * dx
+                    acc_dy += (m * dy) * gv
+                    acc_dx += (m * dx) * gv
                 if want_mask:
                     acc_v += gv * bilinear_value(v00, v01, v10, v11, ly, lx, one)
-            acc_dy *= m
-            acc_dx *= m
         ch = 2 * (g * n_k + k)
         if blocks == 1:
             if want_offset:
