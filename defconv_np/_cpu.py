@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from . import _columns, config
-from ._planes import SAMPLING_PAD, cropped, deform_sampling, plane_limits, zero_padded
+from ._planes import SAMPLING_PAD, cropped, deform_sampling, grid_geometry, zero_padded
 from .kernels import sampling
 from .kernels.cpu import deform as deform_kernels
 from .kernels.cpu import im2col as im2col_kernels
@@ -278,7 +278,7 @@ class GridSampler:
         self.inp_pad = zero_padded(np, input, *SAMPLING_PAD).reshape(n, c, -1)
         self.grid = kernel_operand(grid).reshape(n, -1, 2)
         # sample positions are formed in the input dtype, as PyTorch forms them
-        self.geometry = (*plane_limits(input), input.dtype.type(1))
+        self.geometry = grid_geometry(input, align_corners)
         self.modes = (nearest, padding_mode, align_corners)
 
     def sample(self, out):

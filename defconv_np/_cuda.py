@@ -24,7 +24,7 @@ from numba import cuda  # noqa: E402
 from . import _columns, config
 from ._arrays import array_module
 from ._cpu import kernel_operand
-from ._planes import SAMPLING_PAD, cropped, deform_sampling, plane_limits, zero_padded
+from ._planes import SAMPLING_PAD, cropped, deform_sampling, grid_geometry, zero_padded
 from .kernels.cuda import deform as deform_kernels
 from .kernels.cuda import grid_sample as grid_sample_kernels
 from .kernels.cuda import im2col as im2col_kernels
@@ -232,7 +232,7 @@ class GridSampler:
         self.inp_pad = zero_padded(xp, input, *SAMPLING_PAD).reshape(n, c, -1)
         self.grid = self.launch.operand(grid).reshape(n, -1, 2)
         # sample positions are formed in the input dtype, as PyTorch forms them
-        self.geometry = (*plane_limits(input), input.dtype.type(1))
+        self.geometry = grid_geometry(input, align_corners)
         self.modes = (nearest, padding_mode, align_corners)
         self.deterministic = deterministic
 

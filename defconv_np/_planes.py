@@ -3,6 +3,8 @@ that the CPU and CUDA launchers share."""
 
 from typing import NamedTuple
 
+import numpy as np
+
 from .kernels import sampling
 
 #: Zero border of the bilinear-sampling planes, as (top/left, bottom/right).
@@ -40,13 +42,50 @@ def sampling_bases(xp, out_size, kernel, stride, padding, dilation, dtype):
     return tuple(bases)
 
 
+def window_limit(size, dtype):
+    """The smallest ``dtype`` value not below the integer ``size``.
+
+    Kernels test ``position < limit`` on positions of ``dtype``; with this
+    limit the test is exactly ``position < size`` even where ``size`` is not
+    representable (float32 above 2**24), whereas ``dtype(size)`` may round
+    down and shut out the last row.
+    """
+    limit = dtype.type(size)
+    if int(limit) < size:
+        limit = np.nextafter(limit, dtype.type(np.inf))
+    return limit
+
+
 def plane_limits(input):
-    """(height, width) of ``input``'s planes in its own dtype (the kernels only
-    compare them with sample positions, which are formed in that dtype), and
-    the row stride of its padded sampling planes."""
-    real = input.dtype.type
+    """(height, width) limits of ``input``'s planes for the sampling-window
+    tests, in its own dtype (``window_limit``), and the row stride of its
+    padded sampling planes."""
     height, width = input.shape[2:]
-    return real(height), real(width), sampling.padded_width(width)
+    return (window_limit(height, input.dtype), window_limit(width, input.dtype),
+            sampling.padded_width(width))
+
+
+def grid_axis(size, dtype, align_corners):
+    """What grid_sample's maths needs of one plane axis, each formed from
+    exact integers and rounded once to ``dtype``, as PyTorch forms them:
+    ``(size, size - 1, low, span, limit)``. ``low`` and ``span`` are the
+    reflection's: about the pixel centres ``0 .. size-1`` with
+    ``align_corners``, about the outer edges ``-0.5 .. size-0.5`` without,
+    from doubled integer bounds (``twice_low / 2``, ``(twice_high -
+    twice_low) / 2``). ``limit`` is the window test's (``window_limit``)."""
+    real = dtype.type
+    twice_low, twice_high = (0, 2 * (size - 1)) if align_corners else (-1, 2 * size - 1)
+    two = real(2)
+    return (real(size), real(size - 1), real(twice_low) / two,
+            real(twice_high - twice_low) / two, window_limit(size, dtype))
+
+
+def grid_geometry(input, align_corners):
+    """``(y_axis, x_axis, row_stride, one)`` for the grid_sample kernels."""
+    height, width = input.shape[2:]
+    dtype = input.dtype
+    return (grid_axis(height, dtype, align_corners), grid_axis(width, dtype, align_corners),
+            sampling.padded_width(width), dtype.type(1))
 
 
 class DeformSampling(NamedTuple):

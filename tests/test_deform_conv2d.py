@@ -513,3 +513,15 @@ def test_concurrent_calls_match_serial_calls():
                 assert got is None
             else:
                 assert_same_up_to_summation_order(got, want, err_msg=f"{index} {name}")
+
+
+def test_float32_plane_wider_than_2_pow_24_reaches_its_last_pixel():
+    """W = 2**24 + 1 rounds down to 2**24 in float32; the window limit is the
+    next float32 up, so the last pixel (x = 2**24) is still inside."""
+    width = 2**24 + 1
+    x = np.zeros((1, 1, 1, width), np.float32)
+    x[0, 0, 0, -1] = 3.0
+    w = np.ones((1, 1, 1, 1), np.float32)
+    off = np.zeros((1, 2, 1, width), np.float32)
+    out = dc.deform_conv2d(x, off, w)
+    assert out[0, 0, 0, -1] == 3.0

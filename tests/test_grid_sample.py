@@ -461,3 +461,19 @@ def test_affine_grid_rejects_bad_align_corners_and_grad_grid():
         dc.affine_grid(np.zeros((1, 2, 3)), (1, 1, 2, 2), align_corners="yes")
     with pytest.raises(ValueError, match=r"grad_grid must have shape \(1, 2, 2, 2\)"):
         dc.affine_grid_backward(np.zeros((1, 2, 3, 2)), (1, 1, 2, 2))
+
+
+@pytest.mark.parametrize("padding_mode, align_corners", [
+    ("border", False), ("border", True), ("reflection", False), ("reflection", True),
+    ("zeros", True)])
+def test_float32_plane_wider_than_2_pow_24_reaches_its_last_pixel(padding_mode, align_corners):
+    """W = 2**24 + 3 is not a float32: the plane's size, size - 1 and window
+    limit are formed from exact integers (as PyTorch forms them), so gx = 1
+    still lands on the last pixel rather than outside the plane."""
+    width = 2**24 + 3
+    x = np.zeros((1, 1, 1, width), np.float32)
+    x[0, 0, 0, -1] = 7.0
+    x[0, 0, 0, -2] = 5.0
+    grid = np.array([[[[1.0, 0.0]]]], np.float32)
+    out = dc.grid_sample(x, grid, padding_mode=padding_mode, align_corners=align_corners)
+    assert out[0, 0, 0, 0] == 7.0

@@ -96,7 +96,9 @@ def bilinear_coordinate_grads(v00, v01, v10, v11, ly, lx, one):
 # with the bilinear functions above. Each step also returns its derivative
 # factor, and the grid gradient is their product times the floor-cell
 # derivative of the interpolant, which is PyTorch's chain rule term for term.
-# ``size`` arguments are plane lengths given in the caller's arithmetic type.
+# ``size`` arguments are plane lengths given in the caller's arithmetic type,
+# rounded once from exact integers (``_planes.grid_axis``); window tests take
+# ``limit``s, the smallest values of that type not below the plane lengths.
 
 #: Codes of grid_sample's ``padding_mode`` and ``mode``, in PyTorch's enum order.
 GRID_PADDING_MODES = ("zeros", "border", "reflection")
@@ -105,26 +107,28 @@ PADDING_ZEROS, PADDING_BORDER, PADDING_REFLECTION = 0, 1, 2
 INTERPOLATION_BILINEAR, INTERPOLATION_NEAREST = 0, 1
 
 
-def grid_unnormalize(coord, size, align_corners, one):
+def grid_unnormalize(coord, size, size_m1, align_corners, one):
     """Pixel coordinate of a normalised grid coordinate, and its derivative.
 
     With ``align_corners`` -1 and 1 are the centres of the first and last
-    pixels; without it they are the outer edges of those pixels.
+    pixels; without it they are the outer edges of those pixels. ``size`` and
+    ``size_m1`` (size - 1) are given rounded from exact integers, as PyTorch
+    forms them (a float ``size - 1`` would round twice above 2**24 in float32).
     """
     two = one + one
     if align_corners:
-        return ((coord + one) / two) * (size - one), (size - one) / two
+        return ((coord + one) / two) * size_m1, size_m1 / two
     return ((coord + one) * size - one) / two, size / two
 
 
-def clip_coordinate(x, size, one):
+def clip_coordinate(x, size_m1, one):
     """Clamp ``x`` to ``[0, size - 1]``, with the derivative of the clamp.
 
     The derivative is 1 strictly inside and 0 on the end points too (PyTorch
     counts them as out of range). NaN is returned unchanged, with derivative 0.
     """
     zero = one - one
-    high = size - one
+    high = size_m1
     if x > zero and x < high:
         return x, one
     if x >= high:
@@ -134,23 +138,22 @@ def clip_coordinate(x, size, one):
     return x, zero
 
 
-def reflect_coordinate(x, twice_low, twice_high, one):
-    """Reflect ``x`` about ``low`` and ``high`` until it lies between them,
-    with the derivative of the reflection (+1 or -1).
+def reflect_coordinate(x, low, span, one):
+    """Reflect ``x`` about ``low`` and ``low + span`` until it lies between
+    them, with the derivative of the reflection (+1 or -1).
 
-    The bounds are given doubled so that half-pixel bounds stay exact. The
-    remainder (``%`` of non-negative operands, i.e. ``fmod``) is exact for any
-    finite ``x``; infinities and NaN give NaN (derivative 0), which no sampling
-    window accepts.
+    ``low`` and ``span`` come as PyTorch forms them from its doubled integer
+    bounds: ``twice_low / 2`` and ``(twice_high - twice_low) / 2``, the
+    difference taken in integers and rounded once (``_planes.grid_axis``).
+    The remainder (``%`` of non-negative operands, i.e. ``fmod``) is exact for
+    any finite ``x``; infinities and NaN give NaN (derivative 0), which no
+    sampling window accepts.
     """
     zero = one - one
-    if twice_low == twice_high:
+    if span == zero:
         # a single pixel centre: every finite x lands on it (x - x is 0), NaN
         # and infinities stay NaN
         return x - x, zero
-    two = one + one
-    low = twice_low / two
-    span = (twice_high - twice_low) / two
     distance = x - low
     sign = one
     if distance < zero:

@@ -4,8 +4,9 @@ Planes are read from (and input gradients written to) zero-padded copies laid
 out as ``kernels.sampling`` describes: ``(N, C, (H + 3) * (W + 3))``, with
 ``row_stride = W + 3``. The grid is flattened to ``(N, P, 2)`` with
 ``P = Hg * Wg`` and x (width) first; outputs and output gradients are
-``(N, C, P)``. ``height``, ``width`` and ``one`` arrive as floats of the grid
-dtype, so that a sample position is formed in the input precision, as PyTorch
+``(N, C, P)``. ``y_axis``, ``x_axis`` (``_planes.grid_axis``: size, size - 1,
+reflection bounds and window limit, each rounded once from exact integers)
+and ``one`` arrive as floats of the grid dtype, so that a sample position is formed in the input precision, as PyTorch
 forms it (in float32 this decides, as in PyTorch, which way a position that
 is a tie or a kink in exact arithmetic goes).
 
@@ -32,44 +33,43 @@ from .device import (
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _source_coordinate(coord, size, padding_mode, align_corners, one):
+def _source_coordinate(coord, axis, padding_mode, align_corners, one):
     """Pixel coordinate of a grid coordinate after the padding mode folded it
-    into the image, and d(pixel) / d(coord) (PyTorch's chain of factors)."""
-    pixel, factor = grid_unnormalize(coord, size, align_corners, one)
+    into the image, and d(pixel) / d(coord) (PyTorch's chain of factors).
+    ``axis`` is ``_planes.grid_axis``: (size, size - 1, low, span, limit),
+    each rounded once from exact integers."""
+    size, size_m1, low, span, limit = axis
+    pixel, factor = grid_unnormalize(coord, size, size_m1, align_corners, one)
     if padding_mode == PADDING_BORDER:
-        pixel, clip_factor = clip_coordinate(pixel, size, one)
+        pixel, clip_factor = clip_coordinate(pixel, size_m1, one)
         factor *= clip_factor
     elif padding_mode == PADDING_REFLECTION:
-        two = one + one
-        if align_corners:
-            pixel, reflect_factor = reflect_coordinate(pixel, one - one, two * (size - one), one)
-        else:
-            pixel, reflect_factor = reflect_coordinate(pixel, -one, two * size - one, one)
-        pixel, clip_factor = clip_coordinate(pixel, size, one)
+        pixel, reflect_factor = reflect_coordinate(pixel, low, span, one)
+        pixel, clip_factor = clip_coordinate(pixel, size_m1, one)
         factor *= reflect_factor * clip_factor
     return pixel, factor
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _tile_taps(grid, n, p0, pn, height, width, row_stride, one, nearest, padding_mode,
+def _tile_taps(grid, n, p0, pn, y_axis, x_axis, row_stride, one, nearest, padding_mode,
                align_corners, base, ly, lx, inside, y_factor, x_factor):
     """Cell (or nearest pixel) and derivative factors of pixels p0 .. p0+pn."""
     for t in range(pn):
-        x, x_factor[t] = _source_coordinate(grid[n, p0 + t, 0], width, padding_mode,
+        x, x_factor[t] = _source_coordinate(grid[n, p0 + t, 0], x_axis, padding_mode,
                                             align_corners, one)
-        y, y_factor[t] = _source_coordinate(grid[n, p0 + t, 1], height, padding_mode,
+        y, y_factor[t] = _source_coordinate(grid[n, p0 + t, 1], y_axis, padding_mode,
                                             align_corners, one)
         if nearest:
-            base[t], inside[t] = grid_nearest_tap(y, x, height, width, row_stride, one)
+            base[t], inside[t] = grid_nearest_tap(y, x, y_axis[4], x_axis[4], row_stride, one)
             ly[t] = 0.0
             lx[t] = 0.0
         else:
-            base[t], ly[t], lx[t], inside[t] = grid_bilinear_tap(y, x, height, width,
+            base[t], ly[t], lx[t], inside[t] = grid_bilinear_tap(y, x, y_axis[4], x_axis[4],
                                                                  row_stride, one)
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def grid_sample(inp_pad, height, width, row_stride, one, grid, nearest, padding_mode,
+def grid_sample(inp_pad, y_axis, x_axis, row_stride, one, grid, nearest, padding_mode,
                 align_corners, pixel_blocks, tile, out):
     """Fill ``out`` (N, C, P) with the samples of every channel at the grid."""
     nb, npix = grid.shape[0], grid.shape[1]
@@ -92,7 +92,7 @@ def grid_sample(inp_pad, height, width, row_stride, one, grid, nearest, padding_
         w11 = np.empty(tile, out.dtype)
         for p0 in range(p_lo, p_hi, tile):
             pn = min(tile, p_hi - p0)
-            _tile_taps(grid, n, p0, pn, height, width, row_stride, one, nearest, padding_mode,
+            _tile_taps(grid, n, p0, pn, y_axis, x_axis, row_stride, one, nearest, padding_mode,
                        align_corners, base, ly, lx, inside, y_factor, x_factor)
             if nearest:
                 for c in range(channels):
@@ -113,7 +113,7 @@ def grid_sample(inp_pad, height, width, row_stride, one, grid, nearest, padding_
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def grid_sample_backward(grad_out, inp_pad, height, width, row_stride, one, grid, nearest,
+def grid_sample_backward(grad_out, inp_pad, y_axis, x_axis, row_stride, one, grid, nearest,
                          padding_mode, align_corners, want_input, want_grid, channel_blocks,
                          pixel_blocks, tile, grad_pad, grid_partials):
     """Input gradient into ``grad_pad`` (N, C, padded plane) and grid gradient
@@ -153,7 +153,7 @@ def grid_sample_backward(grad_out, inp_pad, height, width, row_stride, one, grid
         acc_x = np.empty(tile, np.float64)
         for p0 in range(p_lo, p_hi, tile):
             pn = min(tile, p_hi - p0)
-            _tile_taps(grid, n, p0, pn, height, width, row_stride, one, nearest, padding_mode,
+            _tile_taps(grid, n, p0, pn, y_axis, x_axis, row_stride, one, nearest, padding_mode,
                        align_corners, base, ly, lx, inside, y_factor, x_factor)
             for t in range(pn):
                 w00[t], w01[t], w10[t], w11[t] = bilinear_weights(ly[t], lx[t], 1.0)

@@ -22,39 +22,38 @@ from .device import (
 
 
 @cuda.jit(device=True, inline="always")
-def _source_coordinate(coord, size, padding_mode, align_corners, one):
-    """Twin of ``kernels.cpu.grid_sample._source_coordinate`` (a device function
-    cannot call the CPU one); the simulator tests hold the two equal."""
-    pixel, factor = grid_unnormalize(coord, size, align_corners, one)
+def _source_coordinate(coord, axis, padding_mode, align_corners, one):
+    """Pixel coordinate of a grid coordinate after the padding mode folded it
+    into the image, and d(pixel) / d(coord) (PyTorch's chain of factors).
+    ``axis`` is ``_planes.grid_axis``: (size, size - 1, low, span, limit),
+    each rounded once from exact integers."""
+    size, size_m1, low, span, limit = axis
+    pixel, factor = grid_unnormalize(coord, size, size_m1, align_corners, one)
     if padding_mode == PADDING_BORDER:
-        pixel, clip_factor = clip_coordinate(pixel, size, one)
+        pixel, clip_factor = clip_coordinate(pixel, size_m1, one)
         factor *= clip_factor
     elif padding_mode == PADDING_REFLECTION:
-        two = one + one
-        if align_corners:
-            pixel, reflect_factor = reflect_coordinate(pixel, one - one, two * (size - one), one)
-        else:
-            pixel, reflect_factor = reflect_coordinate(pixel, -one, two * size - one, one)
-        pixel, clip_factor = clip_coordinate(pixel, size, one)
+        pixel, reflect_factor = reflect_coordinate(pixel, low, span, one)
+        pixel, clip_factor = clip_coordinate(pixel, size_m1, one)
         factor *= reflect_factor * clip_factor
     return pixel, factor
 
 
 @cuda.jit(device=True, inline="always")
-def _tap(grid, n, p, height, width, row_stride, one, nearest, padding_mode, align_corners):
+def _tap(grid, n, p, y_axis, x_axis, row_stride, one, nearest, padding_mode, align_corners):
     """Cell (or nearest pixel), fractions and derivative factors of one sample."""
-    x, x_factor = _source_coordinate(grid[n, p, 0], width, padding_mode, align_corners, one)
-    y, y_factor = _source_coordinate(grid[n, p, 1], height, padding_mode, align_corners, one)
+    x, x_factor = _source_coordinate(grid[n, p, 0], x_axis, padding_mode, align_corners, one)
+    y, y_factor = _source_coordinate(grid[n, p, 1], y_axis, padding_mode, align_corners, one)
     zero = one - one
     if nearest:
-        q, inside = grid_nearest_tap(y, x, height, width, row_stride, one)
+        q, inside = grid_nearest_tap(y, x, y_axis[4], x_axis[4], row_stride, one)
         return q, zero, zero, inside, y_factor, x_factor
-    q, ly, lx, inside = grid_bilinear_tap(y, x, height, width, row_stride, one)
+    q, ly, lx, inside = grid_bilinear_tap(y, x, y_axis[4], x_axis[4], row_stride, one)
     return q, ly, lx, inside, y_factor, x_factor
 
 
 @cuda.jit
-def grid_sample(inp_pad, height, width, row_stride, one, grid, nearest, padding_mode,
+def grid_sample(inp_pad, y_axis, x_axis, row_stride, one, grid, nearest, padding_mode,
                 align_corners, total, out):
     npix = grid.shape[1]
     channels = inp_pad.shape[1]
@@ -62,7 +61,7 @@ def grid_sample(inp_pad, height, width, row_stride, one, grid, nearest, padding_
     for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
         p = idx % npix
         n = idx // npix
-        q, ly, lx, inside, y_factor, x_factor = _tap(grid, n, p, height, width, rs, one,
+        q, ly, lx, inside, y_factor, x_factor = _tap(grid, n, p, y_axis, x_axis, rs, one,
                                                      nearest, padding_mode, align_corners)
         if nearest:
             for c in range(channels):
@@ -75,7 +74,7 @@ def grid_sample(inp_pad, height, width, row_stride, one, grid, nearest, padding_
 
 
 @cuda.jit
-def grid_sample_backward(grad_out, inp_pad, height, width, row_stride, one, grid, nearest,
+def grid_sample_backward(grad_out, inp_pad, y_axis, x_axis, row_stride, one, grid, nearest,
                          padding_mode, align_corners, want_input, want_grid, total, grad_pad,
                          grad_grid):
     """Grid gradient (written per pixel) and, if ``want_input``, the input
@@ -87,7 +86,7 @@ def grid_sample_backward(grad_out, inp_pad, height, width, row_stride, one, grid
     for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
         p = idx % npix
         n = idx // npix
-        q, ly, lx, inside, y_factor, x_factor = _tap(grid, n, p, height, width, rs, one,
+        q, ly, lx, inside, y_factor, x_factor = _tap(grid, n, p, y_axis, x_axis, rs, one,
                                                      nearest, padding_mode, align_corners)
         w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
         acc_y = zero
@@ -115,7 +114,7 @@ def grid_sample_backward(grad_out, inp_pad, height, width, row_stride, one, grid
 
 
 @cuda.jit
-def grid_sample_input_grad_ordered(grad_out, inp_pad, height, width, row_stride, one, grid,
+def grid_sample_input_grad_ordered(grad_out, inp_pad, y_axis, x_axis, row_stride, one, grid,
                                    nearest, padding_mode, align_corners, total, grad_pad):
     """Deterministic input gradient: one thread owns one (image, channel) plane
     and adds the pixels' contributions in pixel order."""
@@ -126,7 +125,7 @@ def grid_sample_input_grad_ordered(grad_out, inp_pad, height, width, row_stride,
         c = idx % channels
         n = idx // channels
         for p in range(npix):
-            q, ly, lx, inside, y_factor, x_factor = _tap(grid, n, p, height, width, rs, one,
+            q, ly, lx, inside, y_factor, x_factor = _tap(grid, n, p, y_axis, x_axis, rs, one,
                                                          nearest, padding_mode, align_corners)
             g = grad_out[n, c, p]
             if nearest:
