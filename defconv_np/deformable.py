@@ -139,6 +139,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
     gradients. The input gradient is the exact adjoint of the forward sampling.
     """
     wanted = _validate.needs(needs, DEFORM_CONV2D_GRADS)
+    deterministic = _validate.flag(deterministic, "deterministic")
     xp = array_module(grad_output=grad_output, input=input, offset=offset, weight=weight,
                       mask=mask)
     dtype = common_float_dtype(grad_output=grad_output, input=input, offset=offset,
