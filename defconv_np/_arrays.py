@@ -39,8 +39,8 @@ def not_an_array(name, value):
                f"got {cls.__module__}.{cls.__qualname__}")
     if isinstance(value, np.ndarray):
         hint = (f"ndarray subclasses other than numpy.memmap are refused, as their arithmetic "
-                f"differs; pass "
-                f"numpy.asarray({name}) for its plain data (fill a masked array first)")
+                f"differs; pass numpy.asarray({name}) for its plain data (fill a masked "
+                f"array first)")
     elif is_torch_tensor(value):
         hint = (f"convert a tensor without copying: numpy.from_dlpack({name}) on the CPU, "
                 f"cupy.from_dlpack({name}) on a GPU")

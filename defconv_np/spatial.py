@@ -35,8 +35,10 @@ def _choice(value, name, allowed):
     return allowed.index(value)
 
 
-def _output_size(size):
-    """Check ``size`` = (N, C, H, W): N >= 0, C, H, W >= 1."""
+def _output_size(size, itemsize):
+    """Check ``size`` = (N, C, H, W): N >= 0, C, H, W >= 1, and a grid
+    (N, H, W, 2) and base grid (H, W, 3) of ``itemsize``-byte values that
+    arrays can hold."""
     if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 4:
         raise ValueError(f"size must be (N, C, H, W), got {size!r}")
     out = []
@@ -46,6 +48,12 @@ def _output_size(size):
         if item < minimum:
             raise ValueError(f"size must be (N, C, H, W) with N >= 0 and C, H, W >= 1, got {size!r}")
         out.append(int(item))
+    n, _, height, width = out
+    for what, shape in (("grid (N, H, W, 2)", (n, height, width, 2)),
+                        ("untransformed grid (H, W, 3)", (height, width, 3))):
+        if not _validate.addressable(shape, itemsize):
+            raise ValueError(f"size {size!r} is too large: the {what} would be {shape}, "
+                             f"over 2**63 - 1 bytes")
     return tuple(out)
 
 
@@ -99,7 +107,7 @@ def affine_grid(theta, size, align_corners=False):
     """
     xp = array_module(theta=theta)
     dtype = common_float_dtype(theta=theta)
-    n, _, height, width = _output_size(size)
+    n, _, height, width = _output_size(size, dtype.itemsize)
     _validate.shape_equals(theta, "theta", (n, 2, 3), "(N, 2, 3) for size (N, C, H, W)")
     align_corners = _validate.flag(align_corners, "align_corners")
     base = _base_grid(xp, height, width, align_corners, dtype)
@@ -127,7 +135,7 @@ def affine_grid_backward(grad_grid, size, align_corners=False):
     """
     xp = array_module(grad_grid=grad_grid)
     dtype = common_float_dtype(grad_grid=grad_grid)
-    n, _, height, width = _output_size(size)
+    n, _, height, width = _output_size(size, dtype.itemsize)
     _validate.shape_equals(grad_grid, "grad_grid", (n, height, width, 2),
                            "(N, H, W, 2) for size (N, C, H, W)")
     align_corners = _validate.flag(align_corners, "align_corners")
