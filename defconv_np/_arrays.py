@@ -6,10 +6,17 @@ CuPy is never imported here: an array is recognised by its type's module, so
 
 import functools
 import itertools
+import numbers
 
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: The NumPy array types accepted: a memmap only says where the data lives.
+#: Other subclasses change arithmetic (a masked array's sum skips its mask,
+#: np.matrix's ``*`` is a product of matrices), so their results would mix
+#: plain and subclass semantics; they are refused, and results are always plain.
+NUMPY_ARRAY_TYPES = (np.ndarray, np.memmap)
 
 
 def is_cupy_array(value):
@@ -18,27 +25,58 @@ def is_cupy_array(value):
     return cls.__name__ == "ndarray" and cls.__module__.split(".")[0] == "cupy"
 
 
+def is_torch_tensor(value):
+    """True for a PyTorch tensor (or Parameter), recognised by its type's module,
+    without importing PyTorch."""
+    return type(value).__module__.split(".")[0] == "torch"
+
+
+def not_an_array(name, value):
+    """The TypeError for a value that is neither a numpy.ndarray nor a cupy.ndarray,
+    saying how to make it one."""
+    cls = type(value)
+    message = (f"{name} must be a numpy.ndarray or cupy.ndarray, "
+               f"got {cls.__module__}.{cls.__qualname__}")
+    if isinstance(value, np.ndarray):
+        hint = (f"ndarray subclasses other than numpy.memmap are refused, as their arithmetic "
+                f"differs; pass numpy.asarray({name}) for its plain data (fill a masked "
+                f"array first)")
+    elif is_torch_tensor(value):
+        hint = (f"convert a tensor without copying: numpy.from_dlpack({name}) on the CPU, "
+                f"cupy.from_dlpack({name}) on a GPU")
+    elif isinstance(value, (list, tuple, numbers.Number, np.generic)):
+        hint = f"convert it with numpy.asarray({name})"
+    elif hasattr(value, "__cuda_array_interface__"):
+        hint = f"convert it without copying with cupy.asarray({name})"
+    elif hasattr(value, "__dlpack__"):
+        hint = (f"convert it without copying: numpy.from_dlpack({name}) on the CPU, "
+                f"cupy.from_dlpack({name}) on a GPU")
+    elif hasattr(value, "__array__") or hasattr(value, "__array_interface__"):
+        hint = f"convert it with numpy.asarray({name})"
+    else:
+        return TypeError(message)
+    return TypeError(f"{message}: {hint}")
+
+
 def array_module(**arrays):
     """Return ``numpy`` or ``cupy`` for the named arrays (``None`` values are skipped).
 
     Raises
     ------
     TypeError
-        If a value is not a NumPy or CuPy array, or NumPy and CuPy arrays are mixed.
+        If a value is not a NumPy or CuPy array (ndarray subclasses other than
+        numpy.memmap are refused too), or NumPy and CuPy arrays are mixed.
     """
     numpy_names, cupy_names = [], []
     for name, value in arrays.items():
         if value is None:
             continue
-        if isinstance(value, np.ndarray):
+        if type(value) in NUMPY_ARRAY_TYPES:
             numpy_names.append(name)
         elif is_cupy_array(value):
             cupy_names.append(name)
         else:
-            raise TypeError(
-                f"{name} must be a numpy.ndarray or cupy.ndarray, "
-                f"got {type(value).__module__}.{type(value).__qualname__}"
-            )
+            raise not_an_array(name, value)
     devices = {arrays[name].device.id for name in cupy_names}
     if len(devices) > 1:
         where = ", ".join(f"{name} on GPU {arrays[name].device.id}" for name in cupy_names)

@@ -60,10 +60,31 @@ def conv_geometry(input, weight, bias, stride, padding, dilation, groups):
     stride = _validate.pair(stride, "stride", minimum=1)
     padding = _validate.pair(padding, "padding", minimum=0)
     dilation = _validate.pair(dilation, "dilation", minimum=1)
+    for what, size, pad in (("height", height, padding[0]), ("width", width, padding[1])):
+        # every sample position lies in the padded input: in int64 when this fits
+        if size + 2 * pad > _validate.INT64_MAX:
+            raise ValueError(
+                f"padding {padding} is too large: the padded input {what} would be "
+                f"{size} + 2*{pad} = {size + 2 * pad}, over 2**63 - 1 (int64)")
     out_h = _validate.conv_output_size(height, kh, stride[0], padding[0], dilation[0], "height")
     out_w = _validate.conv_output_size(width, kw, stride[1], padding[1], dilation[1], "width")
+    out_shape = (batch, out_channels, out_h, out_w)
+    if not _validate.addressable(out_shape, input.dtype.itemsize):
+        culprit = (f"padding {padding} is too large" if any(padding) else
+                   f"output too large for input {input.shape} and weight {weight.shape}")
+        raise ValueError(f"{culprit}: the output (N, O, Ho, Wo) would be {out_shape}, "
+                         f"over 2**63 - 1 bytes")
     return ConvGeometry(batch, channels, height, width, out_channels, groups, (kh, kw), stride,
                         padding, dilation, out_h, out_w)
+
+
+def check_padded_input(geom, itemsize):
+    """The dense conv pads its input for real: that copy must be an array too."""
+    padded = (geom.batch, geom.channels, geom.height + 2 * geom.padding[0],
+              geom.width + 2 * geom.padding[1])
+    if not _validate.addressable(padded, itemsize):
+        raise ValueError(f"padding {geom.padding} is too large: the padded input "
+                         f"(N, C, H + 2*ph, W + 2*pw) would be {padded}, over 2**63 - 1 bytes")
 
 
 def check_grad_output(grad_output, geom):

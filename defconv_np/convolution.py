@@ -9,7 +9,7 @@ from typing import NamedTuple
 from . import _columns, _validate
 from ._arrays import array_module, common_float_dtype, on_arrays_device
 from ._backends import launchers
-from ._geometry import check_grad_output, conv_geometry
+from ._geometry import check_grad_output, check_padded_input, conv_geometry
 
 
 class Conv2dGrads(NamedTuple):
@@ -51,6 +51,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     xp = array_module(input=input, weight=weight, bias=bias)
     dtype = common_float_dtype(input=input, weight=weight, bias=bias)
     geom = conv_geometry(input, weight, bias, stride, padding, dilation, groups)
+    check_padded_input(geom, dtype.itemsize)
     out = xp.empty(geom.out_shape, dtype)
     backend = launchers(xp)
     chunks = _columns.chunks_for(geom, dtype, buffers=1, backend=backend)
@@ -88,6 +89,7 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     xp = array_module(grad_output=grad_output, input=input, weight=weight)
     dtype = common_float_dtype(grad_output=grad_output, input=input, weight=weight)
     geom = conv_geometry(input, weight, None, stride, padding, dilation, groups)
+    check_padded_input(geom, dtype.itemsize)
     check_grad_output(grad_output, geom)
     want_input, want_weight = "input" in wanted, "weight" in wanted
     grad_input = grad_weight = None

@@ -146,6 +146,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
     for the offset, ``sum_c g_c * sample`` for the mask.
     """
     wanted = _validate.needs(needs, DEFORM_CONV2D_GRADS)
+    deterministic = _validate.flag(deterministic, "deterministic")
     xp = array_module(grad_output=grad_output, input=input, offset=offset, weight=weight,
                       mask=mask)
     dtype = common_float_dtype(grad_output=grad_output, input=input, offset=offset,

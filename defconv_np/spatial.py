@@ -10,8 +10,6 @@ differentiable sampling of the input at those positions. Semantics follow
 import numbers
 from typing import NamedTuple
 
-import numpy as np
-
 from . import _validate
 from ._arrays import array_module, common_float_dtype, on_arrays_device
 from ._backends import launchers
@@ -28,12 +26,6 @@ class GridSampleGrads(NamedTuple):
 GRID_SAMPLE_GRADS = GridSampleGrads._fields
 
 
-def _flag(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return bool(value)
-
-
 def _choice(value, name, allowed):
     """The index of ``value`` in ``allowed`` (the kernels' code for it)."""
     if not isinstance(value, str):
@@ -43,8 +35,10 @@ def _choice(value, name, allowed):
     return allowed.index(value)
 
 
-def _output_size(size):
-    """Check ``size`` = (N, C, H, W): N >= 0, C, H, W >= 1."""
+def _output_size(size, itemsize):
+    """Check ``size`` = (N, C, H, W): N >= 0, C, H, W >= 1, and a grid
+    (N, H, W, 2) and base grid (H, W, 3) of ``itemsize``-byte values that
+    arrays can hold."""
     if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 4:
         raise ValueError(f"size must be (N, C, H, W), got {size!r}")
     out = []
@@ -54,6 +48,12 @@ def _output_size(size):
         if item < minimum:
             raise ValueError(f"size must be (N, C, H, W) with N >= 0 and C, H, W >= 1, got {size!r}")
         out.append(int(item))
+    n, _, height, width = out
+    for what, shape in (("grid (N, H, W, 2)", (n, height, width, 2)),
+                        ("untransformed grid (H, W, 3)", (height, width, 3))):
+        if not _validate.addressable(shape, itemsize):
+            raise ValueError(f"size {size!r} is too large: the {what} would be {shape}, "
+                             f"over 2**63 - 1 bytes")
     return tuple(out)
 
 
@@ -107,9 +107,9 @@ def affine_grid(theta, size, align_corners=False):
     """
     xp = array_module(theta=theta)
     dtype = common_float_dtype(theta=theta)
-    n, _, height, width = _output_size(size)
+    n, _, height, width = _output_size(size, dtype.itemsize)
     _validate.shape_equals(theta, "theta", (n, 2, 3), "(N, 2, 3) for size (N, C, H, W)")
-    align_corners = _flag(align_corners, "align_corners")
+    align_corners = _validate.flag(align_corners, "align_corners")
     base = _base_grid(xp, height, width, align_corners, dtype)
     return xp.matmul(base, theta.transpose(0, 2, 1)).reshape(n, height, width, 2)
 
@@ -135,10 +135,10 @@ def affine_grid_backward(grad_grid, size, align_corners=False):
     """
     xp = array_module(grad_grid=grad_grid)
     dtype = common_float_dtype(grad_grid=grad_grid)
-    n, _, height, width = _output_size(size)
+    n, _, height, width = _output_size(size, dtype.itemsize)
     _validate.shape_equals(grad_grid, "grad_grid", (n, height, width, 2),
                            "(N, H, W, 2) for size (N, C, H, W)")
-    align_corners = _flag(align_corners, "align_corners")
+    align_corners = _validate.flag(align_corners, "align_corners")
     base = _base_grid(xp, height, width, align_corners, dtype)
     return xp.matmul(grad_grid.reshape(n, height * width, 2).transpose(0, 2, 1), base)
 
@@ -164,7 +164,7 @@ def _check_sample(input, grid, mode, padding_mode, align_corners):
     interpolation = _choice(mode, "mode", sampling.GRID_INTERPOLATION_MODES)
     return _Sampling(interpolation == sampling.INTERPOLATION_NEAREST,
                      _choice(padding_mode, "padding_mode", sampling.GRID_PADDING_MODES),
-                     _flag(align_corners, "align_corners"))
+                     _validate.flag(align_corners, "align_corners"))
 
 
 @on_arrays_device
@@ -261,6 +261,7 @@ def grid_sample_backward(grad_output, input, grid, mode="bilinear", padding_mode
     affine_grid_backward : carries the grid gradient on to theta.
     """
     wanted = _validate.needs(needs, GRID_SAMPLE_GRADS)
+    deterministic = _validate.flag(deterministic, "deterministic")
     xp = array_module(grad_output=grad_output, input=input, grid=grid)
     dtype = common_float_dtype(grad_output=grad_output, input=input, grid=grid)
     modes = _check_sample(input, grid, mode, padding_mode, align_corners)
