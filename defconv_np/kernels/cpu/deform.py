@@ -35,6 +35,20 @@ from .device import bilinear_coordinate_grads, bilinear_value, bilinear_weights,
 _FASTMATH = {"contract", "nsz", "arcp"}
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+def _channel_sum(terms, count):
+    """Sum of ``terms[:count]`` in float64, reassociated so that it vectorises.
+
+    A function of its own, never inlined into the kernels: its additions carry
+    "reassoc", the kernels' products do not, so the compiler cannot factor the
+    mask back out of the per-channel terms (which torchvision multiplies
+    term by term)."""
+    acc = 0.0
+    for i in range(count):
+        acc += terms[i]
+    return acc
+
+
 @njit(inline="always", cache=True, nogil=True)
 def _sample(offset, mask, use_mask, n, g, k, ho, wo, height, width, row_stride, y_base, x_base,
             typed):
@@ -147,9 +161,9 @@ def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use
     nb, npix, _ = grad_cols.shape
     rs = row_stride
     typed = np.empty(8, grad_cols.dtype)
-    # per-channel terms of the offset and mask sums: formed in the vectorised
-    # channel loop, then added in channel order (torchvision's order, without
-    # letting the compiler reassociate the mask out of the sums)
+    # per-channel terms of the offset and mask sums, formed in the channel
+    # loop with the mask in each term (torchvision's order), then summed by
+    # ``_channel_sum``
     terms = np.empty((3, per_group), grad_cols.dtype)
     t_dy, t_dx, t_v = terms[0], terms[1], terms[2]
     want_grads = want_input or want_offset or want_mask
@@ -199,12 +213,10 @@ def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use
                                 if want_mask:
                                     t_v[i] = gv * bilinear_value(a, bq, cq, d, ly, lx, one)
                         if inside and want_offset:
-                            for i in range(hi - lo):
-                                acc_dy += t_dy[i]
-                                acc_dx += t_dx[i]
+                            acc_dy += _channel_sum(t_dy, hi - lo)
+                            acc_dx += _channel_sum(t_dx, hi - lo)
                         if inside and want_mask:
-                            for i in range(hi - lo):
-                                acc_v += t_v[i]
+                            acc_v += _channel_sum(t_v, hi - lo)
                     if want_offset:
                         ch = 2 * (g * n_k + k)
                         grad_offset[n, ch, ho, wo] = acc_dy if inside else 0.0
