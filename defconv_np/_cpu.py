@@ -73,18 +73,20 @@ def column_lanes():
 def _clear_openblas_controlling_thread():
     """Let the calling thread set a process-wide OpenBLAS limit.
 
-    threadpoolctl (3.8 and later) lets only one Python thread, the first to set
+    Recent threadpoolctl (3.8 here) lets only one Python thread, the first to set
     an OpenBLAS (pthreads) limit, change it until that thread leaves a ``with``
     block, and silently ignores every other thread. Our limit is not set in a
     ``with`` block, and is set and restored by whichever thread a conv runs on:
     the first conv's thread kept control for good, and convs called from any
     other thread left BLAS on all its threads. So control is cleared before and
-    after each change (under ``_SingleThreadedBlas``'s lock)."""
+    after each change (under ``_SingleThreadedBlas``'s lock), taking it even
+    from a user's own ``threadpool_limits`` block in another thread: the limit
+    is process-wide, and the conv running now needs it."""
     import threadpoolctl
 
     controller = getattr(threadpoolctl, "OpenBLASController", None)
     clear = getattr(controller, "clear_controlling_thread", None)
-    if clear is not None:  # older threadpoolctl: any thread may set limits
+    if clear is not None:  # older threadpoolctl: no such rule
         clear(force=True)
 
 
