@@ -3,15 +3,29 @@ call the Numba kernels in ``kernels.cpu``.
 
 Two ways of using the cores, one per kind of op:
 
-* The im2col + GEMM convs run chunks on ``lanes`` worker threads (one per
-  Numba thread), each calling serial, GIL-free kernels and single-threaded BLAS
-  (``run_chunks``). Parallel Numba regions alternating with multi-threaded BLAS
-  calls oversubscribe the cores: OpenBLAS's workers spin for a while after each
-  call, and on a 2-core machine that made a conv up to ten times slower.
+* The im2col + GEMM convs run chunks on ``lanes`` worker threads (as many per
+  call as the calling thread's Numba thread count), each calling serial,
+  GIL-free kernels and single-threaded BLAS (``run_chunks``). Parallel Numba
+  regions alternating with multi-threaded BLAS calls oversubscribe the cores:
+  OpenBLAS's workers spin for a while after each call, and on a 2-core machine
+  that made a conv up to ten times slower. The lanes are one process-wide pool
+  of ``NUMBA_NUM_THREADS`` threads (the most any Python thread may ask Numba
+  for), never resized or shut down, so Python threads with different Numba
+  thread counts share it safely.
 * grid_sample has no GEMM: its kernels are ``prange``-parallel. Numba's
   ``workqueue`` threading layer aborts the process when two Python threads
   enter parallel regions at once, so those calls take ``_launch_lock``; they
   already use every core, so serialising them costs nothing.
+
+Fork safety (PyTorch DataLoader workers, multiprocessing's 'fork'): unless the
+user chose one (``NUMBA_THREADING_LAYER`` or ``numba.config.THREADING_LAYER``),
+Numba is asked for a fork-safe threading layer (``forksafe``: TBB if installed,
+else ``workqueue``; GNU OpenMP, Numba's usual pick on Linux, kills a child
+forked after it started). This works only if Numba has not started its layer
+(a parallel function, ``numba.set_num_threads`` or ``get_num_threads`` does)
+before this module is imported, at the first CPU call. In a forked child, the
+lock, the lane pool and the BLAS limit are reset (``_after_fork_in_child``):
+their threads and owners did not survive the fork.
 """
 
 import concurrent.futures
@@ -30,6 +44,18 @@ from .kernels.cpu import deform as deform_kernels
 from .kernels.cpu import im2col as im2col_kernels
 from .kernels.cpu import layout as layout_kernels
 
+
+def _prefer_fork_safe_threading_layer():
+    """Ask Numba for a fork-safe threading layer, unless the user named one.
+    Numba reads the setting when its first parallel region (or thread-count
+    query) starts the layer; after that it changes nothing."""
+    if "NUMBA_THREADING_LAYER" not in os.environ and \
+            str(numba.config.THREADING_LAYER).lower() == "default":
+        numba.config.THREADING_LAYER = "forksafe"
+
+
+_prefer_fork_safe_threading_layer()
+
 _launch_lock = threading.Lock()
 
 
@@ -39,13 +65,38 @@ def column_budget():
 
 
 def column_lanes():
-    """Worker threads for the im2col + GEMM convs: Numba's thread count."""
+    """Worker threads for the im2col + GEMM convs: Numba's thread count (the
+    calling Python thread's own, as set by ``numba.set_num_threads``)."""
     return numba.get_num_threads()
+
+
+def _clear_openblas_controlling_thread():
+    """Let the calling thread set a process-wide OpenBLAS limit.
+
+    Recent threadpoolctl (3.8 here) lets only one Python thread, the first to set
+    an OpenBLAS (pthreads) limit, change it until that thread leaves a ``with``
+    block, and silently ignores every other thread. Our limit is not set in a
+    ``with`` block, and is set and restored by whichever thread a conv runs on:
+    the first conv's thread kept control for good, and convs called from any
+    other thread left BLAS on all its threads. So control is cleared before and
+    after each change (under ``_SingleThreadedBlas``'s lock), taking it even
+    from a user's own ``threadpool_limits`` block in another thread: the limit
+    is process-wide, and the conv running now needs it."""
+    import threadpoolctl
+
+    controller = getattr(threadpoolctl, "OpenBLASController", None)
+    clear = getattr(controller, "clear_controlling_thread", None)
+    if clear is not None:  # older threadpoolctl: no such rule
+        clear(force=True)
 
 
 class _SingleThreadedBlas:
     """Process-wide 'BLAS on one thread' while any conv's lanes run (counted,
-    so that overlapping calls from several Python threads restore it once)."""
+    so that overlapping calls from several Python threads restore it once).
+
+    The process-wide limit covers BLAS libraries with one shared thread pool
+    (OpenBLAS on pthreads); libraries with per-thread limits (OpenBLAS on
+    OpenMP) are limited in each lane thread itself (``limit_this_lane``)."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -53,15 +104,20 @@ class _SingleThreadedBlas:
         self._limiter = None
         self._controller = None
 
+    def controller(self):
+        if self._controller is None:
+            from threadpoolctl import ThreadpoolController
+
+            self._controller = ThreadpoolController()
+        return self._controller
+
     @contextlib.contextmanager
     def __call__(self):
         with self._lock:
             if self._users == 0:
-                if self._controller is None:
-                    from threadpoolctl import ThreadpoolController
-
-                    self._controller = ThreadpoolController()
-                self._limiter = self._controller.limit(limits=1, user_api="blas")
+                _clear_openblas_controlling_thread()
+                self._limiter = self.controller().limit(limits=1, user_api="blas")
+                _clear_openblas_controlling_thread()
             self._users += 1
         try:
             yield
@@ -69,44 +125,94 @@ class _SingleThreadedBlas:
             with self._lock:
                 self._users -= 1
                 if self._users == 0:
-                    self._limiter.restore_original_limits()
-                    self._limiter = None
+                    self._restore()
+
+    def _restore(self):
+        _clear_openblas_controlling_thread()
+        self._limiter.restore_original_limits()
+        _clear_openblas_controlling_thread()
+        self._limiter = None
+
+    def limit_this_lane(self):
+        """One BLAS thread in the calling (lane) thread for the libraries whose
+        limits are per thread, where the caller's limit does not reach."""
+        for lib in self.controller().lib_controllers:
+            if lib.user_api == "blas" and getattr(lib, "threading_layer", None) == "openmp":
+                lib.set_num_threads(1)
+
+    def before_fork(self):
+        self._lock.acquire()  # no limit is half set or half restored at the fork
+
+    def after_fork_in_parent(self):
+        self._lock.release()
+
+    def after_fork_in_child(self):
+        """The calls that held the limit were in threads the child does not
+        have: give the child's BLAS its threads back."""
+        self._lock = threading.Lock()
+        if self._users:
+            self._users = 0
+            self._restore()
 
 
 single_threaded_blas = _SingleThreadedBlas()
 
 
 class _LanePool:
-    """Worker threads kept across calls: starting threads costs milliseconds,
-    and so does OpenBLAS's set-up the first time a new thread calls it. Made
-    again after a fork (threads do not survive one) or a thread-count change."""
+    """The lane threads, kept across calls: starting threads costs
+    milliseconds, and so does OpenBLAS's set-up the first time a new thread
+    calls it.
+
+    One pool of ``NUMBA_NUM_THREADS`` threads (the most ``numba.set_num_threads``
+    allows any Python thread) serves every call: a call submits as many tasks
+    as its caller's thread count, so a thread with fewer Numba threads uses
+    fewer lanes, and the pool is never resized or shut down under another
+    call. Lane tasks never submit lane tasks, so sharing cannot deadlock."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._pool = None
-        self._key = None
 
-    def get(self, lanes):
-        key = (os.getpid(), lanes)
+    def get(self):
         with self._lock:
-            if self._key != key:
-                # a pool inherited through fork has no threads: drop it unjoined
-                if self._pool is not None and self._key[0] == key[0]:
-                    self._pool.shutdown(wait=False)
+            if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(
-                    lanes, thread_name_prefix="defconv_np-lane")
-                self._key = key
+                    numba.config.NUMBA_NUM_THREADS, thread_name_prefix="defconv_np-lane",
+                    initializer=single_threaded_blas.limit_this_lane)
             return self._pool
+
+    def after_fork_in_child(self):
+        """The pool's threads did not survive the fork: drop it unjoined."""
+        self._lock = threading.Lock()
+        self._pool = None
 
 
 _lane_pool = _LanePool()
 
 
+def _after_fork_in_child():
+    global _launch_lock
+    _launch_lock = threading.Lock()  # its holder, if any, was a parent thread
+    _lane_pool.after_fork_in_child()
+    single_threaded_blas.after_fork_in_child()
+
+
+os.register_at_fork(before=single_threaded_blas.before_fork,
+                    after_in_parent=single_threaded_blas.after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
+
 def _run_on_lanes(tasks):
     """Run the callables on the lane threads; wait for all of them before
-    raising the first error, so none is still running when the caller unwinds."""
-    futures = [_lane_pool.get(column_lanes()).submit(task) for task in tasks]
-    concurrent.futures.wait(futures)
+    raising the first error, so none is still running when the caller unwinds
+    (even if a submission fails part-way)."""
+    pool = _lane_pool.get()
+    futures = []
+    try:
+        for task in tasks:
+            futures.append(pool.submit(task))
+    finally:
+        concurrent.futures.wait(futures)
     for future in futures:
         future.result()
 
