@@ -28,6 +28,8 @@ import sys
 import time
 import traceback
 
+import numpy as np
+
 # DEFCONV_BENCH_ROOT: the folder holding the defconv_np to time (another
 # version side by side in the same session); default this checkout
 sys.path.insert(0, os.environ.get("DEFCONV_BENCH_ROOT") or os.path.join(os.path.dirname(__file__), ".."))
@@ -48,6 +50,8 @@ GRID_SHAPES = [(16, 64, 128, 128), (64, 256, 32, 32)]
 GRID_PADDING_MODES = ("zeros", "border")
 # (N, C, O, H, W, k, padding, dilation): the first deform shape, dilated
 CONV_SHAPES = [(16, 256, 256, 64, 64, 3, 2, 2)]
+# (N, heads M, head dim D, levels (H, W), points P): Deformable DETR's encoder
+ATTENTION_SHAPES = [(2, 8, 32, ((64, 64), (32, 32), (16, 16), (8, 8)), 4)]
 
 DEFORM_NEEDS = ("input", "offset", "mask", "weight")
 PASSES = ("forward", "forward+backward")
@@ -645,6 +649,69 @@ class Bench:
 
     # ---- conv2d
 
+    def attention(self, spec):
+        n, heads, dim, shapes, points = spec
+        op = "ms_deform_attn"
+        shape = f"N{n} M{heads} D{dim} L{len(shapes)} P{points}"
+        config = "levels " + ",".join(f"{h}x{w}" for h, w in shapes)
+        peer_name = "ms_deform_attn_core_pytorch (grid_sample per level)"
+        self.guarded(op, shape, config, peer_name,
+                     lambda: self._attention(op, shape, config, peer_name, spec))
+
+    def _attention(self, op, shape, config, peer_name, spec):
+        torch, dc, cp, F = self.torch, self.dc, self.cp, self.F
+        n, heads, dim, shapes, points = spec
+        levels = len(shapes)
+        total = sum(h * w for h, w in shapes)
+        queries = total  # the encoder: every pixel queries
+        shapes_np = np.array(shapes, np.int64)
+        starts_np = np.concatenate([[0], np.cumsum(shapes_np.prod(1))[:-1]]).astype(np.int64)
+        shapes_cp, starts_cp = cp.asarray(shapes_np), cp.asarray(starts_np)
+        g = self.generator()
+        sets = []
+        for _ in range(self.args.rotations):
+            value = self.randn(g, (n, total, heads, dim))
+            loc = self.uniform(g, 0.0, 1.0, (n, queries, heads, levels, points, 2))
+            weights = torch.softmax(self.randn(g, (n, queries, heads, levels * points)), -1)
+            sets.append((value, loc, weights.view(n, queries, heads, levels, points)))
+        tgo = self.randn(g, (n, queries, heads * dim))
+        cgo = self.to_cupy(tgo)
+        csets = [tuple(self.to_cupy(t) for t in s) for s in sets]
+        gsets = [tuple(t.detach().requires_grad_(True) for t in s) for s in sets]
+
+        def ours_fwd(value, loc, weights):
+            return dc.ms_deform_attn(value, shapes_cp, starts_cp, loc, weights)
+
+        def ours_fb(value, loc, weights):
+            ours_fwd(value, loc, weights)
+            return dc.ms_deform_attn_backward(cgo, value, shapes_cp, starts_cp, loc, weights)
+
+        def peer_fwd(value, loc, weights):
+            with torch.no_grad():
+                return torch_ms_deform_attn(torch, F, value, shapes, loc, weights)
+
+        def peer_fb(value, loc, weights):
+            out = torch_ms_deform_attn(torch, F, value, shapes, loc, weights)
+            return torch.autograd.grad(out, (value, loc, weights), tgo)
+
+        def check():
+            errs = {"output": rel_err(cp, ours_fwd(*csets[0]), self.to_cupy(peer_fwd(*sets[0])))}
+            ours_g = ours_fb(*csets[0])
+            for name, pg in zip(("value", "sampling_locations", "attention_weights"),
+                                peer_fb(*gsets[0])):
+                errs[f"grad_{name}"] = rel_err(cp, getattr(ours_g, name), self.to_cupy(pg))
+            return {key: _round(v, 8) for key, v in errs.items()}
+
+        ins = [(n, total, heads, dim), (n, queries, heads, levels, points, 2),
+               (n, queries, heads, levels, points)]
+        outs = [(n, queries, heads * dim)]
+        nbytes = {p: pass_bytes(ins, outs, ins, p) for p in PASSES}
+        self.run_case(op, shape, config, peer_name, {}, nbytes,
+                      {"forward": ours_fwd, "forward+backward": ours_fb},
+                      {"forward": peer_fwd, "forward+backward": peer_fb},
+                      {"forward": csets, "forward+backward": csets},
+                      {"forward": sets, "forward+backward": gsets}, check)
+
     def conv(self, spec):
         n, c, o, h, w, k, pad, dil = spec
         op = "conv2d"
@@ -703,6 +770,26 @@ class Bench:
                       {"forward": sets, "forward+backward": gsets}, check)
 
 
+def torch_ms_deform_attn(torch, F, value, shapes, locations, weights):
+    """Deformable DETR's pure-PyTorch reference (``ms_deform_attn_core_pytorch``),
+    written here from its documented semantics: each level sampled by
+    grid_sample(bilinear, zeros, align_corners=False) at ``2 * loc - 1``,
+    weighted and summed over levels and points."""
+    n, _, heads, dim = value.shape
+    _, queries, _, levels, points, _ = locations.shape
+    per_level = value.split([h * w for h, w in shapes], dim=1)
+    grids = 2 * locations - 1
+    sampled = []
+    for level, (h, w) in enumerate(shapes):
+        v = per_level[level].flatten(2).transpose(1, 2).reshape(n * heads, dim, h, w)
+        g = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (N*M, Lq, P, 2)
+        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros",
+                                     align_corners=False))  # (N*M, D, Lq, P)
+    a = weights.transpose(1, 2).reshape(n * heads, 1, queries, levels * points)
+    out = (torch.stack(sampled, dim=-2).flatten(-2) * a).sum(-1)  # (N*M, D, Lq)
+    return out.view(n, heads * dim, queries).transpose(1, 2).contiguous()
+
+
 def disable_tf32(torch):
     """Plain float32 in torch's GEMMs and cuDNN convs (cuDNN allows TF32 by default)."""
     try:
@@ -743,7 +830,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                       "gpu_h200.json"))
     parser.add_argument("--only", nargs="+", default=None,
-                        choices=("deform_conv2d", "grid_sample", "conv2d"),
+                        choices=("deform_conv2d", "grid_sample", "conv2d", "ms_deform_attn"),
                         help="run only these ops (default: all)")
     parser.add_argument("--column-budget-mib", type=float, default=None,
                         help="set defconv_np.config.cuda_column_budget_bytes for this run")
@@ -826,6 +913,12 @@ def main(argv=None):
     if wanted("conv2d"):
         for spec in CONV_SHAPES:
             safely(bench.conv, spec)
+    if wanted("ms_deform_attn"):
+        if hasattr(dc, "ms_deform_attn"):
+            for spec in ATTENTION_SHAPES:
+                safely(bench.attention, spec)
+        else:
+            print("note: defconv_np has no ms_deform_attn yet; skipped", flush=True)
 
     print()
     print(format_table(bench.rows))
