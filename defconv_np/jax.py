@@ -19,7 +19,8 @@ mapped axes into the batch axis N where the op is separable over the batch
 (every batched argument has N first and the shared ones, weight and bias, are
 not mapped), so a vmapped call is one call of the kernels. Where a shared
 argument is mapped, or a gradient summed over the batch (weight, bias) is
-wanted per mapped element, the callback loops over the mapped elements.
+wanted per mapped element, the callback loops over the mapped elements (as it
+does for grid_sample's grid gradient, whose rounding depends on the batch size).
 
 Devices: ``jax.pure_callback`` hands the callback host (CPU) arrays. On a GPU
 backend JAX copies every operand to the host and the results back, and the
@@ -360,8 +361,11 @@ def _grid_sample_op(mode, padding_mode, align_corners, out_shape, dtype):
                                              align_corners, needs=names)
             return tuple(getattr(grads, n) for n in names)
 
+        # The grid gradient adds partial sums over channel blocks whose split depends on
+        # the batch size, so a folded batch would round differently from single calls
+        # (float64); it is therefore computed per mapped element, like a loop would.
         results = _callback(backward_host, shapes, [grad_output, input, grid], (4, 4, 4),
-                            (True, True, True), (True,) * len(names))
+                            (True, True, True), tuple(n == "input" for n in names))
         found = dict(zip(names, results))
         return tuple(found.get(n) for n in GRID_SAMPLE_GRADS)
 
