@@ -80,21 +80,33 @@ def _float_dtype(**arrays):
     return np.dtype(common_float_dtype(**arrays))
 
 
-# --- callbacks under vmap ---------------------------------------------------------------------
+# --- callbacks --------------------------------------------------------------------------------
 
-def _run_mapped(function, arrays, base_ndims, per_example, outputs_per_example):
-    """Call ``function(*numpy_arrays)`` on arrays that may carry leading mapped axes.
+try:  # JAX >= 0.7: callbacks on XLA's own buffers, no copies in or out
+    from jax.experimental.buffer_callback import buffer_callback as _buffer_callback
+except ImportError:  # pragma: no cover - older JAX
+    _buffer_callback = None
 
-    ``arrays`` come from pure_callback with ``vmap_method="expand_dims"``: each
+#: How the kernels are called: "buffer" (jax.experimental.buffer_callback, where
+#: this JAX has it) hands the callback XLA's buffers as zero-copy NumPy views (CPU)
+#: or CuPy views (GPU, on XLA's stream) and the results are written into XLA's
+#: output buffers; "pure" (jax.pure_callback) copies the operands to the host and
+#: the results back. Read at trace time, so a test can switch it.
+CALLBACK = "buffer" if _buffer_callback is not None else "pure"
+
+
+def _run_mapped(xp, function, arrays, base_ndims, per_example, outputs_per_example):
+    """Call ``function(*arrays)`` on arrays that may carry leading mapped axes.
+
+    ``arrays`` come from a callback with ``vmap_method="expand_dims"``: each
     has the mapped axes of the vmaps around the call in front of its own
     ``base_ndims`` axes (size 1 where it is not mapped); None stays None.
     ``per_example`` marks the arguments whose first own axis is the batch N;
     ``outputs_per_example`` the results with N first. Where only such
     arguments are mapped and only such results come back, the mapped axes are
     folded into N and ``function`` runs once; otherwise once per mapped element.
-    Returns a tuple of NumPy arrays with the mapped axes in front.
+    Returns a tuple of arrays (of ``xp``) with the mapped axes in front.
     """
-    arrays = [None if a is None else np.asarray(a) for a in arrays]
     leads = [a.shape[:a.ndim - nd] for a, nd in zip(arrays, base_ndims) if a is not None]
     lead = np.broadcast_shapes(*leads)
     if not lead:
@@ -104,37 +116,75 @@ def _run_mapped(function, arrays, base_ndims, per_example, outputs_per_example):
                         for a, batch in zip(arrays, per_example))
     if not shared_mapped and all(outputs_per_example):
         folded = []
-        for a, nd, batch in zip(arrays, base_ndims, per_example):
+        for a, batch in zip(arrays, per_example):
             if a is None:
                 folded.append(None)
             elif batch:
                 own = a.shape[len(lead):]
-                folded.append(np.broadcast_to(a, lead + own).reshape((count * own[0],) + own[1:]))
+                folded.append(xp.broadcast_to(a, lead + own).reshape((count * own[0],) + own[1:]))
             else:
                 folded.append(a.reshape(a.shape[len(lead):]))
         results = function(*folded)
         return tuple(r.reshape(lead + (r.shape[0] // count,) + r.shape[1:]) for r in results)
-    spread = [None if a is None else np.broadcast_to(a, lead + a.shape[len(lead):])
+    spread = [None if a is None else xp.broadcast_to(a, lead + a.shape[len(lead):])
               for a in arrays]
     stacked = None
     for index in np.ndindex(*lead):
         results = function(*[None if a is None else a[index] for a in spread])
         if stacked is None:
-            stacked = [np.empty(lead + r.shape, r.dtype) for r in results]
+            stacked = [xp.empty(lead + r.shape, r.dtype) for r in results]
         for out, r in zip(stacked, results):
             out[index] = r
     return tuple(stacked)
 
 
+def _pure_host(function, layout, *arrays):
+    arrays = [None if a is None else np.asarray(a) for a in arrays]
+    return _run_mapped(np, function, arrays, *layout)
+
+
+def _is_gpu_buffer(buffer):
+    """Whether a buffer_callback Buffer lives on a GPU (there it has a CUDA array
+    interface; on CPU asking for one raises JAX's error, not AttributeError)."""
+    try:
+        buffer.__cuda_array_interface__
+    except Exception:
+        return False
+    return True
+
+
+def _buffer_host(function, layout, context, outputs, *buffers):
+    on_gpu = any(_is_gpu_buffer(b) for b in buffers if b is not None)
+    if not on_gpu:
+        arrays = [None if b is None else np.asarray(b) for b in buffers]
+        for out, result in zip(outputs, _run_mapped(np, function, arrays, *layout)):
+            np.asarray(out)[...] = result
+        return
+    import cupy  # only reached with GPU buffers, where CuPy is what runs the CUDA kernels
+
+    with cupy.cuda.ExternalStream(context.stream):
+        arrays = [None if b is None else cupy.asarray(b) for b in buffers]
+        for out, result in zip(outputs, _run_mapped(cupy, function, arrays, *layout)):
+            cupy.asarray(out)[...] = result
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_call(function, shapes, layout, method):
+    """The JAX callable that runs ``function`` through ``method`` (see CALLBACK);
+    cached so that eager calls find JAX's compiled callback again."""
+    if method == "buffer":
+        host = functools.partial(_buffer_host, function, layout)
+        return _buffer_callback(host, shapes, vmap_method=VMAP_METHOD)
+    host = functools.partial(_pure_host, function, layout)
+    return functools.partial(jax.pure_callback, host, shapes, vmap_method=VMAP_METHOD)
+
+
 def _callback(function, shapes, arrays, base_ndims, per_example, outputs_per_example):
-    """pure_callback of ``function`` over ``arrays`` (None entries are passed as None),
-    returning the tuple of results declared by ``shapes`` (jax.ShapeDtypeStruct)."""
-    host = functools.partial(_host_call, function, base_ndims, per_example, outputs_per_example)
-    return jax.pure_callback(host, tuple(shapes), *arrays, vmap_method=VMAP_METHOD)
-
-
-def _host_call(function, base_ndims, per_example, outputs_per_example, *arrays):
-    return _run_mapped(function, arrays, base_ndims, per_example, outputs_per_example)
+    """Call ``function`` on the host arrays of ``arrays`` (None entries are passed as
+    None), returning the tuple of results declared by ``shapes`` (jax.ShapeDtypeStruct).
+    ``function`` must be the same object for the same computation (cached)."""
+    layout = (tuple(base_ndims), tuple(per_example), tuple(outputs_per_example))
+    return _kernel_call(function, tuple(shapes), layout, CALLBACK)(*arrays)
 
 
 def _is_zero(cotangent):
@@ -183,6 +233,14 @@ def _deform_conv2d_op(stride, padding, dilation, out_shape, dtype):
     def forward_host(input, offset, weight, bias, mask):
         return (_np_deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask),)
 
+    @functools.lru_cache(maxsize=None)
+    def backward_host(names):
+        def host(grad_output, input, offset, weight, mask):
+            grads = _np_deform_conv2d_backward(grad_output, input, offset, weight, stride, padding,
+                                               dilation, mask, needs=names)
+            return tuple(getattr(grads, n) for n in names)
+        return host
+
     @jax.custom_vjp
     def op(input, offset, weight, bias, mask):
         (out,) = _callback(forward_host, [jax.ShapeDtypeStruct(out_shape, dtype)],
@@ -205,19 +263,14 @@ def _deform_conv2d_op(stride, padding, dilation, out_shape, dtype):
                       bias=jax.ShapeDtypeStruct((out_shape[1],), dtype))
         shapes = [_struct(arrays[n], dtype) for n in names]
 
-        def backward_host(grad_output, input, offset, weight, mask):
-            grads = _np_deform_conv2d_backward(grad_output, input, offset, weight, stride, padding,
-                                               dilation, mask, needs=names)
-            return tuple(getattr(grads, n) for n in names)
-
-        results = _callback(backward_host, shapes, [grad_output, input, offset, weight, mask],
+        results = _callback(backward_host(tuple(names)), shapes, [grad_output, input, offset, weight, mask],
                             (4, 4, 4, 4, 4), (True, True, True, False, True),
                             tuple(n not in ("weight", "bias") for n in names))
         found = dict(zip(names, results))
         return tuple(found.get(n) for n in _DEFORM_PRIMALS)
 
     op.defvjp(fwd, bwd, symbolic_zeros=True)
-    return op
+    return jax.jit(op)
 
 
 def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
@@ -263,6 +316,14 @@ def _conv2d_op(stride, padding, dilation, groups, out_shape, dtype):
     def forward_host(input, weight, bias):
         return (_np_conv2d(input, weight, bias, stride, padding, dilation, groups),)
 
+    @functools.lru_cache(maxsize=None)
+    def backward_host(names):
+        def host(grad_output, input, weight):
+            grads = _np_conv2d_backward(grad_output, input, weight, stride, padding, dilation,
+                                        groups, needs=names)
+            return tuple(getattr(grads, n) for n in names)
+        return host
+
     @jax.custom_vjp
     def op(input, weight, bias):
         (out,) = _callback(forward_host, [jax.ShapeDtypeStruct(out_shape, dtype)],
@@ -283,18 +344,13 @@ def _conv2d_op(stride, padding, dilation, groups, out_shape, dtype):
         arrays = dict(input=input, weight=weight, bias=jax.ShapeDtypeStruct((out_shape[1],), dtype))
         shapes = [_struct(arrays[n], dtype) for n in names]
 
-        def backward_host(grad_output, input, weight):
-            grads = _np_conv2d_backward(grad_output, input, weight, stride, padding, dilation,
-                                        groups, needs=names)
-            return tuple(getattr(grads, n) for n in names)
-
-        results = _callback(backward_host, shapes, [grad_output, input, weight], (4, 4, 4),
+        results = _callback(backward_host(tuple(names)), shapes, [grad_output, input, weight], (4, 4, 4),
                             (True, True, False), tuple(n == "input" for n in names))
         found = dict(zip(names, results))
         return tuple(found.get(n) for n in CONV2D_GRADS)
 
     op.defvjp(fwd, bwd, symbolic_zeros=True)
-    return op
+    return jax.jit(op)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -338,6 +394,14 @@ def _grid_sample_op(mode, padding_mode, align_corners, out_shape, dtype):
     def forward_host(input, grid):
         return (_np_grid_sample(input, grid, mode, padding_mode, align_corners),)
 
+    @functools.lru_cache(maxsize=None)
+    def backward_host(names):
+        def host(grad_output, input, grid):
+            grads = _np_grid_sample_backward(grad_output, input, grid, mode, padding_mode,
+                                             align_corners, needs=names)
+            return tuple(getattr(grads, n) for n in names)
+        return host
+
     @jax.custom_vjp
     def op(input, grid):
         (out,) = _callback(forward_host, [jax.ShapeDtypeStruct(out_shape, dtype)], [input, grid],
@@ -356,21 +420,16 @@ def _grid_sample_op(mode, padding_mode, align_corners, out_shape, dtype):
         arrays = dict(input=input, grid=grid)
         shapes = [_struct(arrays[n], dtype) for n in names]
 
-        def backward_host(grad_output, input, grid):
-            grads = _np_grid_sample_backward(grad_output, input, grid, mode, padding_mode,
-                                             align_corners, needs=names)
-            return tuple(getattr(grads, n) for n in names)
-
         # The grid gradient adds partial sums over channel blocks whose split depends on
         # the batch size, so a folded batch would round differently from single calls
         # (float64); it is therefore computed per mapped element, like a loop would.
-        results = _callback(backward_host, shapes, [grad_output, input, grid], (4, 4, 4),
+        results = _callback(backward_host(tuple(names)), shapes, [grad_output, input, grid], (4, 4, 4),
                             (True, True, True), tuple(n == "input" for n in names))
         found = dict(zip(names, results))
         return tuple(found.get(n) for n in GRID_SAMPLE_GRADS)
 
     op.defvjp(fwd, bwd, symbolic_zeros=True)
-    return op
+    return jax.jit(op)
 
 
 def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=False):
@@ -433,7 +492,7 @@ def _affine_grid_op(size, align_corners, dtype):
         return _callback(backward_host, [theta_shape], [grad_grid], (4,), (True,), (True,))
 
     op.defvjp(fwd, bwd, symbolic_zeros=True)
-    return op
+    return jax.jit(op)
 
 
 def affine_grid(theta, size, align_corners=False):
