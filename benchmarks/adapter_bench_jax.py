@@ -15,7 +15,8 @@ Each variant is warmed up (compiled), then the variants of a row run in turn,
 ``--repeats`` rounds, so machine noise hits them alike; the medians are
 reported with the overhead ``adapter / numpy - 1``.
 
-Run:  python benchmarks/adapter_bench_jax.py [--repeats 15] [--out benchmarks/results/adapter_jax.json]
+Run:  python benchmarks/adapter_bench_jax.py [--repeats 21]
+          [--out benchmarks/results/adapter_jax.json]
 """
 
 import argparse
@@ -54,7 +55,7 @@ def interleaved_medians(variants, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                       "adapter_jax.json"))
     args = parser.parse_args()
@@ -107,8 +108,9 @@ def main():
         "jax jit value_and_grad": lambda: jax.block_until_ready(value_and_grad(*jax_args)),
         "jax jit vjp": lambda: jax.block_until_ready(vjp(*jax_args)),
     }, args.repeats)
-    for op_name, medians, times in (("deform_conv2d v2 forward", forward, forward_times),
-                                    ("deform_conv2d v2 forward+backward", backward, backward_times)):
+    for op_name, medians, times in (
+            ("deform_conv2d v2 forward", forward, forward_times),
+            ("deform_conv2d v2 forward+backward", backward, backward_times)):
         base = medians["numpy"]
         for name, ms in medians.items():
             if name == "numpy":

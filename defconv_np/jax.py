@@ -6,13 +6,15 @@ signatures, and work under ``jax.jit``, ``jax.grad``, ``jax.value_and_grad``
 and ``jax.vmap``, in float32 and (with ``jax_enable_x64``) float64.
 
 Each op is a ``jax.custom_vjp`` whose forward and backward call defconv_np's
-NumPy functions through ``jax.pure_callback``, with result shapes and dtypes
-declared up front (``jax.ShapeDtypeStruct``). No maths lives here: the adapter
-checks arguments at trace time (with defconv_np's own checks, so errors name
-the argument as the NumPy functions do), converts, dispatches and registers
-the gradients. The backward asks defconv_np only for the gradients of the
-inputs JAX differentiates (``symbolic_zeros``: an input that is not perturbed,
-such as the data of a network, gets no gradient and costs nothing).
+functions through a JAX callback, with result shapes and dtypes declared up
+front (``jax.ShapeDtypeStruct``): ``jax.experimental.buffer_callback`` where
+this JAX has it (zero-copy views of XLA's buffers), else ``jax.pure_callback``.
+No maths lives here: the adapter checks arguments at trace time (with
+defconv_np's own checks, so errors name the argument as the NumPy functions
+do), converts, dispatches and registers the gradients. The backward asks
+defconv_np only for the gradients of the inputs JAX differentiates
+(``symbolic_zeros``: an input that is not perturbed, such as the data of a
+network, gets no gradient and costs nothing).
 
 ``vmap``: the callbacks use ``vmap_method="expand_dims"``, and fold the
 mapped axes into the batch axis N where the op is separable over the batch
@@ -22,9 +24,13 @@ argument is mapped, or a gradient summed over the batch (weight, bias) is
 wanted per mapped element, the callback loops over the mapped elements (as it
 does for grid_sample's grid gradient, whose rounding depends on the batch size).
 
-Devices: ``jax.pure_callback`` hands the callback host (CPU) arrays. On a GPU
-backend JAX copies every operand to the host and the results back, and the
-NumPy kernels run on the CPU; see the README's "Use it in JAX".
+Devices: on CPU the kernels read XLA's buffers in place and their results are
+copied once into XLA's output buffers. On a GPU, buffer_callback hands over
+device buffers: they are wrapped as CuPy arrays (no copy) and the CUDA kernels
+run on XLA's stream (not yet run on a GPU: see the README's "Use it in JAX").
+Through ``jax.pure_callback`` (older JAX, or ``CALLBACK = "pure"``) JAX copies
+every operand to the host and the results back, and the NumPy kernels run on
+the CPU.
 """
 
 import functools
@@ -54,7 +60,7 @@ from .spatial import (
 
 __all__ = ["affine_grid", "conv2d", "deform_conv2d", "grid_sample"]
 
-#: How pure_callback is batched: the callback sees mapped axes in front
+#: How the callbacks are batched: the callback sees mapped axes in front
 #: (size 1 for unmapped arguments) and folds or loops itself (see _run_mapped).
 VMAP_METHOD = "expand_dims"
 
@@ -72,7 +78,8 @@ def _as_array(value, name, *, optional=False):
         return jax.numpy.asarray(value)
     cls = type(value)
     raise TypeError(f"{name} must be a jax.Array or numpy.ndarray, got "
-                    f"{cls.__module__}.{cls.__qualname__}: convert it with jax.numpy.asarray({name})")
+                    f"{cls.__module__}.{cls.__qualname__}: "
+                    f"convert it with jax.numpy.asarray({name})")
 
 
 def _float_dtype(**arrays):
@@ -91,7 +98,8 @@ except ImportError:  # pragma: no cover - older JAX
 #: this JAX has it) hands the callback XLA's buffers as zero-copy NumPy views (CPU)
 #: or CuPy views (GPU, on XLA's stream) and the results are written into XLA's
 #: output buffers; "pure" (jax.pure_callback) copies the operands to the host and
-#: the results back. Read at trace time, so a test can switch it.
+#: the results back. Read at each call of an op (each op is built and jit'ed per
+#: method), so a test can switch it.
 CALLBACK = "buffer" if _buffer_callback is not None else "pure"
 
 
@@ -179,12 +187,13 @@ def _kernel_call(function, shapes, layout, method):
     return functools.partial(jax.pure_callback, host, shapes, vmap_method=VMAP_METHOD)
 
 
-def _callback(function, shapes, arrays, base_ndims, per_example, outputs_per_example):
-    """Call ``function`` on the host arrays of ``arrays`` (None entries are passed as
-    None), returning the tuple of results declared by ``shapes`` (jax.ShapeDtypeStruct).
-    ``function`` must be the same object for the same computation (cached)."""
+def _callback(method, function, shapes, arrays, base_ndims, per_example, outputs_per_example):
+    """Call ``function`` through ``method`` (see CALLBACK) on the host arrays of
+    ``arrays`` (None entries are passed as None), returning the tuple of results
+    declared by ``shapes`` (jax.ShapeDtypeStruct). ``function`` must be the same
+    object for the same computation (the JAX callables are cached on it)."""
     layout = (tuple(base_ndims), tuple(per_example), tuple(outputs_per_example))
-    return _kernel_call(function, tuple(shapes), layout, CALLBACK)(*arrays)
+    return _kernel_call(function, tuple(shapes), layout, method)(*arrays)
 
 
 def _is_zero(cotangent):
@@ -199,7 +208,8 @@ class _Wanted:
         self.names = tuple(names)
 
 
-jax.tree_util.register_pytree_node(_Wanted, lambda w: ((), w.names), lambda names, _: _Wanted(names))
+jax.tree_util.register_pytree_node(_Wanted, lambda w: ((), w.names),
+                                   lambda names, _: _Wanted(names))
 
 
 def _perturbed(names, primals):
@@ -219,12 +229,12 @@ def _struct(array, dtype):
 
 # --- deform_conv2d ----------------------------------------------------------------------------
 
-#: The differentiable inputs in the order of the signature (DeformConv2dGrads orders them otherwise).
+#: The differentiable inputs in signature order (DeformConv2dGrads orders them otherwise).
 _DEFORM_PRIMALS = ("input", "offset", "weight", "bias", "mask")
 
 
 @functools.lru_cache(maxsize=None)
-def _deform_conv2d_op(stride, padding, dilation, out_shape, dtype):
+def _deform_conv2d_op(stride, padding, dilation, out_shape, dtype, method):
     dtype = np.dtype(dtype)
     # input, offset, weight, bias, mask: base ndims and whether N comes first
     base_ndims = (4, 4, 4, 1, 4)
@@ -243,7 +253,7 @@ def _deform_conv2d_op(stride, padding, dilation, out_shape, dtype):
 
     @jax.custom_vjp
     def op(input, offset, weight, bias, mask):
-        (out,) = _callback(forward_host, [jax.ShapeDtypeStruct(out_shape, dtype)],
+        (out,) = _callback(method, forward_host, [jax.ShapeDtypeStruct(out_shape, dtype)],
                            [input, offset, weight, bias, mask], base_ndims, per_example, (True,))
         return out
 
@@ -262,9 +272,9 @@ def _deform_conv2d_op(stride, padding, dilation, out_shape, dtype):
         arrays = dict(input=input, offset=offset, mask=mask, weight=weight,
                       bias=jax.ShapeDtypeStruct((out_shape[1],), dtype))
         shapes = [_struct(arrays[n], dtype) for n in names]
-
-        results = _callback(backward_host(tuple(names)), shapes, [grad_output, input, offset, weight, mask],
-                            (4, 4, 4, 4, 4), (True, True, True, False, True),
+        results = _callback(method, backward_host(tuple(names)), shapes,
+                            [grad_output, input, offset, weight, mask], (4, 4, 4, 4, 4),
+                            (True, True, True, False, True),
                             tuple(n not in ("weight", "bias") for n in names))
         found = dict(zip(names, results))
         return tuple(found.get(n) for n in _DEFORM_PRIMALS)
@@ -303,14 +313,15 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     mask = _as_array(mask, "mask", optional=True)
     dtype = _float_dtype(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
     geom = _check_deform(input, offset, weight, bias, mask, stride, padding, dilation)
-    op = _deform_conv2d_op(geom.stride, geom.padding, geom.dilation, geom.out_shape, dtype.str)
+    op = _deform_conv2d_op(geom.stride, geom.padding, geom.dilation, geom.out_shape, dtype.str,
+                          CALLBACK)
     return op(input, offset, weight, bias, mask)
 
 
 # --- conv2d -----------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def _conv2d_op(stride, padding, dilation, groups, out_shape, dtype):
+def _conv2d_op(stride, padding, dilation, groups, out_shape, dtype, method):
     dtype = np.dtype(dtype)
 
     def forward_host(input, weight, bias):
@@ -326,7 +337,7 @@ def _conv2d_op(stride, padding, dilation, groups, out_shape, dtype):
 
     @jax.custom_vjp
     def op(input, weight, bias):
-        (out,) = _callback(forward_host, [jax.ShapeDtypeStruct(out_shape, dtype)],
+        (out,) = _callback(method, forward_host, [jax.ShapeDtypeStruct(out_shape, dtype)],
                            [input, weight, bias], (4, 4, 1), (True, False, False), (True,))
         return out
 
@@ -343,9 +354,9 @@ def _conv2d_op(stride, padding, dilation, groups, out_shape, dtype):
             return (None,) * 3
         arrays = dict(input=input, weight=weight, bias=jax.ShapeDtypeStruct((out_shape[1],), dtype))
         shapes = [_struct(arrays[n], dtype) for n in names]
-
-        results = _callback(backward_host(tuple(names)), shapes, [grad_output, input, weight], (4, 4, 4),
-                            (True, True, False), tuple(n == "input" for n in names))
+        results = _callback(method, backward_host(tuple(names)), shapes,
+                            [grad_output, input, weight], (4, 4, 4), (True, True, False),
+                            tuple(n == "input" for n in names))
         found = dict(zip(names, results))
         return tuple(found.get(n) for n in CONV2D_GRADS)
 
@@ -381,14 +392,14 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     geom = conv_geometry(input, weight, bias, stride, padding, dilation, groups)
     check_padded_input(geom, dtype.itemsize)
     op = _conv2d_op(geom.stride, geom.padding, geom.dilation, geom.groups, geom.out_shape,
-                    dtype.str)
+                    dtype.str, CALLBACK)
     return op(input, weight, bias)
 
 
 # --- grid_sample ------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def _grid_sample_op(mode, padding_mode, align_corners, out_shape, dtype):
+def _grid_sample_op(mode, padding_mode, align_corners, out_shape, dtype, method):
     dtype = np.dtype(dtype)
 
     def forward_host(input, grid):
@@ -404,8 +415,8 @@ def _grid_sample_op(mode, padding_mode, align_corners, out_shape, dtype):
 
     @jax.custom_vjp
     def op(input, grid):
-        (out,) = _callback(forward_host, [jax.ShapeDtypeStruct(out_shape, dtype)], [input, grid],
-                           (4, 4), (True, True), (True,))
+        (out,) = _callback(method, forward_host, [jax.ShapeDtypeStruct(out_shape, dtype)],
+                           [input, grid], (4, 4), (True, True), (True,))
         return out
 
     def fwd(input, grid):
@@ -423,8 +434,8 @@ def _grid_sample_op(mode, padding_mode, align_corners, out_shape, dtype):
         # The grid gradient adds partial sums over channel blocks whose split depends on
         # the batch size, so a folded batch would round differently from single calls
         # (float64); it is therefore computed per mapped element, like a loop would.
-        results = _callback(backward_host(tuple(names)), shapes, [grad_output, input, grid], (4, 4, 4),
-                            (True, True, True), tuple(n == "input" for n in names))
+        results = _callback(method, backward_host(tuple(names)), shapes, [grad_output, input, grid],
+                            (4, 4, 4), (True, True, True), tuple(n == "input" for n in names))
         found = dict(zip(names, results))
         return tuple(found.get(n) for n in GRID_SAMPLE_GRADS)
 
@@ -458,13 +469,15 @@ def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corner
     dtype = _float_dtype(input=input, grid=grid)
     modes = _check_sample(input, grid, mode, padding_mode, align_corners)
     out_shape = (input.shape[0], input.shape[1], grid.shape[1], grid.shape[2])
-    return _grid_sample_op(mode, padding_mode, modes.align_corners, out_shape, dtype.str)(input, grid)
+    op = _grid_sample_op(mode, padding_mode, modes.align_corners, out_shape, dtype.str,
+                         CALLBACK)
+    return op(input, grid)
 
 
 # --- affine_grid ------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def _affine_grid_op(size, align_corners, dtype):
+def _affine_grid_op(size, align_corners, dtype, method):
     dtype = np.dtype(dtype)
     _, channels, height, width = size
 
@@ -479,7 +492,7 @@ def _affine_grid_op(size, align_corners, dtype):
     @jax.custom_vjp
     def op(theta):
         grid_shape = jax.ShapeDtypeStruct((size[0], height, width, 2), dtype)
-        (grid,) = _callback(forward_host, [grid_shape], [theta], (3,), (True,), (True,))
+        (grid,) = _callback(method, forward_host, [grid_shape], [theta], (3,), (True,), (True,))
         return grid
 
     def fwd(theta):
@@ -489,14 +502,14 @@ def _affine_grid_op(size, align_corners, dtype):
         if _is_zero(grad_grid):
             return (None,)
         theta_shape = jax.ShapeDtypeStruct((size[0], 2, 3), dtype)
-        return _callback(backward_host, [theta_shape], [grad_grid], (4,), (True,), (True,))
+        return _callback(method, backward_host, [theta_shape], [grad_grid], (4,), (True,), (True,))
 
     op.defvjp(fwd, bwd, symbolic_zeros=True)
     return jax.jit(op)
 
 
 def affine_grid(theta, size, align_corners=False):
-    """Sampling grid of a batch of affine maps on JAX arrays, as ``torch.nn.functional.affine_grid``.
+    """Sampling grid of affine maps on JAX arrays, as ``torch.nn.functional.affine_grid``.
 
     Parameters
     ----------
@@ -520,4 +533,4 @@ def affine_grid(theta, size, align_corners=False):
     size = _output_size(size, dtype.itemsize)
     _validate.shape_equals(theta, "theta", (size[0], 2, 3), "(N, 2, 3) for size (N, C, H, W)")
     align_corners = _validate.flag(align_corners, "align_corners")
-    return _affine_grid_op(size, align_corners, dtype.str)(theta)
+    return _affine_grid_op(size, align_corners, dtype.str, CALLBACK)(theta)
