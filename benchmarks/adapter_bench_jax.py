@@ -14,7 +14,11 @@ C=O=64, 64x64, 3x3, padding 1; see cpu_bench.py), on CPU JAX:
 Each variant is warmed up (compiled), then the variants of a row run in turn,
 ``--repeats`` rounds, so machine noise hits them alike; the medians are
 reported with the overhead ``adapter / numpy - 1``, and the minima with theirs
-(less sensitive to other processes on a shared machine).
+(less sensitive to other processes on a shared machine). On a busy machine
+both swing by +-10%; the adapter's own cost is also measured within each
+call, as the call's time minus the time spent inside defconv_np's functions
+("outside numpy": conversion, the copy of the results into XLA's buffers,
+JAX's dispatch and, for value_and_grad, the loss and its cotangent).
 
 Run:  python benchmarks/adapter_bench_jax.py [--repeats 21]
           [--out benchmarks/results/adapter_jax.json]
@@ -40,18 +44,40 @@ import defconv_np.jax as dj  # noqa: E402
 N, C, O, H, W, K, PAD = 8, 64, 64, 64, 64, 3, 1
 
 
-def interleaved_medians(variants, repeats):
+class KernelClock:
+    """Milliseconds spent inside defconv_np's functions while the adapter runs
+    (they wrap the functions that defconv_np.jax calls)."""
+
+    def __init__(self):
+        self.ms = 0.0
+
+    def wrap(self, function):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.ms += (time.perf_counter() - t0) * 1e3
+        return timed
+
+
+def interleaved_medians(variants, repeats, clock):
     """Median milliseconds of each ``name -> fn`` after one warm-up call each,
-    timed in turn for ``repeats`` rounds."""
+    timed in turn for ``repeats`` rounds; and of each call's time outside the
+    NumPy functions (``clock``), the adapter's own cost measured within one call."""
     for fn in variants.values():
         fn()
     times = {name: [] for name in variants}
+    outside = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
+            clock.ms = 0.0
             t0 = time.perf_counter()
             fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}, times
+            total = (time.perf_counter() - t0) * 1e3
+            times[name].append(total)
+            outside[name].append(total - clock.ms)
+    return {name: statistics.median(t) for name, t in times.items()}, times, outside
 
 
 def main():
@@ -98,20 +124,23 @@ def main():
     for name, grad in zip(("input", "offset", "weight", "bias", "mask"), grads):
         assert np.array_equal(np.asarray(grad), getattr(expected, name)), name
 
+    clock = KernelClock()
+    dj._np_deform_conv2d = clock.wrap(dj._np_deform_conv2d)
+    dj._np_deform_conv2d_backward = clock.wrap(dj._np_deform_conv2d_backward)
     rows = []
-    forward, forward_times = interleaved_medians({
+    forward, forward_times, forward_outside = interleaved_medians({
         "numpy": numpy_forward,
         "jax jit": lambda: forward_jit(*jax_args).block_until_ready(),
         "jax eager": lambda: op(*jax_args).block_until_ready(),
-    }, args.repeats)
-    backward, backward_times = interleaved_medians({
+    }, args.repeats, clock)
+    backward, backward_times, backward_outside = interleaved_medians({
         "numpy": numpy_forward_backward,
         "jax jit value_and_grad": lambda: jax.block_until_ready(value_and_grad(*jax_args)),
         "jax jit vjp": lambda: jax.block_until_ready(vjp(*jax_args)),
-    }, args.repeats)
-    for op_name, medians, times in (
-            ("deform_conv2d v2 forward", forward, forward_times),
-            ("deform_conv2d v2 forward+backward", backward, backward_times)):
+    }, args.repeats, clock)
+    for op_name, medians, times, outside in (
+            ("deform_conv2d v2 forward", forward, forward_times, forward_outside),
+            ("deform_conv2d v2 forward+backward", backward, backward_times, backward_outside)):
         base = medians["numpy"]
         for name, ms in medians.items():
             if name == "numpy":
@@ -122,6 +151,9 @@ def main():
                          "adapter_min_ms": round(fastest, 2),
                          "numpy_min_ms": round(fastest_base, 2),
                          "overhead_of_minima": round(fastest / fastest_base - 1, 4),
+                         "outside_numpy_ms": round(statistics.median(outside[name]), 2),
+                         "outside_over_numpy_min": round(
+                             statistics.median(outside[name]) / fastest_base, 4),
                          "adapter_times_ms": [round(t, 2) for t in times[name]],
                          "numpy_times_ms": [round(t, 2) for t in times["numpy"]]})
     result = {
@@ -138,7 +170,8 @@ def main():
         print(f"{row['op']:34s} {row['variant']:23s} median {row['adapter_ms']:7.2f} ms "
               f"(numpy {row['numpy_ms']:7.2f}) {row['overhead']:+6.1%}   "
               f"min {row['adapter_min_ms']:7.2f} ms (numpy {row['numpy_min_ms']:7.2f}) "
-              f"{row['overhead_of_minima']:+6.1%}")
+              f"{row['overhead_of_minima']:+6.1%}   outside numpy "
+              f"{row['outside_numpy_ms']:5.2f} ms ({row['outside_over_numpy_min']:+.1%} of min)")
 
 
 if __name__ == "__main__":
