@@ -75,6 +75,13 @@ def _as_array(value, name, *, optional=False):
     if isinstance(value, jax.Array):
         return value
     if type(value) in (np.ndarray, np.memmap):
+        # checked before conversion, which would turn int64 into int32 and, without
+        # x64 mode, float64 into float32: the error names the dtype that came
+        common_float_dtype(**{name: value})
+        if value.dtype == np.float64 and not jax.config.read("jax_enable_x64"):
+            raise TypeError(f"{name} is a float64 NumPy array but JAX's x64 mode is off, so "
+                            f"JAX would compute in float32: pass {name}.astype(numpy.float32) "
+                            f'or enable jax.config.update("jax_enable_x64", True)')
         return jax.numpy.asarray(value)
     cls = type(value)
     raise TypeError(f"{name} must be a jax.Array or numpy.ndarray, got "

@@ -422,6 +422,24 @@ def test_non_array_is_refused_with_a_conversion_hint():
         dj.grid_sample(arrays["input"], arrays["grid"].tolist())
 
 
+def test_numpy_arrays_are_checked_before_conversion():
+    arrays, static = conv_problem(np.random.default_rng(18), np.float32)
+    with pytest.raises(TypeError, match=r"weight must have dtype float32 or float64, got int64"):
+        conv_call(dj, dict(arrays, weight=arrays["weight"].astype(np.int64)), static)
+    with pytest.raises(TypeError, match=r"input is a float64 NumPy array but JAX's x64 mode is "
+                                        r"off"):
+        conv_call(dj, dict(arrays, input=arrays["input"].astype(np.float64)), static)
+    got = conv_call(dj, arrays, static)  # float32 NumPy arrays are taken as they are
+    np.testing.assert_array_equal(np.asarray(got), conv_call(dc, arrays, static))
+
+
+def test_float64_numpy_arrays_are_taken_in_x64_mode(x64):
+    arrays, static = conv_problem(np.random.default_rng(19), np.float64)
+    got = conv_call(dj, arrays, static)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(np.asarray(got), conv_call(dc, arrays, static))
+
+
 def test_bad_shapes_and_arguments_name_the_argument():
     arrays, static = deform_problem(np.random.default_rng(17), np.float32)
     with pytest.raises(ValueError, match=r"offset"):
