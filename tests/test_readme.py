@@ -23,4 +23,6 @@ def test_readme_example_runs(index):
     code = examples()[index]
     if "import torch" in code:
         pytest.importorskip("torch", reason="the interop example needs PyTorch")
+    if "import jax" in code:
+        pytest.importorskip("jax", reason="the JAX example needs JAX (tox -e jax runs it)")
     exec(compile(code, f"README example {index}", "exec"), {})
