@@ -20,8 +20,10 @@ class ActiveColumns:
         self.pad = (stencil.before, stencil.after)
         self.inp_pad = zero_padded(np, input, *self.pad)
         groups = stencil.present.shape[0] // n_k
-        self.common = (out_w, n_k, stride, stencil.taps, stencil.fracs, stencil.present,
-                       input.shape[1] // groups, input.dtype.type(1))
+        # column stride None for 1: the kernels then compile with contiguous slices
+        col_step = None if stride[1] == 1 else stride[1]
+        self.common = (out_w, n_k, stride[0], col_step, stencil.taps, stencil.fracs,
+                       stencil.present, input.shape[1] // groups, input.dtype.type(1))
 
     def fill(self, chunk, cols):
         active_kernels.active_im2col(self.inp_pad, chunk.n0, chunk.r0, *self.common, cols)
@@ -35,14 +37,11 @@ class ActiveColumns:
         """Rebuild the columns into ``cols`` (if given) and turn ``grad_cols``
         (if given) into input and offset gradients, in one pass."""
         want_grads = grad_cols is not None
-        want_input = want_grads and self.grad_pad is not None
         want_offset = want_grads and self.want_offset
-        sums = np.zeros((self.common[4].shape[0], 2) if want_offset else (1, 2), np.float64)
-        dummy = np.zeros((1, 1, 1), self.inp_pad.dtype)
+        sums = np.zeros((self.common[5].shape[0], 2), np.float64) if want_offset else None
         active_kernels.active_backward(
-            grad_cols if want_grads else cols, self.inp_pad, chunk.n0, chunk.r0, *self.common,
-            cols is not None, want_input, want_offset, dummy if cols is None else cols,
-            self.grad_pad if want_input else self.inp_pad, sums)
+            grad_cols, self.inp_pad, chunk.n0, chunk.r0, *self.common, cols,
+            self.grad_pad if want_grads else None, sums)
         if want_offset:
             self.offset_sums[(chunk.n0, chunk.r0)] = sums
 
@@ -52,7 +51,7 @@ class ActiveColumns:
     def offset_grad(self):
         """(G*K*2,) offset gradient: the chunks' float64 sums added in chunk
         order (independent of which worker ran which chunk)."""
-        total = np.zeros((self.common[4].shape[0], 2), np.float64)
+        total = np.zeros((self.common[5].shape[0], 2), np.float64)
         for key in sorted(self.offset_sums):
             total += self.offset_sums[key]
         return total.reshape(-1).astype(self.inp_pad.dtype)
