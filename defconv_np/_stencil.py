@@ -61,6 +61,13 @@ def plan(offset, geom):
     with np.errstate(invalid="ignore"):
         finite = np.isfinite(pairs).all(axis=1)
         floors = np.floor(pairs)
+        fractions = pairs - floors
+    # A tiny negative offset has a fraction that rounds to 1 (-1e-9 in float32):
+    # take the next cell with fraction 0 instead, the cell deform_conv2d picks
+    # where ``y_base + dy`` rounds to an integer, and keep fractions in [0, 1).
+    whole = fractions == 1
+    floors[whole] += 1
+    fractions[whole] = 0
     for gk in range(points):
         if not finite[gk]:
             continue
@@ -76,7 +83,7 @@ def plan(offset, geom):
             start.append((first, last))
         else:
             present[gk] = True
-            fracs[gk] = pairs[gk] - floors[gk]   # exact: x - floor(x) is representable
+            fracs[gk] = fractions[gk]
             starts.append((gk, start))
     before = [0, 0]
     after = [0, 0]

@@ -101,8 +101,10 @@ def active_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     Sampling is deform_conv2d's: zero-padded bilinear at ``y = ho*sh - ph +
     i*dh + dy``, ``x = wo*sw - pw + j*dw + dx``. The fast path splits each
     position into the integer ``floor(dy)`` and the fraction ``dy - floor(dy)``
-    (exact), where deform_conv2d rounds ``y`` once in the input dtype: the two
-    agree to rounding. A NaN or infinite offset, or one so large (1e30) that the
+    (in [0, 1): a fraction that rounds to 1 moves to the next cell), where
+    deform_conv2d rounds ``y`` once in the input dtype: the two agree to
+    rounding (for offsets within a rounding of an integer, the offset gradient
+    may come from the neighbouring cell, as the derivative jumps there). A NaN or infinite offset, or one so large (1e30) that the
     kernel point never reaches the image, makes that kernel point sample 0 with
     zero gradients, as in deform_conv2d. The offset is read on the host (one
     small device-to-host copy for CuPy arrays).

@@ -294,3 +294,20 @@ def test_validation_of_the_rest():
         dc.active_conv2d(x, off, w, stride=1.5)
     with pytest.raises(ValueError, match="bias"):
         dc.active_conv2d(x, off, w, np.zeros(3))
+
+
+def test_a_fraction_that_rounds_to_one_takes_the_next_cell():
+    """-1e-9 in float32: dy - floor(dy) rounds to 1; the stencil takes the cell
+    of 0 with fraction 0, as deform_conv2d does where y_base + dy rounds to
+    y_base (here every sample with a gradient has y_base, x_base >= 1)."""
+    rng = np.random.default_rng(10)
+    go = rng.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    go[:, :, 0, :] = 0
+    go[:, :, :, 0] = 0
+    p = ActiveProblem(rng.standard_normal((1, 2, 6, 6)).astype(np.float32),
+                      np.array([-1e-9, -1e-9], np.float32),
+                      rng.standard_normal((2, 2, 1, 1)).astype(np.float32), None, go, 1, 0, 1)
+    g = backward(p)
+    np.testing.assert_array_equal(g.offset, backward(p, offset=np.zeros(2, np.float32)).offset)
+    deform = dc.deform_conv2d_backward(go, p.input, p.broadcast_offset, p.weight, **p.hyper)
+    assert_same_up_to_summation_order(g.offset, deform.offset.sum(axis=(0, 2, 3)))
