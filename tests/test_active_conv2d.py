@@ -311,3 +311,23 @@ def test_a_fraction_that_rounds_to_one_takes_the_next_cell():
     np.testing.assert_array_equal(g.offset, backward(p, offset=np.zeros(2, np.float32)).offset)
     deform = dc.deform_conv2d_backward(go, p.input, p.broadcast_offset, p.weight, **p.hyper)
     assert_same_up_to_summation_order(g.offset, deform.offset.sum(axis=(0, 2, 3)))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_input_pixels_reach_what_deform_conv2d_reaches(value):
+    """The four taps touch an image pixel only for samples inside
+    deform_conv2d's window, which reads the same four corners: a NaN or inf
+    pixel spreads to the same outputs and gradients (0 * inf included)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 2, 5, 6))
+    x[0, 1, 2, 3] = value
+    x[0, 0, 0, 5] = value
+    p = ActiveProblem(x, rng.uniform(-1.5, 1.5, 2 * 9), rng.standard_normal((3, 2, 3, 3)), None,
+                      rng.standard_normal((1, 3, 5, 6)), 1, 1, 1)
+    with np.errstate(invalid="ignore"):
+        out, g = forward(p), backward(p)
+        ref = deform_reference(p)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref[0]))
+    np.testing.assert_array_equal(np.isnan(g.input), np.isnan(ref[1]))
+    assert np.isnan(out).any()
+    assert_close(out[np.isfinite(out)], ref[0][np.isfinite(ref[0])], dtype=np.float64)
