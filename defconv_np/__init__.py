@@ -6,6 +6,7 @@ is optional and imported only when a CuPy array arrives.
 """
 
 from . import config
+from .active import ActiveConv2dGrads, active_conv2d, active_conv2d_backward
 from .convolution import Conv2dGrads, conv2d, conv2d_backward
 from .deformable import DeformConv2dGrads, deform_conv2d, deform_conv2d_backward
 from .spatial import (
@@ -19,6 +20,9 @@ from .spatial import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActiveConv2dGrads",
+    "active_conv2d",
+    "active_conv2d_backward",
     "Conv2dGrads",
     "DeformConv2dGrads",
     "GridSampleGrads",

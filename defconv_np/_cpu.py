@@ -417,3 +417,6 @@ class GridSampler:
             grad_input[...] = cropped(np, grad_pad, self.input_shape, *SAMPLING_PAD)
         if want_grid:
             grad_grid[...] = partials.sum(axis=1).reshape(grad_grid.shape)
+
+
+from ._cpu_active import ActiveColumns  # noqa: E402,F401  (imports this module's run_chunks)

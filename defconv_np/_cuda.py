@@ -267,3 +267,6 @@ class GridSampler:
             grad_input[...] = cropped(xp, grad_pad, self.input_shape, *SAMPLING_PAD)
         if want_grid:
             grad_grid[...] = grid_out.reshape(grad_grid.shape)
+
+
+from ._cuda_active import ActiveColumns  # noqa: E402,F401  (imports this module's _Launch)

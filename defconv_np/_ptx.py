@@ -36,6 +36,9 @@ def _example_calls(dtype):
         out = dc.deform_conv2d(x, off, w, mask=m, **geometry)
         for det in (False, True):
             dc.deform_conv2d_backward(out, x, off, w, mask=m, deterministic=det, **geometry)
+    shared = rng.uniform(-1, 1, 2 * 9 * 2).astype(dtype)
+    out = dc.active_conv2d(x, shared, w, **geometry)
+    dc.active_conv2d_backward(out, x, shared, w, **geometry)
     grid = rng.uniform(-1.2, 1.2, (2, 3, 4, 2)).astype(dtype)
     for mode in ("bilinear", "nearest"):
         for padding_mode in ("zeros", "border", "reflection"):

@@ -6,7 +6,7 @@ import time
 import numba
 import numpy as np
 
-from . import convolution, deformable, spatial
+from . import active, convolution, deformable, spatial
 
 
 def backends():
@@ -80,6 +80,15 @@ def gradient_checks(seed=0):
                                          "weight": wd, "bias": b}, g._asdict(), rng):
         rows.append(("deform_conv2d",) + row)
 
+    shared = rng.integers(-2, 2, 2 * 2 * 9) + rng.uniform(0.2, 0.8, 2 * 2 * 9)
+    out = active.active_conv2d(x, shared, wd, b, **geometry)
+    g = active.active_conv2d_backward(go, x, shared, wd, **geometry)
+    for row in _directional_check(
+            lambda input, offset, weight, bias: np.sum(go * active.active_conv2d(
+                input, offset, weight, bias, **geometry)),
+            {"input": x, "offset": shared, "weight": wd, "bias": b}, g._asdict(), rng):
+        rows.append(("active_conv2d",) + row)
+
     # grid_sample through affine_grid: grid positions drawn away from pixel
     # centres and edges (the kinks), then theta's gradient by the chain rule.
     size = (2, 3, 6, 7)
@@ -124,6 +133,10 @@ def timings(repeats=5, seed=0):
                                                                    mask=mask)),
         ("deform_conv2d backward", lambda: deformable.deform_conv2d_backward(
             go, x, off, wt, padding=1, mask=mask)),
+        ("active_conv2d forward", lambda: active.active_conv2d(x, off[0, :, 0, 0], wt,
+                                                               padding=1)),
+        ("active_conv2d backward", lambda: active.active_conv2d_backward(
+            go, x, off[0, :, 0, 0], wt, padding=1)),
         ("grid_sample forward", lambda: spatial.grid_sample(x, grid)),
         ("grid_sample backward", lambda: spatial.grid_sample_backward(gs_go, x, grid)),
     ]

@@ -411,3 +411,57 @@ def affine_problems(draw, *, dtypes=DTYPES, min_batch=0, max_batch=2, max_size=5
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     theta = np.eye(2, 3) + rng.uniform(-bound / 2, bound / 2, size=(batch, 2, 3))
     return theta.astype(dtype), size, draw(st.booleans())
+
+
+# --- active convolution ---
+
+
+@dataclasses.dataclass(frozen=True)
+class ActiveProblem:
+    """Arguments of one active_conv2d call (plus a grad_output for its backward)."""
+
+    input: np.ndarray
+    offset: np.ndarray  # (2*G*kh*kw,)
+    weight: np.ndarray
+    bias: object  # np.ndarray or None
+    grad_output: np.ndarray
+    stride: object
+    padding: object
+    dilation: object
+
+    @property
+    def hyper(self):
+        """stride/padding/dilation as keyword arguments."""
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+
+    @property
+    def dtype(self):
+        return self.input.dtype
+
+    @property
+    def broadcast_offset(self):
+        """The (N, 2*G*kh*kw, Ho, Wo) offset deform_conv2d takes for the same op."""
+        n, _, ho, wo = self.grad_output.shape
+        return np.ascontiguousarray(
+            np.broadcast_to(self.offset.reshape(1, -1, 1, 1), (n, self.offset.size, ho, wo)))
+
+
+@st.composite
+def active_problems(draw, *, dtypes=DTYPES, offset_styles=("uniform", "integer", "mixed"),
+                    geometry=None, bound=2.0):
+    """An active_conv2d call: geometry, then input, a shared offset, weight, bias, grad_output."""
+    geo = draw(geometry if geometry is not None else conv_geometries())
+    dtype = draw(st.sampled_from(dtypes))
+    style = draw(st.sampled_from(offset_styles))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    has_bias = draw(st.booleans())
+    return ActiveProblem(
+        input=uniform(rng, geo.input_shape, dtype),
+        offset=offsets(rng, (geo.offset_shape[1],), dtype, style=style, bound=bound),
+        weight=uniform(rng, geo.weight_shape, dtype),
+        bias=uniform(rng, (geo.out_channels,), dtype) if has_bias else None,
+        grad_output=uniform(rng, geo.output_shape, dtype),
+        stride=_as_argument(draw, geo.stride),
+        padding=_as_argument(draw, geo.padding),
+        dilation=_as_argument(draw, geo.dilation),
+    )
