@@ -280,6 +280,22 @@ def test_inputs_are_not_modified():
     assert all(torch.equal(a, b) for a, b in zip(inputs, copies))
 
 
+def test_cpu_tensors_reach_numpy_without_copies(monkeypatch):
+    seen = []
+    original = dc.conv2d
+
+    def recording(input, weight, bias=None, **kwargs):
+        seen.append((input, weight))
+        return original(input, weight, bias, **kwargs)
+
+    monkeypatch.setattr(dc, "conv2d", recording)
+    x, weight = non_contiguous(randn(1, 2, 5, 6)).requires_grad_(), randn(3, 2, 3, 3, seed=1)
+    dct.conv2d(x, weight)
+    ((x_array, weight_array),) = seen
+    assert x_array.ctypes.data == x.data_ptr() and weight_array.ctypes.data == weight.data_ptr()
+    assert x_array.strides == tuple(8 * step for step in x.stride())  # the layout, as it was
+
+
 # --- modules --------------------------------------------------------------------------
 
 
@@ -527,6 +543,108 @@ def test_distributed_data_parallel_matches_one_process(tmp_path):
             for name in want:
                 torch.testing.assert_close(got[name], want[name], rtol=1e-12, atol=1e-14,
                                            msg=name)
+
+
+# --- CUDA (run on a GPU: pytest -m cuda tests/test_torch.py) -------------------------------
+
+
+def cupy_or_skip():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU that PyTorch sees (torch.cuda.is_available() is False)")
+    return pytest.importorskip("cupy", reason="CUDA tensors run on CuPy: pip install -e .[cuda13] "
+                                              "or .[cuda12]")
+
+
+def to_cuda(tensors):
+    return tuple(None if t is None else t.detach().cuda().requires_grad_(t.requires_grad)
+                 for t in tensors)
+
+
+def forward_backward(fn, tensors, seed=11):
+    """The output and the gradients of every tensor requiring grad (on the CPU)."""
+    out = fn(*tensors)
+    out.backward(randn(*out.shape, seed=seed).to(out.device, out.dtype))
+    return [out.detach().cpu()] + [t.grad.cpu() for t in tensors
+                                   if t is not None and t.requires_grad]
+
+
+CUDA_CASES = {
+    "deform_conv2d": (lambda x, o, w, b, m: dct.deform_conv2d(x, o, w, b, padding=1, mask=m),
+                      lambda: requiring_grad(deform_case(groups=2, offset_groups=2)[0])),
+    "conv2d": (lambda x, w, b: dct.conv2d(x, w, b, stride=2, padding=1, groups=2),
+               lambda: requiring_grad((randn(2, 4, 7, 7), randn(6, 2, 3, 3, seed=1),
+                                       randn(6, seed=2)))),
+    "grid_sample": (lambda x, t: dct.grid_sample(x, dct.affine_grid(t, (2, 3, 5, 4)),
+                                                 padding_mode="reflection"),
+                    lambda: requiring_grad((randn(2, 3, 6, 7), 0.8 * randn(2, 2, 3, seed=1)))),
+}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("op", list(CUDA_CASES))
+def test_cuda_matches_cpu(op):
+    cupy_or_skip()
+    fn, make = CUDA_CASES[op]
+    cpu = forward_backward(fn, make())
+    cuda = forward_backward(fn, to_cuda(make()))
+    assert len(cuda) == len(cpu)
+    for got, want in zip(cuda, cpu):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.cuda
+def test_cuda_runs_on_torchs_current_stream_and_device_without_copies(monkeypatch):
+    cupy = cupy_or_skip()
+    seen = []
+    original = dc.deform_conv2d
+
+    def recording(input, offset, weight, bias=None, **kwargs):
+        seen.append((cupy.cuda.get_current_stream().ptr, cupy.cuda.Device().id, input.data.ptr,
+                     offset.data.ptr))
+        return original(input, offset, weight, bias, **kwargs)
+
+    monkeypatch.setattr(dc, "deform_conv2d", recording)
+    device = torch.device("cuda", torch.cuda.device_count() - 1)  # the last GPU, not the current
+    tensors, kw = deform_case()
+    x, offset, weight, bias, mask = (t.to(device) for t in tensors)
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        out = dct.deform_conv2d(x, offset, weight, bias, mask=mask, **kw)
+        expected_stream = torch.cuda.current_stream(device).cuda_stream
+    stream.synchronize()
+    assert seen == [(expected_stream, device.index, x.data_ptr(), offset.data_ptr())]
+    assert out.device == device
+    torch.testing.assert_close(out.cpu(), dct.deform_conv2d(*tensors[:4], mask=tensors[4], **kw),
+                               rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.cuda
+def test_cuda_mixed_devices_are_refused():
+    cupy_or_skip()
+    x, weight = randn(1, 2, 5, 5), randn(3, 2, 3, 3, seed=1)
+    with pytest.raises(ValueError, match="conv2d: all tensors must be on one device: weight is on "
+                                         "cuda:0 but input is on cpu"):
+        dct.conv2d(x, weight.to("cuda:0"))
+
+
+@pytest.mark.cuda
+def test_cuda_autocast_and_compile():
+    cupy_or_skip()
+    torch.manual_seed(0)
+    model = SpatialDCN().cuda()
+    x = randn(2, 2, 6, 6, seed=8).cuda()
+    eager_out, eager_grads = forward_and_grads(model, model, x)
+    torch._dynamo.reset()
+    out, grads = forward_and_grads(model, torch.compile(model, fullgraph=True,
+                                                        backend="aot_eager"), x)
+    assert torch.equal(out, eager_out)
+    for a, b in zip(grads, eager_grads):  # the CUDA input gradients add with atomics
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    xf, wf = randn(1, 2, 5, 5, dtype=torch.float32).cuda(), randn(3, 2, 3, 3, dtype=torch.float32)
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = dct.conv2d(xf.half(), wf.cuda())
+    assert out.dtype == torch.float32
 
 
 # --- the example ---------------------------------------------------------------------------
