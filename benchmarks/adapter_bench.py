@@ -1,6 +1,7 @@
 """Framework adapter overhead: defconv_np.torch's ops against the NumPy functions they call.
 
-Run:  python benchmarks/adapter_bench.py [--repeats 21] [--out benchmarks/results/adapter_torch.json]
+Run:  python benchmarks/adapter_bench.py [--repeats 21]
+                                         [--out benchmarks/results/adapter_torch.json]
 
 The CPU benchmark's shape (float32, N=8, C=O=64, 64x64, 3x3, padding 1):
 deform_conv2d v2 (with mask), conv2d, and grid_sample (zeros, at an affine
@@ -48,7 +49,8 @@ def make_cases(rng, shape, dtype=np.float32):
     out_hw = (h + 2 * pad - k + 1, w + 2 * pad - k + 1)
     cases = []
     for _ in range(ROTATIONS):
-        theta = np.stack([[[np.cos(a) * z, -np.sin(a) * z, 0.1], [np.sin(a) * z, np.cos(a) * z, -0.05]]
+        theta = np.stack([[[np.cos(a) * z, -np.sin(a) * z, 0.1],
+                           [np.sin(a) * z, np.cos(a) * z, -0.05]]
                           for a, z in zip(rng.uniform(-0.5, 0.5, n), rng.uniform(0.8, 1.2, n))])
         cases.append(dict(
             input=rng.standard_normal((n, c, h, w)).astype(dtype),

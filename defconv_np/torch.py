@@ -24,6 +24,9 @@ Conventions:
   inputs to float32 and return float32, as PyTorch does for its float32-only ops.
 - Gradients of gradients (double backward) are not supported: a second
   backward through an op's gradient raises RuntimeError.
+- ``torch.use_deterministic_algorithms(True)`` makes the CUDA input gradients
+  of deform_conv2d and grid_sample deterministic (``deterministic=True``); the
+  CPU kernels always are.
 - CUDA results are allocated by CuPy's memory pool, not PyTorch's caching
   allocator; they stay valid while the tensor lives.
 """
@@ -92,7 +95,8 @@ def _check_tensors(op, **tensors):
             raise TypeError(f"{op}: {name} must be a float32 or float64 tensor, "
                             f"got {tensor.dtype}{hint}")
         if tensor.device.type not in ("cpu", "cuda", "meta"):
-            raise ValueError(f"{op}: {name} must be a CPU or CUDA tensor, got device {tensor.device}")
+            raise ValueError(f"{op}: {name} must be a CPU or CUDA tensor, "
+                             f"got device {tensor.device}")
         if first is None:
             first = name, tensor
             continue
@@ -202,7 +206,8 @@ def _deform_conv2d_backward(grad_output: Tensor, input: Tensor, offset: Tensor, 
         grads = _dc.deform_conv2d_backward(
             _array(grad_output), _array(input), _array(offset), _array(weight),
             stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
-            mask=_array(mask), needs=[n for n, wanted in zip(names, needs) if wanted])
+            mask=_array(mask), needs=[n for n, wanted in zip(names, needs) if wanted],
+            deterministic=torch.are_deterministic_algorithms_enabled())
         return tuple(_empty_like_none(input) if g is None else _tensor(g) for g in grads)
 
 
@@ -390,7 +395,8 @@ def _grid_sample_backward(grad_output: Tensor, input: Tensor, grid: Tensor, mode
         grads = _dc.grid_sample_backward(
             _array(grad_output), _array(input), _array(grid), mode=mode,
             padding_mode=padding_mode, align_corners=align_corners,
-            needs=[n for n, wanted in zip(names, needs) if wanted])
+            needs=[n for n, wanted in zip(names, needs) if wanted],
+            deterministic=torch.are_deterministic_algorithms_enabled())
         return tuple(_empty_like_none(input) if g is None else _tensor(g) for g in grads)
 
 

@@ -165,6 +165,29 @@ def test_backward_asks_only_for_the_gradients_autograd_needs(monkeypatch, wanted
     assert all((inputs[n].grad is not None) == (n in wanted) for n in names)
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_deterministic_algorithms_reach_the_backward_functions(monkeypatch, deterministic):
+    seen = []
+    for name in ("deform_conv2d_backward", "grid_sample_backward"):
+        original = getattr(dc, name)
+
+        def recording(*args, deterministic, _original=original, **kwargs):
+            seen.append(deterministic)
+            return _original(*args, deterministic=deterministic, **kwargs)
+
+        monkeypatch.setattr(dc, name, recording)
+    tensors, kw = deform_case()
+    x, offset, weight, bias, mask = requiring_grad(tensors)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        dct.deform_conv2d(x, offset, weight, bias, mask=mask, **kw).sum().backward()
+        dct.grid_sample(x, smooth_grid(2, 3, 3, 6, 7)).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert seen == [deterministic, deterministic]
+
+
 # --- the same numbers as the NumPy functions ------------------------------------------
 
 
