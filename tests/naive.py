@@ -362,6 +362,7 @@ def naive_ms_deform_attn_grads(grad_output, value, spatial_shapes, sampling_loca
             grad_loc[n, q, m, lv, p, 0] += a[n, q, m, lv, p] * g * d_dx * w
             grad_loc[n, q, m, lv, p, 1] += a[n, q, m, lv, p] * g * d_dy * h
     grad_value = np.concatenate(
-        [gp.transpose(0, 3, 4, 1, 2).reshape(n_batch, -1, n_heads, depth) for gp in grad_planes],
+        [gp.transpose(0, 3, 4, 1, 2).reshape(n_batch, gp.shape[3] * gp.shape[4], n_heads, depth)
+         for gp in grad_planes],
         axis=1)
     return {"value": grad_value, "sampling_locations": grad_loc, "attention_weights": grad_a}
