@@ -33,7 +33,7 @@ class MSDeformAttn:
         """Write the result into ``out`` (N, Lq, M*D), C-contiguous."""
         n, n_query, n_heads = self.weights.shape[:3]
         with _cpu._launch_lock:
-            kernels.ms_deform_attn(*self._common(), _cpu.work_blocks(n, n_query),
+            kernels.ms_deform_attn(*self._common(), _cpu.work_blocks(n * n_heads, n_query),
                                    out.reshape(n, n_query, n_heads, -1))
 
     def backward(self, grad_output, grad_value, grad_locations, grad_weights):

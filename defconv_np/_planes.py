@@ -121,35 +121,39 @@ def deform_sampling(xp, input, offset, mask, kernel, stride, padding, dilation, 
 
 def padded_levels(xp, value, shapes):
     """``value`` (N, S, M, D), its levels concatenated row-major, as zero-padded
-    planes laid end to end, (N, Sp, M, D) with ``Sp = sum (H_l + 3) (W_l + 3)``
-    (the border of ``kernels.sampling``), C-contiguous; converts any layout in
-    the same pass. Also returns each level's first padded row."""
+    planes laid end to end per head, (N, M, Sp, D) with ``Sp = sum (H_l + 3)
+    (W_l + 3)`` (the border of ``kernels.sampling``), C-contiguous: a head's
+    levels are one block (a kernel walking one head stays in that block), and
+    any input layout is converted in the same pass. Also returns each level's
+    first padded row."""
     n, _, m, d = value.shape
     sizes = [sampling.padded_height(h) * sampling.padded_width(w) for h, w in shapes]
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    out = xp.zeros((n, sum(sizes), m, d), value.dtype)
+    out = xp.zeros((n, m, sum(sizes), d), value.dtype)
     first = 0
     for (h, w), start, size in zip(shapes, starts, sizes):
-        plane = out[:, start:start + size].reshape(
-            n, sampling.padded_height(h), sampling.padded_width(w), m, d)
-        interior = plane[:, sampling.PAD_BEFORE:sampling.PAD_BEFORE + h,
+        plane = out[:, :, start:start + size].reshape(
+            n, m, sampling.padded_height(h), sampling.padded_width(w), d)
+        interior = plane[:, :, sampling.PAD_BEFORE:sampling.PAD_BEFORE + h,
                          sampling.PAD_BEFORE:sampling.PAD_BEFORE + w]
-        interior[...] = value[:, first:first + h * w].reshape(n, h, w, m, d)
+        interior[...] = value[:, first:first + h * w].reshape(n, h, w, m, d).transpose(
+            0, 3, 1, 2, 4)
         first += h * w
     return out, starts
 
 
 def cropped_levels(xp, padded, shapes, starts, out):
     """Write the interiors of ``padded_levels``' planes into ``out`` (N, S, M, D)."""
-    n, _, m, d = padded.shape
+    n, m, _, d = padded.shape
     first = 0
     for (h, w), start in zip(shapes, starts):
         size = sampling.padded_height(h) * sampling.padded_width(w)
-        plane = padded[:, start:start + size].reshape(
-            n, sampling.padded_height(h), sampling.padded_width(w), m, d)
-        out[:, first:first + h * w] = plane[:, sampling.PAD_BEFORE:sampling.PAD_BEFORE + h,
-                                            sampling.PAD_BEFORE:sampling.PAD_BEFORE + w
-                                            ].reshape(n, h * w, m, d)
+        plane = padded[:, :, start:start + size].reshape(
+            n, m, sampling.padded_height(h), sampling.padded_width(w), d)
+        interior = plane[:, :, sampling.PAD_BEFORE:sampling.PAD_BEFORE + h,
+                         sampling.PAD_BEFORE:sampling.PAD_BEFORE + w]
+        out[:, first:first + h * w].reshape(n, h, w, m, d)[...] = interior.transpose(
+            0, 2, 3, 1, 4)
         first += h * w
 
 

@@ -1,7 +1,7 @@
 """Multi-scale deformable attention on CPU: sampling and its three adjoints.
 
 Layouts (``_planes.padded_levels``): the value's levels are zero-padded planes
-laid end to end, ``value_pad`` (N, Sp, M, D), level ``l`` starting at row
+laid end to end, ``value_pad`` (N, M, Sp, D), level ``l`` starting at row
 ``level_index[l, 0]`` with row stride ``level_index[l, 1]`` (W_l + 3), D
 fastest, so a corner read is a contiguous run of D values. ``level_real[l]``
 holds (H_l, W_l, window limit of H_l, window limit of W_l) in the value dtype,
@@ -19,7 +19,13 @@ allocated.
 import numpy as np
 from numba import njit, prange
 
-from .device import bilinear_coordinate_grads, bilinear_weights, grid_bilinear_tap, grid_unnormalize
+from .device import (
+    bilinear_coordinate_grads,
+    bilinear_value,
+    bilinear_weights,
+    grid_bilinear_tap,
+    grid_unnormalize,
+)
 
 
 @njit(inline="always", cache=True, nogil=True)
@@ -38,40 +44,67 @@ def _level_tap(locations, n, q, m, lv, p, level_real, level_index, one):
     return level_index[lv, 0] + base, ly, lx, inside, y_factor, x_factor
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+def _corner_dots(g, v00, v01, v10, v11, depth):
+    """The four sums ``<g, v>`` over ``depth`` channels, in float64,
+    reassociated so that they vectorise (a strict left-to-right sum is a chain
+    of dependent adds). A function of its own, so the reassociation stays in
+    these sums."""
+    s00 = 0.0
+    s01 = 0.0
+    s10 = 0.0
+    s11 = 0.0
+    for d in range(depth):
+        gd = np.float64(g[d])
+        s00 += gd * v00[d]
+        s01 += gd * v01[d]
+        s10 += gd * v10[d]
+        s11 += gd * v11[d]
+    return s00, s01, s10, s11
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _add_scaled(row, weight, g, depth):
+    """``row[:depth] += weight * g[:depth]``."""
+    for d in range(depth):
+        row[d] += weight * g[d]
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def ms_deform_attn(value_pad, level_real, level_index, one, locations, weights, query_blocks,
                    out):
-    """Fill ``out`` (N, Lq, M, D); work items are (image, block of queries)."""
+    """Fill ``out`` (N, Lq, M, D); work items are (image, head, block of
+    queries), so that an item reads one head's block of ``value_pad``."""
     n_batch, n_query, n_heads, n_levels, n_points = weights.shape
     depth = value_pad.shape[3]
     per_block = (n_query + query_blocks - 1) // query_blocks
-    for item in prange(n_batch * query_blocks):
-        n = item // query_blocks
+    for item in prange(n_batch * n_heads * query_blocks):
+        n = item // (n_heads * query_blocks)
+        m = (item // query_blocks) % n_heads
         q_lo = (item % query_blocks) * per_block
         q_hi = min(q_lo + per_block, n_query)
         acc = np.empty(depth, out.dtype)
         for q in range(q_lo, q_hi):
-            for m in range(n_heads):
-                acc[:] = 0
-                for lv in range(n_levels):
-                    rs = level_index[lv, 1]
-                    for p in range(n_points):
-                        r, ly, lx, inside, _, _ = _level_tap(locations, n, q, m, lv, p,
-                                                             level_real, level_index, one)
-                        if not inside:
-                            continue
-                        w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
-                        a = weights[n, q, m, lv, p]
-                        v00 = value_pad[n, r, m]
-                        v01 = value_pad[n, r + 1, m]
-                        v10 = value_pad[n, r + rs, m]
-                        v11 = value_pad[n, r + rs + 1, m]
-                        for d in range(depth):
-                            acc[d] += a * (w00 * v00[d] + w01 * v01[d] + w10 * v10[d]
-                                           + w11 * v11[d])
-                dst = out[n, q, m]
-                for d in range(depth):
-                    dst[d] = acc[d]
+            acc[:] = 0
+            for lv in range(n_levels):
+                rs = level_index[lv, 1]
+                for p in range(n_points):
+                    r, ly, lx, inside, _, _ = _level_tap(locations, n, q, m, lv, p,
+                                                         level_real, level_index, one)
+                    if not inside:
+                        continue
+                    w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
+                    a = weights[n, q, m, lv, p]
+                    v00 = value_pad[n, m, r]
+                    v01 = value_pad[n, m, r + 1]
+                    v10 = value_pad[n, m, r + rs]
+                    v11 = value_pad[n, m, r + rs + 1]
+                    for d in range(depth):
+                        acc[d] += a * (w00 * v00[d] + w01 * v01[d] + w10 * v10[d]
+                                       + w11 * v11[d])
+            dst = out[n, q, m]
+            for d in range(depth):
+                dst[d] = acc[d]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -82,7 +115,7 @@ def ms_deform_attn_backward(grad_out, value_pad, level_real, level_index, one, l
     location and weight gradients into (N, Lq, M, L, P, 2) and (N, Lq, M, L, P).
 
     Work items are (image, head, block of queries). A (n, m) head owns its
-    value-gradient slice ``grad_value_pad[n, :, m]``, so with ``want_value``
+    value-gradient slice ``grad_value_pad[n, m]``, so with ``want_value``
     the caller must give one query block: every scatter then has a single
     writer, in query order, and the result is deterministic. The other
     gradients are per sample and written once.
@@ -91,7 +124,6 @@ def ms_deform_attn_backward(grad_out, value_pad, level_real, level_index, one, l
     depth = value_pad.shape[3]
     per_block = (n_query + query_blocks - 1) // query_blocks
     two = one + one
-    zero = one - one
     want_taps = want_locations or want_weights
     for item in prange(n_batch * n_heads * query_blocks):
         n = item // (n_heads * query_blocks)
@@ -110,35 +142,25 @@ def ms_deform_attn_backward(grad_out, value_pad, level_real, level_index, one, l
                     w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
                     a = weights[n, q, m, lv, p]
                     if want_value:
-                        # the sample's gradient is a * g; its corners get their weights' share
-                        g00 = grad_value_pad[n, r, m]
-                        g01 = grad_value_pad[n, r + 1, m]
-                        g10 = grad_value_pad[n, r + rs, m]
-                        g11 = grad_value_pad[n, r + rs + 1, m]
-                        for d in range(depth):
-                            ga = a * g[d]
-                            g00[d] += w00 * ga
-                            g01[d] += w01 * ga
-                            g10[d] += w10 * ga
-                            g11[d] += w11 * ga
+                        # the sample's gradient a * g, shared out by the corner
+                        # weights; one loop per row, as LLVM's overlap checks
+                        # between several rows of one array would keep one loop scalar
+                        _add_scaled(grad_value_pad[n, m, r], w00 * a, g, depth)
+                        _add_scaled(grad_value_pad[n, m, r + 1], w01 * a, g, depth)
+                        _add_scaled(grad_value_pad[n, m, r + rs], w10 * a, g, depth)
+                        _add_scaled(grad_value_pad[n, m, r + rs + 1], w11 * a, g, depth)
                     if want_taps:
-                        v00 = value_pad[n, r, m]
-                        v01 = value_pad[n, r + 1, m]
-                        v10 = value_pad[n, r + rs, m]
-                        v11 = value_pad[n, r + rs + 1, m]
-                        acc_s = zero
-                        acc_y = zero
-                        acc_x = zero
-                        for d in range(depth):
-                            if want_weights:
-                                acc_s += g[d] * (w00 * v00[d] + w01 * v01[d] + w10 * v10[d]
-                                                 + w11 * v11[d])
-                            if want_locations:
-                                dy, dx = bilinear_coordinate_grads(v00[d], v01[d], v10[d],
-                                                                   v11[d], ly, lx, one)
-                                ga = a * g[d]
-                                acc_y += ga * dy
-                                acc_x += ga * dx
+                        # The sample and its coordinate derivatives are linear in
+                        # the corner values, so their sums over channels against g
+                        # are the same functions of the corners' sums <g, v>
+                        # (taken in float64: no cancellation beyond float64's).
+                        s00, s01, s10, s11 = _corner_dots(
+                            g, value_pad[n, m, r], value_pad[n, m, r + 1],
+                            value_pad[n, m, r + rs], value_pad[n, m, r + rs + 1], depth)
+                        acc_s = bilinear_value(s00, s01, s10, s11, ly, lx, one)
+                        acc_y, acc_x = bilinear_coordinate_grads(s00, s01, s10, s11, ly, lx, one)
+                        acc_y *= a
+                        acc_x *= a
                         if want_weights:
                             grad_weights[n, q, m, lv, p] = acc_s
                         if want_locations:

@@ -1,7 +1,7 @@
 """Multi-scale deformable attention on CUDA: sampling and its three adjoints.
 
 Same layouts as ``kernels.cpu.attention``: padded level planes ``value_pad``
-(N, Sp, M, D), ``level_real`` (L, 4) = (H, W, window limits) in the value
+(N, M, Sp, D), ``level_real`` (L, 4) = (H, W, window limits) in the value
 dtype, ``level_index`` (L, 2) = (first padded row, row stride), locations
 (N, Lq, M, L, P, 2), weights (N, Lq, M, L, P), output (N, Lq, M, D).
 
@@ -53,8 +53,8 @@ def ms_deform_attn(value_pad, level_real, level_index, one, locations, weights, 
                 if inside:
                     w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
                     acc += weights[n, q, m, lv, p] * (
-                        w00 * value_pad[n, r, m, d] + w01 * value_pad[n, r + 1, m, d]
-                        + w10 * value_pad[n, r + rs, m, d] + w11 * value_pad[n, r + rs + 1, m, d])
+                        w00 * value_pad[n, m, r, d] + w01 * value_pad[n, m, r + 1, d]
+                        + w10 * value_pad[n, m, r + rs, d] + w11 * value_pad[n, m, r + rs + 1, d])
         out[n, q, m, d] = acc
 
 
@@ -78,10 +78,10 @@ def ms_deform_attn_value_grad_atomic(grad_out, level_real, level_index, one, loc
                 if inside:
                     w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
                     ga = weights[n, q, m, lv, p] * g
-                    cuda.atomic.add(grad_value_pad, (n, r, m, d), w00 * ga)
-                    cuda.atomic.add(grad_value_pad, (n, r + 1, m, d), w01 * ga)
-                    cuda.atomic.add(grad_value_pad, (n, r + rs, m, d), w10 * ga)
-                    cuda.atomic.add(grad_value_pad, (n, r + rs + 1, m, d), w11 * ga)
+                    cuda.atomic.add(grad_value_pad, (n, m, r, d), w00 * ga)
+                    cuda.atomic.add(grad_value_pad, (n, m, r + 1, d), w01 * ga)
+                    cuda.atomic.add(grad_value_pad, (n, m, r + rs, d), w10 * ga)
+                    cuda.atomic.add(grad_value_pad, (n, m, r + rs + 1, d), w11 * ga)
 
 
 @cuda.jit
@@ -105,10 +105,10 @@ def ms_deform_attn_value_grad_ordered(grad_out, level_real, level_index, one, lo
                     if inside:
                         w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
                         ga = weights[n, q, m, lv, p] * g
-                        grad_value_pad[n, r, m, d] += w00 * ga
-                        grad_value_pad[n, r + 1, m, d] += w01 * ga
-                        grad_value_pad[n, r + rs, m, d] += w10 * ga
-                        grad_value_pad[n, r + rs + 1, m, d] += w11 * ga
+                        grad_value_pad[n, m, r, d] += w00 * ga
+                        grad_value_pad[n, m, r + 1, d] += w01 * ga
+                        grad_value_pad[n, m, r + rs, d] += w10 * ga
+                        grad_value_pad[n, m, r + rs + 1, d] += w11 * ga
 
 
 @cuda.jit
@@ -138,10 +138,10 @@ def ms_deform_attn_sample_grads(grad_out, value_pad, level_real, level_index, on
         if inside:
             for d in range(depth):
                 g = grad_out[n, q, m, d]
-                v00 = value_pad[n, r, m, d]
-                v01 = value_pad[n, r + 1, m, d]
-                v10 = value_pad[n, r + rs, m, d]
-                v11 = value_pad[n, r + rs + 1, m, d]
+                v00 = value_pad[n, m, r, d]
+                v01 = value_pad[n, m, r + 1, d]
+                v10 = value_pad[n, m, r + rs, d]
+                v11 = value_pad[n, m, r + rs + 1, d]
                 if want_weights:
                     acc_s += g * (w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11)
                 if want_locations:
