@@ -154,6 +154,7 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
 
     See Also
     --------
+    ms_deform_attn_core_pytorch : Deformable DETR's pure-PyTorch reference, which this mirrors.
     ms_deform_attn_backward : its vector-Jacobian product.
     grid_sample : the per-level sampling.
     """
@@ -210,6 +211,7 @@ def ms_deform_attn_backward(grad_output, value, spatial_shapes, level_start_inde
 
     See Also
     --------
+    ms_deform_attn_core_pytorch : Deformable DETR's reference, whose autograd this mirrors.
     ms_deform_attn : the forward op.
     """
     wanted = _validate.needs(needs, MS_DEFORM_ATTN_GRADS)
