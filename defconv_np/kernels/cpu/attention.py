@@ -45,22 +45,33 @@ def _level_tap(locations, n, q, m, lv, p, level_real, level_index, one):
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
-def _corner_dots(g, v00, v01, v10, v11, depth):
-    """The four sums ``<g, v>`` over ``depth`` channels, in float64,
-    reassociated so that they vectorise (a strict left-to-right sum is a chain
-    of dependent adds). A function of its own, so the reassociation stays in
-    these sums."""
-    s00 = 0.0
-    s01 = 0.0
-    s10 = 0.0
-    s11 = 0.0
-    for d in range(depth):
-        gd = np.float64(g[d])
-        s00 += gd * v00[d]
-        s01 += gd * v01[d]
-        s10 += gd * v10[d]
-        s11 += gd * v11[d]
-    return s00, s01, s10, s11
+def _corner_dots(g, head, rows, row_strides, count, depth, dots):
+    """``dots[t] = (<g, v00>, <g, v01>, <g, v10>, <g, v11>)`` for the corners
+    of the ``count`` samples whose top-left rows in ``head`` (Sp, D) are
+    ``rows[t]``, in float64, reassociated so that the sums vectorise (a strict
+    left-to-right sum is a chain of dependent adds). A function of its own, so
+    the reassociation stays in these sums, called once per query."""
+    for t in range(count):
+        r = rows[t]
+        rs = row_strides[t]
+        v00 = head[r]
+        v01 = head[r + 1]
+        v10 = head[r + rs]
+        v11 = head[r + rs + 1]
+        s00 = 0.0
+        s01 = 0.0
+        s10 = 0.0
+        s11 = 0.0
+        for d in range(depth):
+            gd = np.float64(g[d])
+            s00 += gd * v00[d]
+            s01 += gd * v01[d]
+            s10 += gd * v10[d]
+            s11 += gd * v11[d]
+        dots[t, 0] = s00
+        dots[t, 1] = s01
+        dots[t, 2] = s10
+        dots[t, 3] = s11
 
 
 @njit(inline="always", cache=True, nogil=True)
@@ -125,45 +136,70 @@ def ms_deform_attn_backward(grad_out, value_pad, level_real, level_index, one, l
     per_block = (n_query + query_blocks - 1) // query_blocks
     two = one + one
     want_taps = want_locations or want_weights
+    samples = n_levels * n_points
     for item in prange(n_batch * n_heads * query_blocks):
         n = item // (n_heads * query_blocks)
         m = (item // query_blocks) % n_heads
         q_lo = (item % query_blocks) * per_block
         q_hi = min(q_lo + per_block, n_query)
+        # a query's samples inside the window: (level, point), corner row,
+        # row stride, fractions, d pixel / d grid
+        where = np.empty((samples, 2), np.int64)
+        rows = np.empty(samples, np.int64)
+        row_strides = np.empty(samples, np.int64)
+        fractions = np.empty((samples, 2), value_pad.dtype)
+        factors = np.empty((samples, 2), value_pad.dtype)
+        dots = np.empty((samples, 4), np.float64)
+        head = value_pad[n, m]
+        grad_head = grad_value_pad[n, m] if want_value else grad_value_pad[0, 0]
         for q in range(q_lo, q_hi):
             g = grad_out[n, q, m]
+            count = 0
             for lv in range(n_levels):
-                rs = level_index[lv, 1]
                 for p in range(n_points):
                     r, ly, lx, inside, y_factor, x_factor = _level_tap(
                         locations, n, q, m, lv, p, level_real, level_index, one)
-                    if not inside:
-                        continue
-                    w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
-                    a = weights[n, q, m, lv, p]
-                    if want_value:
-                        # the sample's gradient a * g, shared out by the corner
-                        # weights; one loop per row, as LLVM's overlap checks
-                        # between several rows of one array would keep one loop scalar
-                        _add_scaled(grad_value_pad[n, m, r], w00 * a, g, depth)
-                        _add_scaled(grad_value_pad[n, m, r + 1], w01 * a, g, depth)
-                        _add_scaled(grad_value_pad[n, m, r + rs], w10 * a, g, depth)
-                        _add_scaled(grad_value_pad[n, m, r + rs + 1], w11 * a, g, depth)
-                    if want_taps:
-                        # The sample and its coordinate derivatives are linear in
-                        # the corner values, so their sums over channels against g
-                        # are the same functions of the corners' sums <g, v>
-                        # (taken in float64: no cancellation beyond float64's).
-                        s00, s01, s10, s11 = _corner_dots(
-                            g, value_pad[n, m, r], value_pad[n, m, r + 1],
-                            value_pad[n, m, r + rs], value_pad[n, m, r + rs + 1], depth)
-                        acc_s = bilinear_value(s00, s01, s10, s11, ly, lx, one)
+                    if inside:
+                        where[count, 0] = lv
+                        where[count, 1] = p
+                        rows[count] = r
+                        row_strides[count] = level_index[lv, 1]
+                        fractions[count, 0] = ly
+                        fractions[count, 1] = lx
+                        factors[count, 0] = y_factor
+                        factors[count, 1] = x_factor
+                        count += 1
+            if want_value:
+                # the sample's gradient a * g, shared out by the corner weights;
+                # one loop per row, as LLVM's overlap checks between several
+                # rows of one array would keep one loop scalar
+                for t in range(count):
+                    r = rows[t]
+                    rs = row_strides[t]
+                    w00, w01, w10, w11 = bilinear_weights(fractions[t, 0], fractions[t, 1], one)
+                    a = weights[n, q, m, where[t, 0], where[t, 1]]
+                    _add_scaled(grad_head[r], w00 * a, g, depth)
+                    _add_scaled(grad_head[r + 1], w01 * a, g, depth)
+                    _add_scaled(grad_head[r + rs], w10 * a, g, depth)
+                    _add_scaled(grad_head[r + rs + 1], w11 * a, g, depth)
+            if want_taps and count:
+                # The sample and its coordinate derivatives are linear in the
+                # corner values, so their sums over channels against g are the
+                # same functions of the corners' sums <g, v> (taken in float64:
+                # no cancellation beyond float64's).
+                _corner_dots(g, head, rows, row_strides, count, depth, dots)
+                for t in range(count):
+                    lv = where[t, 0]
+                    p = where[t, 1]
+                    ly = fractions[t, 0]
+                    lx = fractions[t, 1]
+                    s00, s01, s10, s11 = dots[t, 0], dots[t, 1], dots[t, 2], dots[t, 3]
+                    if want_weights:
+                        grad_weights[n, q, m, lv, p] = bilinear_value(s00, s01, s10, s11, ly,
+                                                                      lx, one)
+                    if want_locations:
                         acc_y, acc_x = bilinear_coordinate_grads(s00, s01, s10, s11, ly, lx, one)
-                        acc_y *= a
-                        acc_x *= a
-                        if want_weights:
-                            grad_weights[n, q, m, lv, p] = acc_s
-                        if want_locations:
-                            # d grid / d loc = 2 after d pixel / d grid = W / 2
-                            grad_locations[n, q, m, lv, p, 0] = acc_x * x_factor * two
-                            grad_locations[n, q, m, lv, p, 1] = acc_y * y_factor * two
+                        a = weights[n, q, m, lv, p]
+                        # d grid / d loc = 2 after d pixel / d grid = W / 2
+                        grad_locations[n, q, m, lv, p, 0] = a * acc_x * factors[t, 1] * two
+                        grad_locations[n, q, m, lv, p, 1] = a * acc_y * factors[t, 0] * two
