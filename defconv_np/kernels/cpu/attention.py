@@ -95,24 +95,42 @@ def ms_deform_attn(value_pad, level_real, level_index, one, locations, weights, 
         q_lo = (item % query_blocks) * per_block
         q_hi = min(q_lo + per_block, n_query)
         acc = np.empty(depth, out.dtype)
+        # a query's samples inside the window: corner row, row stride, weights
+        samples = n_levels * n_points
+        rows = np.empty(samples, np.int64)
+        row_strides = np.empty(samples, np.int64)
+        corner_weights = np.empty((samples, 4), out.dtype)
+        scales = np.empty(samples, out.dtype)
+        head = value_pad[n, m]
         for q in range(q_lo, q_hi):
-            acc[:] = 0
+            count = 0
             for lv in range(n_levels):
-                rs = level_index[lv, 1]
                 for p in range(n_points):
                     r, ly, lx, inside, _, _ = _level_tap(locations, n, q, m, lv, p,
                                                          level_real, level_index, one)
-                    if not inside:
-                        continue
-                    w00, w01, w10, w11 = bilinear_weights(ly, lx, one)
-                    a = weights[n, q, m, lv, p]
-                    v00 = value_pad[n, m, r]
-                    v01 = value_pad[n, m, r + 1]
-                    v10 = value_pad[n, m, r + rs]
-                    v11 = value_pad[n, m, r + rs + 1]
-                    for d in range(depth):
-                        acc[d] += a * (w00 * v00[d] + w01 * v01[d] + w10 * v10[d]
-                                       + w11 * v11[d])
+                    if inside:
+                        rows[count] = r
+                        row_strides[count] = level_index[lv, 1]
+                        (corner_weights[count, 0], corner_weights[count, 1],
+                         corner_weights[count, 2], corner_weights[count, 3]) = \
+                            bilinear_weights(ly, lx, one)
+                        scales[count] = weights[n, q, m, lv, p]
+                        count += 1
+            acc[:] = 0
+            for t in range(count):
+                r = rows[t]
+                rs = row_strides[t]
+                w00 = corner_weights[t, 0]
+                w01 = corner_weights[t, 1]
+                w10 = corner_weights[t, 2]
+                w11 = corner_weights[t, 3]
+                a = scales[t]
+                v00 = head[r]
+                v01 = head[r + 1]
+                v10 = head[r + rs]
+                v11 = head[r + rs + 1]
+                for d in range(depth):
+                    acc[d] += a * (w00 * v00[d] + w01 * v01[d] + w10 * v10[d] + w11 * v11[d])
             dst = out[n, q, m]
             for d in range(depth):
                 dst[d] = acc[d]
