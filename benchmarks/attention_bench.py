@@ -299,7 +299,8 @@ def main():
                "ours_tracemalloc_peak_mib": tracemalloc_peak_mib(*pairs["ours"])}
         rows.append(row)
         print(f"{mode:17s} ours {row['ours_ms']:8.2f} ms   {peer} {row['peer_ms']:8.2f} ms   "
-              f"speedup {row['speedup']:5.2f}x (rounds {row['speedup_median_of_rounds']:5.2f}x)   peak RSS rise ours {row['ours_peak_rss_rise_mib']}"
+              f"speedup {row['speedup']:5.2f}x (rounds {row['speedup_median_of_rounds']:5.2f}x)   "
+              f"peak RSS rise ours {row['ours_peak_rss_rise_mib']}"
               f" MiB, {peer} {row['peer_peak_rss_rise_mib']} MiB (tracemalloc ours "
               f"{row['ours_tracemalloc_peak_mib']} MiB)")
     result = {

@@ -178,8 +178,8 @@ def test_location_gradient_follows_pytorch_at_kinks_and_edges(pixel_x, slope):
     # y (H = 1, pixel 0), the cell [0, 1] falls from the sample to row 1's padding
     np.testing.assert_allclose(grads.sampling_locations[0, 0, 0, 0, 0],
                                [0.5 * width * slope(row), -0.5 * expected], atol=1e-15)
-    np.testing.assert_allclose(dc.ms_deform_attn(value, shapes, starts, loc, a), [[[0.5 * expected]]],
-                               atol=1e-15)
+    np.testing.assert_allclose(dc.ms_deform_attn(value, shapes, starts, loc, a),
+                               [[[0.5 * expected]]], atol=1e-15)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -274,7 +274,8 @@ def valid_arguments():
          r"spatial_shapes must have an integer dtype .* got float64"),
         (dict(spatial_shapes=[[2, 3], [1, True]]), TypeError, r"spatial_shapes must hold integers"),
         (dict(spatial_shapes=np.array([[True, True], [True, True]])), TypeError, r"integer dtype"),
-        (dict(spatial_shapes=np.array([6, 1])), ValueError, r"spatial_shapes must have shape \(2, 2\)"),
+        (dict(spatial_shapes=np.array([6, 1])), ValueError,
+         r"spatial_shapes must have shape \(2, 2\)"),
         (dict(spatial_shapes=np.array([[2, 3]])), ValueError, r"for the L = 2 levels"),
         (dict(spatial_shapes="2x3"), TypeError, r"spatial_shapes must be a numpy.ndarray"),
         (dict(level_start_index=np.array([0, 5])), ValueError,
