@@ -7,6 +7,7 @@ is optional and imported only when a CuPy array arrives.
 
 from . import config
 from .active import ActiveConv2dGrads, active_conv2d, active_conv2d_backward
+from .attention import MSDeformAttnGrads, ms_deform_attn, ms_deform_attn_backward
 from .convolution import Conv2dGrads, conv2d, conv2d_backward
 from .deformable import DeformConv2dGrads, deform_conv2d, deform_conv2d_backward
 from .spatial import (
@@ -26,6 +27,7 @@ __all__ = [
     "Conv2dGrads",
     "DeformConv2dGrads",
     "GridSampleGrads",
+    "MSDeformAttnGrads",
     "affine_grid",
     "affine_grid_backward",
     "config",
@@ -35,4 +37,6 @@ __all__ = [
     "deform_conv2d_backward",
     "grid_sample",
     "grid_sample_backward",
+    "ms_deform_attn",
+    "ms_deform_attn_backward",
 ]

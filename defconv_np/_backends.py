@@ -14,3 +14,17 @@ def launchers(xp):
     from . import _cuda
 
     return _cuda
+
+
+def attention_launchers(xp):
+    """The multi-scale deformable attention launchers for ``xp``:
+    ``_cpu_attention`` for NumPy, ``_cuda_attention`` for CuPy."""
+    from . import config
+
+    if xp is np and not config.numpy_through_cuda_kernels:
+        from . import _cpu_attention
+
+        return _cpu_attention
+    from . import _cuda_attention
+
+    return _cuda_attention

@@ -114,3 +114,59 @@ def deform_sampling(xp, input, offset, mask, kernel, stride, padding, dilation, 
         mask_operand = operand(mask)
     return DeformSampling(height, width, row_stride, operand(offset), mask_operand,
                           mask is not None, y_base, x_base)
+
+
+# --- multi-scale deformable attention ---------------------------------------
+
+
+def padded_levels(xp, value, shapes):
+    """``value`` (N, S, M, D), its levels concatenated row-major, as zero-padded
+    planes laid end to end per head, (N, M, Sp, D) with ``Sp = sum (H_l + 3)
+    (W_l + 3)`` (the border of ``kernels.sampling``), C-contiguous: a head's
+    levels are one block (a kernel walking one head stays in that block), and
+    any input layout is converted in the same pass. Also returns each level's
+    first padded row."""
+    n, _, m, d = value.shape
+    sizes = [sampling.padded_height(h) * sampling.padded_width(w) for h, w in shapes]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    out = xp.zeros((n, m, sum(sizes), d), value.dtype)
+    first = 0
+    for (h, w), start, size in zip(shapes, starts, sizes):
+        plane = out[:, :, start:start + size].reshape(
+            n, m, sampling.padded_height(h), sampling.padded_width(w), d)
+        interior = plane[:, :, sampling.PAD_BEFORE:sampling.PAD_BEFORE + h,
+                         sampling.PAD_BEFORE:sampling.PAD_BEFORE + w]
+        interior[...] = value[:, first:first + h * w].reshape(n, h, w, m, d).transpose(
+            0, 3, 1, 2, 4)
+        first += h * w
+    return out, starts
+
+
+def cropped_levels(xp, padded, shapes, starts, out):
+    """Write the interiors of ``padded_levels``' planes into ``out`` (N, S, M, D)."""
+    n, m, _, d = padded.shape
+    first = 0
+    for (h, w), start in zip(shapes, starts):
+        size = sampling.padded_height(h) * sampling.padded_width(w)
+        plane = padded[:, :, start:start + size].reshape(
+            n, m, sampling.padded_height(h), sampling.padded_width(w), d)
+        interior = plane[:, :, sampling.PAD_BEFORE:sampling.PAD_BEFORE + h,
+                         sampling.PAD_BEFORE:sampling.PAD_BEFORE + w]
+        out[:, first:first + h * w].reshape(n, h, w, m, d)[...] = interior.transpose(
+            0, 2, 3, 1, 4)
+        first += h * w
+
+
+def level_geometry(shapes, starts, dtype):
+    """What the attention kernels read of each level, as NumPy arrays:
+    ``level_real`` (L, 4) in ``dtype``, (H, W, window limit of H, window limit
+    of W), each from exact integers rounded once (``grid_axis``, without
+    align_corners: the reference samples with align_corners=False), and
+    ``level_index`` (L, 2) int64, (first padded row, row stride)."""
+    real = np.empty((len(shapes), 4), dtype)
+    index = np.empty((len(shapes), 2), np.int64)
+    for lv, ((h, w), start) in enumerate(zip(shapes, starts)):
+        y_axis, x_axis = grid_axis(h, dtype, False), grid_axis(w, dtype, False)
+        real[lv] = (y_axis[0], x_axis[0], y_axis[4], x_axis[4])
+        index[lv] = (start, sampling.padded_width(w))
+    return real, index

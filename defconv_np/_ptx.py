@@ -45,6 +45,13 @@ def _example_calls(dtype):
             out = dc.grid_sample(x, grid, mode, padding_mode)
             for det in (False, True):
                 dc.grid_sample_backward(out, x, grid, mode, padding_mode, deterministic=det)
+    shapes, starts = np.array([[3, 4], [1, 2]]), np.array([0, 12])
+    value = rng.standard_normal((2, 14, 2, 3)).astype(dtype)
+    loc = rng.uniform(-0.1, 1.1, (2, 5, 2, 2, 3, 2)).astype(dtype)
+    weights = rng.uniform(0, 1, (2, 5, 2, 2, 3)).astype(dtype)
+    out = dc.ms_deform_attn(value, shapes, starts, loc, weights)
+    for det in (False, True):
+        dc.ms_deform_attn_backward(out, value, shapes, starts, loc, weights, deterministic=det)
 
 
 def recorded_launches(dtypes=(np.float32, np.float64)):

@@ -1,3 +1,4 @@
+# requires: jax
 """Train a tiny DCNv2-style classifier in JAX with defconv_np's ops.
 
 A stem convolution, then a modulated deformable convolution whose offsets and

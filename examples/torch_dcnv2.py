@@ -1,3 +1,4 @@
+# requires: torch
 """Train a tiny DCNv2 classifier with defconv_np's PyTorch ops, on CPU.
 
     python examples/torch_dcnv2.py

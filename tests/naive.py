@@ -287,3 +287,82 @@ def assert_same_up_to_summation_order(actual, expected, *, err_msg=""):
     rtol = 1e-12 if expected.dtype == np.float64 else 1e-5
     scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale, err_msg=err_msg)
+
+
+# ----------------------------------------------------- ms_deform_attn (Deformable DETR)
+
+
+def _level_pixel(loc, size):
+    """Pixel coordinate of a [0, 1] location on a level axis of ``size`` pixels:
+    grid_sample's ``align_corners=False`` unnormalisation of ``2 * loc - 1``."""
+    grid = 2.0 * loc - 1.0
+    return ((grid + 1.0) * size - 1.0) / 2.0
+
+
+def _levels(value, spatial_shapes):
+    """The levels of ``value`` (N, S, M, D) as float64 (N, M, D, H_l, W_l) planes."""
+    v = np.asarray(value, dtype=np.float64)
+    n, _, m, d = v.shape
+    planes, first = [], 0
+    for h, w in np.asarray(spatial_shapes).tolist():
+        planes.append(v[:, first:first + h * w].reshape(n, h, w, m, d).transpose(0, 3, 4, 1, 2))
+        first += h * w
+    return planes
+
+
+def naive_ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights):
+    """float64 reference for Deformable DETR's ``ms_deform_attn_core_pytorch``:
+    grid_sample (bilinear, zeros, align_corners=False) per level at
+    ``2 * loc - 1``, weighted and summed. Returns (N, Lq, M*D)."""
+    planes = _levels(value, spatial_shapes)
+    loc = np.asarray(sampling_locations, dtype=np.float64)
+    a = np.asarray(attention_weights, dtype=np.float64)
+    n_batch, n_query, n_heads, n_levels, n_points = a.shape
+    depth = np.shape(value)[3]
+    out = np.zeros((n_batch, n_query, n_heads, depth))
+    for n, q, m, lv, p in np.ndindex(*a.shape):
+        h, w = planes[lv].shape[3:]
+        x = _level_pixel(loc[n, q, m, lv, p, 0], w)
+        y = _level_pixel(loc[n, q, m, lv, p, 1], h)
+        for d in range(depth):
+            out[n, q, m, d] += a[n, q, m, lv, p] * naive_bilinear_sample(planes[lv][n, m, d], y, x)
+    return out.reshape(n_batch, n_query, n_heads * depth)
+
+
+def naive_ms_deform_attn_grads(grad_output, value, spatial_shapes, sampling_locations,
+                               attention_weights):
+    """float64 gradients of ``sum(grad_output * ms_deform_attn(...))`` as PyTorch's
+    autograd gives them on the reference: a dict with keys ``value``,
+    ``sampling_locations`` and ``attention_weights``. The location gradient is
+    grid_sample's floor-cell rule (:func:`naive_bilinear_coordinate_grad`, which
+    is 0 beyond the window ``-1 <= x < W``) times ``W_l``: ``W_l / 2`` from
+    unnormalising, 2 from ``2 * loc - 1``."""
+    planes = _levels(value, spatial_shapes)
+    loc = np.asarray(sampling_locations, dtype=np.float64)
+    a = np.asarray(attention_weights, dtype=np.float64)
+    n_batch, n_query, n_heads, n_levels, n_points = a.shape
+    depth = np.shape(value)[3]
+    go = np.asarray(grad_output, dtype=np.float64).reshape(n_batch, n_query, n_heads, depth)
+    grad_planes = [np.zeros_like(plane) for plane in planes]
+    grad_loc = np.zeros_like(loc)
+    grad_a = np.zeros_like(a)
+    for n, q, m, lv, p in np.ndindex(*a.shape):
+        h, w = planes[lv].shape[3:]
+        x = _level_pixel(loc[n, q, m, lv, p, 0], w)
+        y = _level_pixel(loc[n, q, m, lv, p, 1], h)
+        inside = math.isfinite(x) and math.isfinite(y) and -1.0 <= y < h and -1.0 <= x < w
+        corners = bilinear_corners(y, x, h, w) if inside else []
+        for d in range(depth):
+            plane = planes[lv][n, m, d]
+            g = go[n, q, m, d]
+            grad_a[n, q, m, lv, p] += g * naive_bilinear_sample(plane, y, x)
+            for row, col, corner_weight in corners:
+                grad_planes[lv][n, m, d, row, col] += a[n, q, m, lv, p] * g * corner_weight
+            d_dy, d_dx = naive_bilinear_coordinate_grad(plane, y, x)
+            grad_loc[n, q, m, lv, p, 0] += a[n, q, m, lv, p] * g * d_dx * w
+            grad_loc[n, q, m, lv, p, 1] += a[n, q, m, lv, p] * g * d_dy * h
+    grad_value = np.concatenate(
+        [gp.transpose(0, 3, 4, 1, 2).reshape(n_batch, gp.shape[3] * gp.shape[4], n_heads, depth)
+         for gp in grad_planes],
+        axis=1)
+    return {"value": grad_value, "sampling_locations": grad_loc, "attention_weights": grad_a}

@@ -465,3 +465,94 @@ def active_problems(draw, *, dtypes=DTYPES, offset_styles=("uniform", "integer",
         padding=_as_argument(draw, geo.padding),
         dilation=_as_argument(draw, geo.dilation),
     )
+
+
+# --- multi-scale deformable attention ---
+
+LOCATION_STYLES = ("uniform", "lattice")
+
+
+@dataclasses.dataclass(frozen=True)
+class MSDeformAttnProblem:
+    """Arguments of one ms_deform_attn call (plus a grad_output for its backward)."""
+
+    value: np.ndarray
+    spatial_shapes: np.ndarray
+    level_start_index: np.ndarray
+    sampling_locations: np.ndarray
+    attention_weights: np.ndarray
+    grad_output: np.ndarray
+
+    @property
+    def args(self):
+        """The forward's positional arguments."""
+        return (self.value, self.spatial_shapes, self.level_start_index,
+                self.sampling_locations, self.attention_weights)
+
+    @property
+    def dtype(self):
+        return self.value.dtype
+
+
+def level_locations(rng, shape, dtype, spatial_shapes, *, style, bound=0.25):
+    """Locations (N, Lq, M, L, P, 2) in about [-bound, 1 + bound], x first.
+
+    ``style`` as for ``grid_values``: ``"uniform"`` on the 1/1024 grid (so
+    pixel coordinates ``loc * W - 0.5`` are exact in float32 too);
+    ``"lattice"`` pixel coordinates on half-integers (kinks, the window's
+    edges -1 and W); ``"away_from_kinks"`` (float64 only) at least
+    KINK_MARGIN from every integer pixel coordinate.
+    """
+    loc = np.round(rng.uniform(-bound, 1 + bound, size=shape) / GRID_QUANTUM) * GRID_QUANTUM
+    if style == "uniform":
+        return loc.astype(dtype)
+    for lv, (height, width) in enumerate(spatial_shapes):
+        for axis, size in ((0, width), (1, height)):
+            pixel = loc[..., lv, :, axis] * size - 0.5
+            if style == "lattice":
+                pixel = np.round(pixel * 2) / 2
+            else:
+                assert style == "away_from_kinks", style
+                whole = np.floor(pixel)
+                pixel = whole + np.clip(pixel - whole, KINK_MARGIN, 1 - KINK_MARGIN)
+            loc[..., lv, :, axis] = (pixel + 0.5) / size
+    return loc.astype(dtype)
+
+
+@st.composite
+def ms_deform_attn_problems(draw, *, dtypes=DTYPES, location_styles=LOCATION_STYLES,
+                            min_batch=0, max_batch=2, max_levels=3, max_size=4, max_queries=3,
+                            max_heads=2, max_depth=3, max_points=2):
+    """An ms_deform_attn call: levels (1x1 included), N, Lq (0 included), M,
+    D, P, then value and grad_output in [-1, 1], weights in [0, 1] and
+    locations of a drawn style (lattice in float64 only); about one batch in
+    eight is empty."""
+    if min_batch == 0 and draw(st.integers(0, 7)) == 0:
+        batch = 0
+    else:
+        batch = draw(st.integers(max(min_batch, 1), max_batch))
+    shapes = draw(st.lists(st.tuples(st.integers(1, max_size), st.integers(1, max_size)),
+                           min_size=1, max_size=max_levels))
+    queries = draw(st.integers(0, max_queries)) if min_batch == 0 else \
+        draw(st.integers(1, max_queries))
+    heads, depth = draw(st.integers(1, max_heads)), draw(st.integers(1, max_depth))
+    points = draw(st.integers(1, max_points))
+    dtype = draw(st.sampled_from(dtypes))
+    style = draw(st.sampled_from(location_styles))
+    if style == "lattice" and dtype == np.float32:
+        # (pixel + 0.5) / W is inexact for most W: float32 could round a
+        # lattice point to either side of its kink, and a float64 reference
+        # would not see which. Uniform locations stay exact in float32.
+        style = "uniform"
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    sizes = [h * w for h, w in shapes]
+    levels = len(shapes)
+    return MSDeformAttnProblem(
+        value=uniform(rng, (batch, sum(sizes), heads, depth), dtype),
+        spatial_shapes=np.array(shapes, np.int64),
+        level_start_index=np.array([sum(sizes[:i]) for i in range(levels)], np.int64),
+        sampling_locations=level_locations(rng, (batch, queries, heads, levels, points, 2),
+                                           dtype, shapes, style=style),
+        attention_weights=rng.uniform(0, 1, (batch, queries, heads, levels, points)).astype(dtype),
+        grad_output=uniform(rng, (batch, queries, heads * depth), dtype),
+    )

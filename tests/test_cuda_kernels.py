@@ -241,3 +241,50 @@ def test_torchvision_edge_and_mask_rules(dtype, deterministic):
         out = host(dc.deform_conv2d(dev(x), dev(off), dev(w), mask=dev(mask)))
     assert out[0, 0, 0, 0] == 0.0
     assert out[0, 0, 0, 1] == -np.inf
+
+
+def _attention_case(rng, dtype, shapes=((3, 4), (2, 2), (1, 1)), batch=2, queries=3, heads=2,
+                    depth=3, points=2):
+    sizes = [h * w for h, w in shapes]
+    levels = len(shapes)
+    value = rng.standard_normal((batch, sum(sizes), heads, depth)).astype(dtype)
+    loc = rng.uniform(-0.2, 1.2, (batch, queries, heads, levels, points, 2)).astype(dtype)
+    loc[0, 0, 0, 0, 0] = [np.nan, 0.5]
+    loc[-1, -1, -1, -1, -1] = [1e30, -np.inf]
+    # exactly on the window's edge x = -1 of level 0 (W = 4): PyTorch's rule
+    loc[0, 1, 0, 0, 0] = [-0.125, 0.5]
+    a = rng.uniform(0, 1, (batch, queries, heads, levels, points)).astype(dtype)
+    go = rng.standard_normal((batch, queries, heads * depth)).astype(dtype)
+    starts = np.array([sum(sizes[:i]) for i in range(levels)])
+    return go, value, np.array(shapes), starts, loc, a
+
+
+@settings(max_examples=8, deadline=None)
+@given(deterministic=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]),
+       needs=st.sets(st.sampled_from(dc.MSDeformAttnGrads._fields), min_size=1),
+       seed=st.integers(0, 2**16))
+def test_ms_deform_attn_cuda_matches_cpu(deterministic, dtype, needs, seed):
+    go, value, shapes, starts, loc, a = _attention_case(np.random.default_rng(seed), dtype)
+    expected_out = dc.ms_deform_attn(value, shapes, starts, loc, a)
+    expected = dc.ms_deform_attn_backward(go, value, shapes, starts, loc, a, needs=needs)
+    dev, host = to_device, to_host
+    with through_cuda():
+        out = dc.ms_deform_attn(dev(value), shapes, starts, dev(loc), dev(a))
+        grads = dc.ms_deform_attn_backward(dev(go), dev(value), dev(shapes), starts, dev(loc),
+                                           dev(a), needs=needs, deterministic=deterministic)
+    np.testing.assert_allclose(host(out), expected_out, **_tol(dtype))
+    for name in dc.MSDeformAttnGrads._fields:
+        got, want = getattr(grads, name), getattr(expected, name)
+        assert (got is None) == (want is None), name
+        if want is not None:
+            np.testing.assert_allclose(host(got), want, err_msg=name, **_tol(dtype))
+
+
+@through_cuda()
+def test_ms_deform_attn_deterministic_value_grad_is_bitwise_repeatable():
+    go, value, shapes, starts, loc, a = _attention_case(np.random.default_rng(7), np.float32)
+    runs = [to_host(dc.ms_deform_attn_backward(
+        *(to_device(x) for x in (go, value)), shapes, starts, to_device(loc), to_device(a),
+        needs=("value",), deterministic=True).value) for _ in range(2)]
+    assert np.array_equal(runs[0], runs[1])
+    assert np.all(np.isfinite(runs[0]))
