@@ -1,11 +1,14 @@
 """PyTorch adapter: defconv_np's ops as PyTorch custom operators, and modules.
 
-The functions mirror ``torchvision.ops.deform_conv2d`` and
-``torch.nn.functional.conv2d`` / ``grid_sample`` / ``affine_grid``; the modules
-mirror ``torchvision.ops.DeformConv2d`` (same parameters, so its state_dict
-loads) and add a self-contained modulated block, ``ModulatedDeformConv2d``
-(DCNv2: Zhu et al., "Deformable ConvNets v2: More Deformable, Better Results",
-CVPR 2019).
+The functions mirror ``torchvision.ops.deform_conv2d``,
+``torch.nn.functional.conv2d`` / ``grid_sample`` / ``affine_grid`` and Deformable
+DETR's ``MSDeformAttnFunction.apply`` (``ms_deform_attn``), plus active
+convolution (``active_conv2d``); the modules mirror ``torchvision.ops.DeformConv2d``
+(same parameters, so its state_dict loads) and Deformable DETR's ``MSDeformAttn``
+(``MultiScaleDeformableAttention``), and add a self-contained modulated block,
+``ModulatedDeformConv2d`` (DCNv2: Zhu et al., "Deformable ConvNets v2: More
+Deformable, Better Results", CVPR 2019) and ``ActiveConv2d`` (learned kernel
+positions: Jeon & Kim, CVPR 2017).
 
 This module holds no maths. Each op is a ``torch.library.custom_op`` whose
 kernel hands the tensors to the NumPy functions (CPU tensors) or the CuPy
@@ -43,12 +46,16 @@ from torch import Tensor, nn
 import defconv_np as _dc
 
 __all__ = [
+    "ActiveConv2d",
     "DeformConv2d",
     "ModulatedDeformConv2d",
+    "MultiScaleDeformableAttention",
+    "active_conv2d",
     "affine_grid",
     "conv2d",
     "deform_conv2d",
     "grid_sample",
+    "ms_deform_attn",
 ]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -546,9 +553,233 @@ def affine_grid(theta, size, align_corners=None):
     return torch.ops.defconv_np.affine_grid(theta, list(size), _align_corners(align_corners))
 
 
+# --- ms_deform_attn ----------------------------------------------------------------------
+
+
+def _check_levels(op, spatial_shapes, level_start_index, like):
+    """The integer level tensors: int32/int64, and on ``like``'s device (or the CPU)."""
+    for name, tensor in (("value_spatial_shapes", spatial_shapes),
+                         ("value_level_start_index", level_start_index)):
+        if tensor.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{op}: {name} must be an int64 or int32 tensor, got {tensor.dtype}")
+        if tensor.device != like.device and tensor.device.type != "cpu":
+            raise ValueError(f"{op}: {name} must be on value's device ({like.device}) or the "
+                             f"CPU, got device {tensor.device}")
+
+
+def _host_levels(tensor):
+    """An integer level tensor as a NumPy array (read to the host: a few ints)."""
+    return tensor.detach().cpu().numpy()
+
+
+@torch.library.custom_op("defconv_np::ms_deform_attn", mutates_args=())
+def _ms_deform_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                    sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+    _check_tensors("ms_deform_attn", value=value, sampling_locations=sampling_locations,
+                   attention_weights=attention_weights)
+    _check_levels("ms_deform_attn", spatial_shapes, level_start_index, value)
+    shapes, starts = _host_levels(spatial_shapes), _host_levels(level_start_index)
+    with _launch_on(value.device):
+        out = _dc.ms_deform_attn(_array(value), shapes, starts, _array(sampling_locations),
+                                 _array(attention_weights))
+        return _tensor(out)
+
+
+@_ms_deform_attn.register_fake
+def _ms_deform_attn_fake(value, spatial_shapes, level_start_index, sampling_locations,
+                         attention_weights):
+    _check_tensors("ms_deform_attn", value=value, sampling_locations=sampling_locations,
+                   attention_weights=attention_weights)
+    _check_levels("ms_deform_attn", spatial_shapes, level_start_index, value)
+    n, _, heads, depth = value.shape
+    return value.new_empty((n, sampling_locations.shape[1], heads * depth))
+
+
+@torch.library.custom_op("defconv_np::ms_deform_attn_backward", mutates_args=())
+def _ms_deform_attn_backward(grad_output: Tensor, value: Tensor, spatial_shapes: Tensor,
+                             level_start_index: Tensor, sampling_locations: Tensor,
+                             attention_weights: Tensor,
+                             needs: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    names = _dc.MSDeformAttnGrads._fields
+    shapes, starts = _host_levels(spatial_shapes), _host_levels(level_start_index)
+    with _launch_on(value.device):
+        grads = _dc.ms_deform_attn_backward(
+            _array(grad_output), _array(value), shapes, starts, _array(sampling_locations),
+            _array(attention_weights), needs=[n for n, wanted in zip(names, needs) if wanted],
+            deterministic=torch.are_deterministic_algorithms_enabled())
+        return tuple(_empty_like_none(value) if g is None else _tensor(g) for g in grads)
+
+
+@_ms_deform_attn_backward.register_fake
+def _ms_deform_attn_backward_fake(grad_output, value, spatial_shapes, level_start_index,
+                                  sampling_locations, attention_weights, needs):
+    return tuple(torch.empty_like(like, memory_format=torch.contiguous_format)
+                 if wanted else _empty_like_none(value)
+                 for like, wanted in zip((value, sampling_locations, attention_weights), needs))
+
+
+def _ms_deform_attn_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _ms_deform_attn_grad(ctx, grad_output):
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
+        ctx.saved_tensors)
+    wants = ctx.needs_input_grad
+    needs = [wants[0], wants[3], wants[4]]  # the order of MSDeformAttnGrads
+    grads = torch.ops.defconv_np.ms_deform_attn_backward(
+        grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+        attention_weights, needs)
+    g_value, g_locations, g_weights = (g if wanted else None for g, wanted in zip(grads, needs))
+    return g_value, None, None, g_locations, g_weights
+
+
+_ms_deform_attn.register_autograd(_ms_deform_attn_grad, setup_context=_ms_deform_attn_setup)
+_ms_deform_attn_backward.register_autograd(_no_double_backward("ms_deform_attn"),
+                                           setup_context=_setup_nothing)
+
+
+def ms_deform_attn(value, value_spatial_shapes, value_level_start_index, sampling_locations,
+                   attention_weights):
+    """Multi-scale deformable attention on tensors, as Deformable DETR's
+    ``MSDeformAttnFunction.apply`` (without its ``im2col_step``).
+
+    Parameters
+    ----------
+    value : Tensor, (N, S, M, D)
+        The levels' values, concatenated row-major level after level.
+    value_spatial_shapes : integer Tensor, (L, 2)
+        (H_l, W_l) of each level; read to the host by the kernel, not
+        differentiated. Under ``torch.compile`` the output shape does not depend
+        on it.
+    value_level_start_index : integer Tensor, (L,)
+        ``0, H_0 W_0, ...`` (checked).
+    sampling_locations : Tensor, (N, Lq, M, L, P, 2)
+        Normalised to [0, 1], (x, y).
+    attention_weights : Tensor, (N, Lq, M, L, P)
+        Used as given (apply your own softmax).
+
+    Returns
+    -------
+    Tensor, (N, Lq, M*D)
+
+    See Also
+    --------
+    MultiScaleDeformableAttention : the module around it.
+    defconv_np.ms_deform_attn : the computation, on arrays.
+    """
+    for name, tensor in (("value", value), ("value_spatial_shapes", value_spatial_shapes),
+                         ("value_level_start_index", value_level_start_index),
+                         ("sampling_locations", sampling_locations),
+                         ("attention_weights", attention_weights)):
+        _require_tensor(name, tensor)
+    return torch.ops.defconv_np.ms_deform_attn(value, value_spatial_shapes,
+                                               value_level_start_index, sampling_locations,
+                                               attention_weights)
+
+
+# --- active_conv2d ------------------------------------------------------------------------
+
+
+@torch.library.custom_op("defconv_np::active_conv2d", mutates_args=())
+def _active_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor],
+                   stride: Sequence[int], padding: Sequence[int],
+                   dilation: Sequence[int]) -> Tensor:
+    _check_tensors("active_conv2d", input=input, offset=offset, weight=weight, bias=bias)
+    with _launch_on(input.device):
+        out = _dc.active_conv2d(_array(input), _array(offset), _array(weight), _array(bias),
+                                stride=tuple(stride), padding=tuple(padding),
+                                dilation=tuple(dilation))
+        return _tensor(out)
+
+
+@_active_conv2d.register_fake
+def _active_conv2d_fake(input, offset, weight, bias, stride, padding, dilation):
+    _check_tensors("active_conv2d", input=input, offset=offset, weight=weight, bias=bias)
+    out_h, out_w = (_conv_out_size(input.shape[2 + a], weight.shape[2 + a], stride[a],
+                                   padding[a], dilation[a]) for a in (0, 1))
+    return input.new_empty((input.shape[0], weight.shape[0], out_h, out_w))
+
+
+@torch.library.custom_op("defconv_np::active_conv2d_backward", mutates_args=())
+def _active_conv2d_backward(grad_output: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
+                            stride: Sequence[int], padding: Sequence[int],
+                            dilation: Sequence[int],
+                            needs: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    names = _dc.ActiveConv2dGrads._fields
+    with _launch_on(input.device):
+        grads = _dc.active_conv2d_backward(
+            _array(grad_output), _array(input), _array(offset), _array(weight),
+            stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+            needs=[n for n, wanted in zip(names, needs) if wanted])
+        return tuple(_empty_like_none(input) if g is None else _tensor(g) for g in grads)
+
+
+@_active_conv2d_backward.register_fake
+def _active_conv2d_backward_fake(grad_output, input, offset, weight, stride, padding, dilation,
+                                 needs):
+    likes = (input, offset, weight, weight.new_empty((weight.shape[0],)))
+    return tuple(torch.empty_like(like, memory_format=torch.contiguous_format)
+                 if wanted else _empty_like_none(input) for like, wanted in zip(likes, needs))
+
+
+def _active_conv2d_setup(ctx, inputs, output):
+    input, offset, weight, _, stride, padding, dilation = inputs
+    ctx.save_for_backward(input, offset, weight)
+    ctx.geometry = stride, padding, dilation
+
+
+def _active_conv2d_grad(ctx, grad_output):
+    input, offset, weight = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:4])  # (input, offset, weight, bias), ActiveConv2dGrads'
+    grads = torch.ops.defconv_np.active_conv2d_backward(grad_output, input, offset, weight,
+                                                        *ctx.geometry, needs)
+    g_input, g_offset, g_weight, g_bias = (g if wanted else None
+                                           for g, wanted in zip(grads, needs))
+    return g_input, g_offset, g_weight, g_bias, None, None, None
+
+
+_active_conv2d.register_autograd(_active_conv2d_grad, setup_context=_active_conv2d_setup)
+_active_conv2d_backward.register_autograd(_no_double_backward("active_conv2d"),
+                                          setup_context=_setup_nothing)
+
+
+def active_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1):
+    """Active convolution on tensors: a deformable convolution whose offsets
+    (the kernel positions) are one learned vector shared by every image and
+    output position.
+
+    Parameters
+    ----------
+    input : Tensor, (N, C, H, W)
+    offset : Tensor, (2*G*kh*kw,)
+        ``dy`` at ``2*(g*kh*kw + i*kw + j)``, ``dx`` next (deform_conv2d's channels).
+    weight : Tensor, (O, C/groups, kh, kw)
+        Weight groups are inferred as ``C // weight.shape[1]``.
+    bias : Tensor, (O,), optional
+    stride, padding, dilation : int or (int, int)
+
+    Returns
+    -------
+    Tensor, (N, O, Ho, Wo)
+
+    See Also
+    --------
+    ActiveConv2d : the module holding the positions as a parameter.
+    defconv_np.active_conv2d : the computation, on arrays.
+    """
+    for name, value in (("input", input), ("offset", offset), ("weight", weight)):
+        _require_tensor(name, value)
+    _require_tensor("bias", bias, optional=True)
+    return torch.ops.defconv_np.active_conv2d(
+        input, offset, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"),
+        _pair(dilation, "dilation"))
+
+
 # Under torch.autocast, float16 / bfloat16 inputs are cast to float32 (float64
 # stays), and the ops run and return float32.
-for _op in ("deform_conv2d", "conv2d", "grid_sample", "affine_grid"):
+for _op in ("deform_conv2d", "conv2d", "grid_sample", "affine_grid", "ms_deform_attn",
+            "active_conv2d"):
     for _device_type in ("cpu", "cuda"):
         torch.library.register_autocast(f"defconv_np::{_op}", _device_type, torch.float32)
 del _op, _device_type
@@ -684,3 +915,146 @@ class ModulatedDeformConv2d(nn.Module):
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
                 f"groups={self.groups}, offset_groups={self.offset_groups}, "
                 f"bias={self.bias is not None}")
+
+
+class ActiveConv2d(nn.Module):
+    """Active convolution layer (Jeon & Kim, "Active Convolution: Learning the
+    Shape of Convolution for Image Classification", CVPR 2017): a convolution
+    whose kernel positions are learned.
+
+    Parameters are ``weight`` (O, C/groups, kh, kw) and ``bias`` (O,),
+    initialised as ``torch.nn.Conv2d``'s, and ``offset`` (2*offset_groups*kh*kw,),
+    the displacement (dy, dx) of each kernel point from the regular grid,
+    shared by all images and output positions; it starts at zero, so the layer
+    starts as a regular convolution. C must be divisible by ``offset_groups``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, offset_groups=1, *, device=None, dtype=None):
+        super().__init__()
+        _check_channels(in_channels, out_channels, groups)
+        if (isinstance(offset_groups, bool) or not isinstance(offset_groups, int)
+                or offset_groups < 1 or in_channels % offset_groups):
+            raise ValueError(f"offset_groups must be a positive int dividing in_channels "
+                             f"({in_channels}), got {offset_groups!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        self.dilation = _pair(dilation, "dilation")
+        self.groups = groups
+        self.offset_groups = offset_groups
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups,
+                                               *self.kernel_size, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        points = self.kernel_size[0] * self.kernel_size[1]
+        self.offset = nn.Parameter(torch.empty(2 * offset_groups * points, **factory))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        _reset_conv_parameters(self.weight, self.bias)
+        nn.init.zeros_(self.offset)
+
+    def forward(self, input):
+        """input (N, C, H, W) -> (N, O, Ho, Wo)."""
+        return active_conv2d(input, self.offset, self.weight, self.bias, stride=self.stride,
+                             padding=self.padding, dilation=self.dilation)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, offset_groups={self.offset_groups}, "
+                f"bias={self.bias is not None}")
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+class MultiScaleDeformableAttention(nn.Module):
+    """Multi-scale deformable attention (Zhu et al., "Deformable DETR", ICLR 2021),
+    laid out as Deformable DETR's ``MSDeformAttn`` (same submodules and
+    parameter names, so its state_dict loads).
+
+    Linear layers: ``value_proj`` and ``output_proj`` (d_model -> d_model),
+    ``sampling_offsets`` (d_model -> n_heads*n_levels*n_points*2, offsets in
+    pixels of each level, (x, y)) and ``attention_weights`` (d_model ->
+    n_heads*n_levels*n_points, a softmax over each head's levels and points).
+    Initialisation: the offsets start on a per-head direction (angle
+    2*pi*h/n_heads, scaled so the larger of |cos|, |sin| is 1) at distances 1,
+    2, ... for the points, with zero weight; uniform attention (zero weight and
+    bias); xavier-uniform projections with zero bias.
+    """
+
+    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4):
+        super().__init__()
+        for name, value in (("d_model", d_model), ("n_levels", n_levels),
+                            ("n_heads", n_heads), ("n_points", n_points)):
+            _positive_int(name, value)
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.d_model = d_model
+        self.n_levels = n_levels
+        self.n_heads = n_heads
+        self.n_points = n_points
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angle = torch.arange(self.n_heads, dtype=torch.float64) * (2 * math.pi / self.n_heads)
+        direction = torch.stack((angle.cos(), angle.sin()), dim=-1)
+        direction = direction / direction.abs().amax(dim=-1, keepdim=True)
+        distance = torch.arange(1, self.n_points + 1, dtype=torch.float64)
+        # (heads, levels, points, 2): the head's direction times (point + 1), on every level
+        grid = (direction[:, None, None, :] * distance[None, None, :, None]).expand(
+            self.n_heads, self.n_levels, self.n_points, 2)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.reshape(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for linear in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, query, reference_points, input_flatten, input_spatial_shapes,
+                input_level_start_index, input_padding_mask=None):
+        """query (N, Lq, d_model), reference_points (N, Lq, L, 2) normalised (x, y)
+        in [0, 1], input_flatten (N, S, d_model), input_spatial_shapes (L, 2)
+        int64 of (H_l, W_l), input_level_start_index (L,), input_padding_mask
+        (N, S) bool, True where padded (those values are set to 0), or None
+        -> (N, Lq, d_model)."""
+        n, len_q, _ = query.shape
+        len_in = input_flatten.shape[1]
+        if reference_points.dim() != 4 or reference_points.shape[-1] != 2:
+            raise ValueError(f"reference_points must be (N, Lq, L, 2), got shape "
+                             f"{tuple(reference_points.shape)}")
+        heads, levels, points = self.n_heads, self.n_levels, self.n_points
+        value = self.value_proj(input_flatten)
+        if input_padding_mask is not None:
+            value = value.masked_fill(input_padding_mask[..., None], 0.0)
+        value = value.view(n, len_in, heads, self.d_model // heads)
+        offsets = self.sampling_offsets(query).view(n, len_q, heads, levels, points, 2)
+        weights = self.attention_weights(query).view(n, len_q, heads, levels * points)
+        weights = torch.softmax(weights, dim=-1).view(n, len_q, heads, levels, points)
+        # offsets are in pixels of each level: divide by (W_l, H_l)
+        normalizer = torch.stack((input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]),
+                                 dim=-1).to(offsets.dtype)
+        locations = (reference_points[:, :, None, :, None, :]
+                     + offsets / normalizer[None, None, None, :, None, :])
+        out = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations,
+                             weights)
+        return self.output_proj(out)
+
+    def extra_repr(self):
+        return (f"d_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, "
+                f"n_points={self.n_points}")

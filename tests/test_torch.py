@@ -1,6 +1,7 @@
 """The PyTorch adapter (defconv_np.torch): gradients, equality with the NumPy
 functions, modules, torch.compile, autocast, errors, and DistributedDataParallel."""
 
+import math
 import os
 import pathlib
 import runpy
@@ -68,6 +69,39 @@ def deform_case(dtype=F64, masked=True, groups=1, offset_groups=1, stride=1, dil
     return (x, offset, weight, bias, mask), kwargs
 
 
+def attn_case(dtype=F64, n=2, lq=3, heads=2, depth=3, shapes=((4, 5), (2, 3)), points=2,
+              seed=0):
+    """value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+    with every sample's pixel coordinates strictly inside its level and their
+    fractional parts in [0.2, 0.8] (away from the kinks of bilinear sampling)."""
+    g = generator(seed)
+    sizes = [h * w for h, w in shapes]
+    value = randn(n, sum(sizes), heads, depth, seed=seed + 1, dtype=dtype)
+    spatial_shapes = torch.tensor(shapes, dtype=torch.int64)
+    level_start_index = torch.tensor([sum(sizes[:i]) for i in range(len(shapes))],
+                                     dtype=torch.int64)
+    locations = torch.empty(n, lq, heads, len(shapes), points, 2, dtype=dtype)
+    for level, (h, w) in enumerate(shapes):
+        for axis, size in ((0, w), (1, h)):
+            shape = (n, lq, heads, points)
+            pixel = (torch.randint(0, size, shape, generator=g) - 0.5 + 0.2
+                     + 0.6 * torch.rand(*shape, generator=g, dtype=dtype))
+            pixel = pixel.clamp(min=-0.8)  # keep -1 <= x (the window's edge) far off
+            locations[:, :, :, level, :, axis] = (pixel + 0.5) / size
+    weights = torch.rand(n, lq, heads, len(shapes), points, generator=g, dtype=dtype)
+    return value, spatial_shapes, level_start_index, locations, weights
+
+
+def active_case(dtype=F64, groups=1, offset_groups=1, seed=0, n=2, c=4, o=6, h=6, w=7):
+    """input, offset, weight, bias for a 3x3 kernel; offsets with fractional
+    parts in [0.2, 0.8] (away from kinks)."""
+    x = randn(n, c, h, w, seed=seed, dtype=dtype)
+    offset = fractional_offsets((2 * offset_groups * 9,), seed + 1, dtype)
+    weight = randn(o, c // groups, 3, 3, seed=seed + 2, dtype=dtype)
+    bias = randn(o, seed=seed + 3, dtype=dtype)
+    return x, offset, weight, bias
+
+
 def requiring_grad(tensors):
     return tuple(None if t is None else t.clone().requires_grad_() for t in tensors)
 
@@ -128,6 +162,22 @@ def test_grid_sample_through_affine_grid_gradcheck():
         (x, theta))
 
 
+def test_ms_deform_attn_gradcheck():
+    value, shapes, starts, locations, weights = attn_case(n=1, lq=2)
+    inputs = requiring_grad((value, locations, weights))
+    assert torch.autograd.gradcheck(
+        lambda v, loc, a: dct.ms_deform_attn(v, shapes, starts, loc, a), inputs)
+
+
+@pytest.mark.parametrize("groups, offset_groups, stride, padding, dilation",
+                         [(1, 1, 1, 1, 1), (2, 2, 2, 0, 2)])
+def test_active_conv2d_gradcheck(groups, offset_groups, stride, padding, dilation):
+    tensors = active_case(groups=groups, offset_groups=offset_groups, n=1, h=6, w=6)
+    kw = dict(stride=stride, padding=padding, dilation=dilation)
+    assert torch.autograd.gradcheck(lambda x, o, w, b: dct.active_conv2d(x, o, w, b, **kw),
+                                    requiring_grad(tensors))
+
+
 @pytest.mark.parametrize("op, args", [
     ("deform_conv2d", lambda: (*deform_case()[0][:4], [1, 1], [1, 1], [1, 1],
                                deform_case()[0][4])),
@@ -136,11 +186,14 @@ def test_grid_sample_through_affine_grid_gradcheck():
     ("grid_sample", lambda: (randn(2, 3, 5, 6), smooth_grid(2, 3, 4, 5, 6), "bilinear",
                              "reflection", False)),
     ("affine_grid", lambda: (randn(2, 2, 3), [2, 3, 4, 5], True)),
+    ("ms_deform_attn", lambda: attn_case()),
+    ("active_conv2d", lambda: (*active_case(groups=2, offset_groups=2), [2, 1], [1, 0], [1, 2])),
 ])
 def test_opcheck(op, args):
     """torch.library's own checks: schema, fake kernel against the real one,
     autograd registration, and tracing under AOT dispatch with dynamic shapes."""
-    inputs = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args())
+    inputs = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
+                   else a for a in args())
     results = torch.library.opcheck(getattr(torch.ops.defconv_np, op).default, inputs)
     assert set(results.values()) == {"SUCCESS"}, results
 
@@ -163,6 +216,38 @@ def test_backward_asks_only_for_the_gradients_autograd_needs(monkeypatch, wanted
                             mask=inputs["mask"], **kw)
     out.sum().backward()
     assert calls == [tuple(n for n in dc.DeformConv2dGrads._fields if n in wanted)]
+    assert all((inputs[n].grad is not None) == (n in wanted) for n in names)
+
+
+@pytest.mark.parametrize("op, wanted", [
+    ("ms_deform_attn", ("value",)), ("ms_deform_attn", ("sampling_locations",)),
+    ("ms_deform_attn", ("value", "attention_weights")),
+    ("active_conv2d", ("offset",)), ("active_conv2d", ("input", "bias")),
+    ("active_conv2d", ("weight",)),
+])
+def test_new_ops_ask_only_for_the_gradients_autograd_needs(monkeypatch, op, wanted):
+    calls = []
+    original = getattr(dc, f"{op}_backward")
+
+    def recording(*args, needs, **kwargs):
+        calls.append(tuple(needs))
+        return original(*args, needs=needs, **kwargs)
+
+    monkeypatch.setattr(dc, f"{op}_backward", recording)
+    if op == "ms_deform_attn":
+        value, shapes, starts, locations, weights = attn_case()
+        names = dc.MSDeformAttnGrads._fields
+        inputs = {n: t.clone().requires_grad_(n in wanted)
+                  for n, t in zip(names, (value, locations, weights))}
+        out = dct.ms_deform_attn(inputs["value"], shapes, starts, inputs["sampling_locations"],
+                                 inputs["attention_weights"])
+    else:
+        names = dc.ActiveConv2dGrads._fields
+        inputs = {n: t.clone().requires_grad_(n in wanted)
+                  for n, t in zip(names, active_case())}
+        out = dct.active_conv2d(*inputs.values(), padding=1)
+    out.sum().backward()
+    assert calls == [tuple(n for n in names if n in wanted)]
     assert all((inputs[n].grad is not None) == (n in wanted) for n in names)
 
 
@@ -261,6 +346,63 @@ def test_grid_sample_and_affine_grid_equal_numpy(mode, padding_mode, align_corne
     np.testing.assert_array_equal(grid.grad.numpy(), grads.grid)
     np.testing.assert_array_equal(theta.grad.numpy(),
                                   dc.affine_grid_backward(grads.grid, tuple(size), align_corners))
+
+
+@pytest.mark.parametrize("layout", [lambda t: t, non_contiguous])
+def test_ms_deform_attn_equals_numpy(layout):
+    value, shapes, starts, locations, weights = attn_case(dtype=torch.float32, shapes=((5, 6),
+                                                                                     (3, 2),
+                                                                                     (1, 1)))
+    # a few samples beyond the window's edge as well
+    locations = torch.cat((locations[:, :1] * 1.7 - 0.35, locations[:, 1:]), dim=1)
+    value, locations, weights = (layout(t).requires_grad_() for t in (value, locations, weights))
+    out = dct.ms_deform_attn(value, shapes, starts, locations, weights)
+    grad_out = randn(*out.shape, seed=9, dtype=torch.float32)
+    out.backward(grad_out)
+    arrays = numpy_of(value), shapes.numpy(), starts.numpy(), numpy_of(locations), \
+        numpy_of(weights)
+    assert out.dtype == torch.float32 and out.shape == (2, 3, 6)
+    np.testing.assert_array_equal(out.detach().numpy(), dc.ms_deform_attn(*arrays))
+    grads = dc.ms_deform_attn_backward(grad_out.numpy(), *arrays)
+    np.testing.assert_array_equal(value.grad.numpy(), grads.value)
+    np.testing.assert_array_equal(locations.grad.numpy(), grads.sampling_locations)
+    np.testing.assert_array_equal(weights.grad.numpy(), grads.attention_weights)
+
+
+def test_ms_deform_attn_takes_int32_levels_and_lists_are_refused():
+    value, shapes, starts, locations, weights = attn_case()
+    expected = dct.ms_deform_attn(value, shapes, starts, locations, weights)
+    assert torch.equal(dct.ms_deform_attn(value, shapes.int(), starts.int(), locations, weights),
+                       expected)
+    with pytest.raises(TypeError, match="value_spatial_shapes must be a torch.Tensor, got "
+                                        "builtins.list"):
+        dct.ms_deform_attn(value, shapes.tolist(), starts, locations, weights)
+    with pytest.raises(TypeError, match="ms_deform_attn: value_level_start_index must be an "
+                                        "int64 or int32 tensor, got torch.float64"):
+        dct.ms_deform_attn(value, shapes, starts.double(), locations, weights)
+    with pytest.raises(ValueError, match="level_start_index must be the cumulative level "
+                                         "sizes"):  # the library's own checks
+        dct.ms_deform_attn(value, shapes, starts + 1, locations, weights)
+
+
+@pytest.mark.parametrize("layout", [lambda t: t, non_contiguous])
+@pytest.mark.parametrize("offset_scale", [1.0, 9.0])  # the stencil path, the deformable path
+def test_active_conv2d_equals_numpy(layout, offset_scale):
+    tensors = active_case(dtype=torch.float32, groups=2, offset_groups=2)
+    x, offset, weight, bias = (layout(t) for t in tensors)
+    offset = offset * offset_scale
+    x, offset, weight, bias = requiring_grad((x, offset, weight, bias))
+    kw = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))
+    out = dct.active_conv2d(x, offset, weight, bias, **kw)
+    grad_out = randn(*out.shape, seed=9, dtype=torch.float32)
+    out.backward(grad_out)
+    arrays = [numpy_of(t) for t in (x, offset, weight, bias)]
+    assert out.dtype == torch.float32
+    np.testing.assert_array_equal(out.detach().numpy(), dc.active_conv2d(*arrays, **kw))
+    grads = dc.active_conv2d_backward(grad_out.numpy(), *arrays[:3], **kw)
+    for got, want in ((x, grads.input), (offset, grads.offset), (weight, grads.weight),
+                      (bias, grads.bias)):
+        np.testing.assert_array_equal(got.grad.numpy(), want)
 
 
 def test_align_corners_none_means_false():
@@ -385,6 +527,91 @@ def test_modulated_block_refuses_bad_arguments():
         dct.DeformConv2d(4, 6, 3, groups=4)
 
 
+def test_active_conv2d_module_equals_function_and_starts_as_a_convolution():
+    module = dct.ActiveConv2d(4, 6, 3, stride=2, padding=1, groups=2, offset_groups=2).double()
+    assert module.offset.shape == (36,) and not module.offset.any()
+    assert module.weight.shape == (6, 2, 3, 3) and module.bias.shape == (6,)
+    x = randn(2, 4, 7, 7)
+    torch.testing.assert_close(module(x), dct.conv2d(x, module.weight, module.bias, stride=2,
+                                                     padding=1, groups=2),
+                               rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        module.offset.copy_(fractional_offsets((36,), seed=3))
+    assert torch.equal(module(x), dct.active_conv2d(x, module.offset, module.weight, module.bias,
+                                                    stride=2, padding=1))
+    module(x).square().sum().backward()
+    assert module.offset.grad.abs().max() > 0
+    no_bias = dct.ActiveConv2d(4, 4, (3, 1), bias=False)
+    assert no_bias.bias is None and no_bias.offset.shape == (6,)
+    assert "offset_groups=2" in repr(module)
+    with pytest.raises(ValueError, match=r"offset_groups must be a positive int dividing "
+                                         r"in_channels \(4\), got 3"):
+        dct.ActiveConv2d(4, 4, 3, offset_groups=3)
+
+
+def deformable_detr_offsets_bias(heads, levels, points):
+    """The sampling_offsets bias Deformable DETR's MSDeformAttn starts from, spelled out."""
+    bias = torch.empty(heads, levels, points, 2, dtype=F64)
+    for h in range(heads):
+        angle = 2 * math.pi * h / heads
+        c, s = math.cos(angle), math.sin(angle)
+        scale = max(abs(c), abs(s))
+        for p in range(points):
+            bias[h, :, p] = torch.tensor([c / scale, s / scale], dtype=F64) * (p + 1)
+    return bias.reshape(-1)
+
+
+def attention_inputs(module, n=2, lq=5, shapes=((6, 5), (3, 3)), seed=0):
+    d = module.d_model
+    sizes = [h * w for h, w in shapes]
+    query = randn(n, lq, d, seed=seed)
+    reference = torch.rand(n, lq, len(shapes), 2, generator=generator(seed + 1), dtype=F64)
+    flat = randn(n, sum(sizes), d, seed=seed + 2)
+    spatial = torch.tensor(shapes, dtype=torch.int64)
+    starts = torch.tensor([sum(sizes[:i]) for i in range(len(shapes))], dtype=torch.int64)
+    return query, reference, flat, spatial, starts
+
+
+def test_multi_scale_deformable_attention_layout_and_initialisation():
+    module = dct.MultiScaleDeformableAttention(d_model=16, n_levels=3, n_heads=4, n_points=2)
+    assert module.sampling_offsets.weight.shape == (4 * 3 * 2 * 2, 16)
+    assert module.attention_weights.weight.shape == (4 * 3 * 2, 16)
+    assert module.value_proj.weight.shape == module.output_proj.weight.shape == (16, 16)
+    assert not module.sampling_offsets.weight.any()
+    torch.testing.assert_close(module.sampling_offsets.bias.double(),
+                               deformable_detr_offsets_bias(4, 3, 2), rtol=1e-6, atol=1e-6)
+    assert not module.attention_weights.weight.any() and not module.attention_weights.bias.any()
+    assert not module.value_proj.bias.any() and not module.output_proj.bias.any()
+    assert module.value_proj.weight.abs().max() <= math.sqrt(6 / 32)  # xavier_uniform's bound
+    assert set(dict(module.named_parameters())) == {
+        f"{layer}.{p}" for layer in ("sampling_offsets", "attention_weights", "value_proj",
+                                     "output_proj") for p in ("weight", "bias")}
+    with pytest.raises(ValueError, match=r"d_model \(10\) must be divisible by n_heads \(4\)"):
+        dct.MultiScaleDeformableAttention(d_model=10, n_heads=4)
+
+
+def test_multi_scale_deformable_attention_equals_functional_call():
+    torch.manual_seed(0)
+    module = dct.MultiScaleDeformableAttention(d_model=8, n_levels=2, n_heads=2, n_points=3)
+    module = module.double()
+    torch.nn.init.normal_(module.sampling_offsets.weight, std=0.1, generator=generator(5))
+    torch.nn.init.normal_(module.attention_weights.weight, std=0.3, generator=generator(6))
+    query, reference, flat, spatial, starts = attention_inputs(module)
+    mask = torch.rand(2, flat.shape[1], generator=generator(7)) < 0.3
+    n, lq, _ = query.shape
+    value = module.value_proj(flat).masked_fill(mask[..., None], 0).view(n, -1, 2, 4)
+    offsets = module.sampling_offsets(query).view(n, lq, 2, 2, 3, 2)
+    weights = torch.softmax(module.attention_weights(query).view(n, lq, 2, 6), -1)
+    normalizer = torch.stack((spatial[:, 1], spatial[:, 0]), -1)
+    locations = reference[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :,
+                                                                         None, :]
+    expected = module.output_proj(dct.ms_deform_attn(value, spatial, starts, locations,
+                                                     weights.view(n, lq, 2, 2, 3)))
+    assert torch.equal(module(query, reference, flat, spatial, starts, mask), expected)
+    unmasked = module(query, reference, flat, spatial, starts)
+    assert unmasked.shape == (2, 5, 8) and not torch.equal(unmasked, expected)
+
+
 def test_dcnv2_network_trains():
     model = torch_ddp_worker.build_model()
     x, y = torch_ddp_worker.batch()
@@ -399,6 +626,56 @@ def test_dcnv2_network_trains():
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert losses[-1] < 0.95 * losses[0], losses
     assert model.dcn.conv_offset.weight.grad.abs().max() > 0
+
+
+class TinyDeformableDETR(torch.nn.Module):
+    """Two feature levels from a stem (one an ActiveConv2d), flattened; learned
+    queries attend to them with MultiScaleDeformableAttention; a linear head."""
+
+    def __init__(self, d=8, queries=3, classes=3):
+        super().__init__()
+        self.stem = dct.ActiveConv2d(2, d, 3, padding=1, dtype=F64)
+        self.query = torch.nn.Parameter(randn(queries, d, seed=11))
+        self.reference = torch.nn.Parameter(
+            torch.rand(queries, 2, 2, generator=generator(12), dtype=F64))
+        self.attn = dct.MultiScaleDeformableAttention(d_model=d, n_levels=2, n_heads=2,
+                                                      n_points=2).double()
+        self.head = torch.nn.Linear(d, classes, dtype=F64)
+
+    def forward(self, x):
+        h = torch.tanh(self.stem(x))
+        levels = (h, torch.nn.functional.avg_pool2d(h, 2))
+        flat = torch.cat([f.flatten(2).transpose(1, 2) for f in levels], dim=1)
+        sizes = [f.shape[2] * f.shape[3] for f in levels]
+        spatial = torch.tensor([f.shape[2:] for f in levels], dtype=torch.int64)
+        starts = torch.tensor([0, sizes[0]], dtype=torch.int64)
+        query = self.query.expand(x.shape[0], -1, -1)
+        reference = self.reference.expand(x.shape[0], -1, -1, -1)
+        out = self.attn(query, reference, flat, spatial, starts)
+        return self.head(out.mean(dim=1))
+
+
+def tiny_detr_batch():
+    x = randn(4, 2, 6, 6, seed=13)
+    return x, torch.tensor([0, 1, 2, 1])
+
+
+def test_multi_scale_deformable_attention_network_trains():
+    torch.manual_seed(0)
+    model = TinyDeformableDETR()
+    x, y = tiny_detr_batch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    losses = []
+    for _ in range(6):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < 0.95 * losses[0], losses
+    assert model.attn.sampling_offsets.weight.grad.abs().max() > 0
+    assert model.stem.offset.grad.abs().max() > 0
 
 
 # --- torch.compile, autocast ------------------------------------------------------------
@@ -446,6 +723,21 @@ def test_torch_compile_fullgraph_matches_eager(backend):
         torch.testing.assert_close(out, eager_out, rtol=1e-12, atol=1e-12)
         for a, b in zip(grads, eager_grads):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_compile_fullgraph_matches_eager_with_attention_and_active_conv():
+    torch.manual_seed(0)
+    model = TinyDeformableDETR()
+    torch.nn.init.normal_(model.attn.sampling_offsets.weight, std=0.2, generator=generator(3))
+    with torch.no_grad():
+        model.stem.offset.copy_(fractional_offsets((18,), seed=4) * 0.5)
+    x = tiny_detr_batch()[0]
+    eager_out, eager_grads = forward_and_grads(model, model, x)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out, grads = forward_and_grads(model, compiled, x)
+    assert torch.equal(out, eager_out)
+    assert all(torch.equal(a, b) for a, b in zip(grads, eager_grads))
 
 
 def test_autocast_bfloat16_computes_in_float32():
@@ -514,10 +806,17 @@ def test_non_tensors_and_bad_arguments_are_refused():
         dct.conv2d(x, randn(3, 4, 3, 3))
 
 
-@pytest.mark.parametrize("op", ["deform_conv2d", "conv2d", "grid_sample", "affine_grid"])
+@pytest.mark.parametrize("op", ["deform_conv2d", "conv2d", "grid_sample", "affine_grid",
+                                "ms_deform_attn", "active_conv2d"])
 def test_double_backward_raises(op):
     x = randn(1, 2, 5, 5).requires_grad_()
-    if op == "deform_conv2d":
+    if op == "ms_deform_attn":
+        value, shapes, starts, locations, weights = attn_case()
+        x = value.requires_grad_()
+        out = dct.ms_deform_attn(x, shapes, starts, locations, weights)
+    elif op == "active_conv2d":
+        out = dct.active_conv2d(x, fractional_offsets((18,)), randn(3, 2, 3, 3, seed=1))
+    elif op == "deform_conv2d":
         out = dct.deform_conv2d(x, fractional_offsets((1, 18, 3, 3)), randn(3, 2, 3, 3, seed=1))
     elif op == "conv2d":
         out = dct.conv2d(x, randn(3, 2, 3, 3, seed=1))
