@@ -1,8 +1,9 @@
 """JAX adapter: defconv_np's ops as differentiable JAX functions.
 
-``deform_conv2d``, ``conv2d``, ``grid_sample`` and ``affine_grid`` take and
-return ``jax.Array`` values, with torchvision's / torch.nn.functional's
-signatures, and work under ``jax.jit``, ``jax.grad``, ``jax.value_and_grad``
+``deform_conv2d``, ``conv2d``, ``grid_sample``, ``affine_grid``,
+``ms_deform_attn`` and ``active_conv2d`` take and return ``jax.Array`` values,
+with torchvision's / torch.nn.functional's / Deformable DETR's signatures
+(``ms_deform_attn`` takes its level shapes as static host values), and work under ``jax.jit``, ``jax.grad``, ``jax.value_and_grad``
 and ``jax.vmap``, in float32 and (with ``jax_enable_x64``) float64.
 
 Each op is a ``jax.custom_vjp`` whose forward and backward call defconv_np's
@@ -42,6 +43,18 @@ import numpy as np
 from . import _validate
 from ._arrays import common_float_dtype
 from ._geometry import check_padded_input, conv_geometry
+from .active import (
+    ACTIVE_CONV2D_GRADS,
+    _check as _check_active,
+    active_conv2d as _np_active_conv2d,
+    active_conv2d_backward as _np_active_conv2d_backward,
+)
+from .attention import (
+    MS_DEFORM_ATTN_GRADS,
+    _check as _check_attention,
+    ms_deform_attn as _np_ms_deform_attn,
+    ms_deform_attn_backward as _np_ms_deform_attn_backward,
+)
 from .convolution import CONV2D_GRADS, conv2d as _np_conv2d, conv2d_backward as _np_conv2d_backward
 from .deformable import (
     _check as _check_deform,
@@ -58,7 +71,8 @@ from .spatial import (
     grid_sample_backward as _np_grid_sample_backward,
 )
 
-__all__ = ["affine_grid", "conv2d", "deform_conv2d", "grid_sample"]
+__all__ = ["active_conv2d", "affine_grid", "conv2d", "deform_conv2d", "grid_sample",
+           "ms_deform_attn"]
 
 #: How the callbacks are batched: the callback sees mapped axes in front
 #: (size 1 for unmapped arguments) and folds or loops itself (see _run_mapped).
@@ -541,3 +555,192 @@ def affine_grid(theta, size, align_corners=False):
     _validate.shape_equals(theta, "theta", (size[0], 2, 3), "(N, 2, 3) for size (N, C, H, W)")
     align_corners = _validate.flag(align_corners, "align_corners")
     return _affine_grid_op(size, align_corners, dtype.str, CALLBACK)(theta)
+
+
+# --- ms_deform_attn ---------------------------------------------------------------------------
+
+def _static_integers(value, name):
+    """A level description (tuple/list of ints or pairs, NumPy integer array, or a
+    concrete JAX array) as a NumPy array; a traced array is refused: the levels
+    decide the kernels' work and must be known at trace time."""
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(f"{name} must be static (a tuple of ints or pairs, or a NumPy array), "
+                        f"not a traced JAX array: the level shapes decide the work at trace "
+                        f"time; pass them as Python ints or a NumPy array")
+    if isinstance(value, jax.Array):
+        return np.asarray(value)
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _ms_deform_attn_op(shapes, out_shape, dtype, method):
+    dtype = np.dtype(dtype)
+    sizes = [h * w for h, w in shapes]
+    starts = np.array([sum(sizes[:i]) for i in range(len(shapes))], np.int64)
+    levels = np.array(shapes, np.int64).reshape(len(shapes), 2)
+    # value, sampling_locations, attention_weights: all with N first
+    base_ndims = (4, 6, 5)
+
+    def forward_host(value, locations, weights):
+        return (_np_ms_deform_attn(value, levels, starts, locations, weights),)
+
+    @functools.lru_cache(maxsize=None)
+    def backward_host(names):
+        def host(grad_output, value, locations, weights):
+            grads = _np_ms_deform_attn_backward(grad_output, value, levels, starts, locations,
+                                                weights, needs=names)
+            return tuple(getattr(grads, n) for n in names)
+        return host
+
+    @jax.custom_vjp
+    def op(value, locations, weights):
+        (out,) = _callback(method, forward_host, [jax.ShapeDtypeStruct(out_shape, dtype)],
+                           [value, locations, weights], base_ndims, (True,) * 3, (True,))
+        return out
+
+    def fwd(value, locations, weights):
+        primals = (value, locations, weights)
+        wanted = _perturbed(MS_DEFORM_ATTN_GRADS, primals)
+        values = [_value(p) for p in primals]
+        return op(*values), (*values, wanted)
+
+    def bwd(residuals, grad_output):
+        value, locations, weights, wanted = residuals
+        names = list(wanted.names)
+        if _is_zero(grad_output) or not names:
+            return (None,) * 3
+        arrays = dict(value=value, sampling_locations=locations, attention_weights=weights)
+        shapes = [_struct(arrays[n], dtype) for n in names]
+        # every gradient is per image (the value gradient adds over queries, image by image)
+        results = _callback(method, backward_host(tuple(names)), shapes,
+                            [grad_output, value, locations, weights], (3,) + base_ndims,
+                            (True,) * 4, (True,) * len(names))
+        found = dict(zip(names, results))
+        return tuple(found.get(n) for n in MS_DEFORM_ATTN_GRADS)
+
+    op.defvjp(fwd, bwd, symbolic_zeros=True)
+    return jax.jit(op)
+
+
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights):
+    """Multi-scale deformable attention on JAX arrays (Deformable DETR's core op).
+
+    Parameters
+    ----------
+    value : jax.Array, (N, S, M, D)
+    spatial_shapes : tuple of (H, W) pairs, or NumPy integer array, (L, 2)
+        Static: part of the compiled computation (a concrete JAX array is read
+        to the host; a traced one is refused).
+    level_start_index : tuple of ints, or NumPy integer array, (L,)
+        ``0, H_0 W_0, ...`` (checked); static like ``spatial_shapes``.
+    sampling_locations : jax.Array, (N, Lq, M, L, P, 2)
+        Normalised to [0, 1], (x, y).
+    attention_weights : jax.Array, (N, Lq, M, L, P)
+
+    Returns
+    -------
+    jax.Array, (N, Lq, M*D)
+        Bit for bit :func:`defconv_np.ms_deform_attn`; differentiable in value,
+        sampling_locations and attention_weights.
+
+    See Also
+    --------
+    defconv_np.ms_deform_attn : the NumPy function it calls.
+    """
+    value = _as_array(value, "value")
+    sampling_locations = _as_array(sampling_locations, "sampling_locations")
+    attention_weights = _as_array(attention_weights, "attention_weights")
+    dtype = _float_dtype(value=value, sampling_locations=sampling_locations,
+                         attention_weights=attention_weights)
+    shapes = _check_attention(value, _static_integers(spatial_shapes, "spatial_shapes"),
+                              _static_integers(level_start_index, "level_start_index"),
+                              sampling_locations, attention_weights)
+    n, _, heads, depth = value.shape
+    out_shape = (n, sampling_locations.shape[1], heads * depth)
+    op = _ms_deform_attn_op(shapes, out_shape, dtype.str, CALLBACK)
+    return op(value, sampling_locations, attention_weights)
+
+
+# --- active_conv2d ----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _active_conv2d_op(stride, padding, dilation, out_shape, dtype, method):
+    dtype = np.dtype(dtype)
+
+    def forward_host(input, offset, weight, bias):
+        return (_np_active_conv2d(input, offset, weight, bias, stride, padding, dilation),)
+
+    @functools.lru_cache(maxsize=None)
+    def backward_host(names):
+        def host(grad_output, input, offset, weight):
+            grads = _np_active_conv2d_backward(grad_output, input, offset, weight, stride,
+                                               padding, dilation, needs=names)
+            return tuple(getattr(grads, n) for n in names)
+        return host
+
+    @jax.custom_vjp
+    def op(input, offset, weight, bias):
+        (out,) = _callback(method, forward_host, [jax.ShapeDtypeStruct(out_shape, dtype)],
+                           [input, offset, weight, bias], (4, 1, 4, 1),
+                           (True, False, False, False), (True,))
+        return out
+
+    def fwd(input, offset, weight, bias):
+        primals = (input, offset, weight, bias)
+        wanted = _perturbed(ACTIVE_CONV2D_GRADS, primals)
+        values = [_value(p) for p in primals]
+        return op(*values), (values[0], values[1], values[2], wanted)
+
+    def bwd(residuals, grad_output):
+        input, offset, weight, wanted = residuals
+        names = list(wanted.names)
+        if _is_zero(grad_output) or not names:
+            return (None,) * 4
+        arrays = dict(input=input, offset=offset, weight=weight,
+                      bias=jax.ShapeDtypeStruct((out_shape[1],), dtype))
+        shapes = [_struct(arrays[n], dtype) for n in names]
+        # the offset, weight and bias gradients add over the batch: per mapped element
+        results = _callback(method, backward_host(tuple(names)), shapes,
+                            [grad_output, input, offset, weight], (4, 4, 1, 4),
+                            (True, True, False, False), tuple(n == "input" for n in names))
+        found = dict(zip(names, results))
+        return tuple(found.get(n) for n in ACTIVE_CONV2D_GRADS)
+
+    op.defvjp(fwd, bwd, symbolic_zeros=True)
+    return jax.jit(op)
+
+
+def active_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1):
+    """Active convolution on JAX arrays: a deformable convolution whose offsets
+    (the kernel positions) are one vector shared by every image and position.
+
+    Parameters
+    ----------
+    input : jax.Array, (N, C, H, W)
+    offset : jax.Array, (2*G*kh*kw,)
+        ``dy`` at ``2*(g*kh*kw + i*kw + j)``, ``dx`` next.
+    weight : jax.Array, (O, C/groups, kh, kw)
+        Weight groups are inferred as ``C // weight.shape[1]``.
+    bias : jax.Array, (O,), optional
+    stride, padding, dilation : int or (int, int)
+
+    Returns
+    -------
+    jax.Array, (N, O, Ho, Wo)
+        Bit for bit :func:`defconv_np.active_conv2d`; differentiable in input,
+        offset, weight and bias.
+
+    See Also
+    --------
+    defconv_np.active_conv2d : the NumPy function it calls.
+    """
+    input = _as_array(input, "input")
+    offset = _as_array(offset, "offset")
+    weight = _as_array(weight, "weight")
+    bias = _as_array(bias, "bias", optional=True)
+    dtype = _float_dtype(input=input, offset=offset, weight=weight, bias=bias)
+    geom = _check_active(input, offset, weight, bias, stride, padding, dilation)
+    op = _active_conv2d_op(geom.stride, geom.padding, geom.dilation, geom.out_shape, dtype.str,
+                           CALLBACK)
+    return op(input, offset, weight, bias)

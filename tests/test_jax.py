@@ -121,11 +121,58 @@ def affine_call(module, arrays, static):
     return module.affine_grid(arrays["theta"], **static)
 
 
+ATTN_SHAPES = ((4, 5), (2, 3))
+
+
+def attn_problem(rng, dtype, n=2, lq=3, heads=2, depth=3, points=2):
+    """Sample positions away from cell edges in pixel coordinates (x = loc * W - 0.5),
+    some beyond the level's window, as normalised locations."""
+    sizes = [h * w for h, w in ATTN_SHAPES]
+    locations = np.empty((n, lq, heads, len(ATTN_SHAPES), points, 2))
+    for level, (h, w) in enumerate(ATTN_SHAPES):
+        for axis, size in ((0, w), (1, h)):
+            pixel = fractional(rng, (n, lq, heads, points), -2, size + 1, np.float64)
+            locations[:, :, :, level, :, axis] = (pixel + 0.5) / size
+    arrays = {
+        "value": rng.standard_normal((n, sum(sizes), heads, depth)).astype(dtype),
+        "sampling_locations": locations.astype(dtype),
+        "attention_weights": rng.uniform(0.1, 1.0, (n, lq, heads, len(ATTN_SHAPES),
+                                                    points)).astype(dtype),
+    }
+    starts = tuple(sum(sizes[:i]) for i in range(len(sizes)))
+    return arrays, dict(spatial_shapes=ATTN_SHAPES, level_start_index=starts)
+
+
+def attn_call(module, arrays, static):
+    a = arrays
+    return module.ms_deform_attn(a["value"], static["spatial_shapes"],
+                                 static["level_start_index"], a["sampling_locations"],
+                                 a["attention_weights"])
+
+
+def active_problem(rng, dtype, n=2):
+    arrays = {
+        "input": rng.standard_normal((n, 4, 7, 8)).astype(dtype),
+        # kernel positions base + offset: fractional, so away from cell edges
+        "offset": fractional(rng, (2 * 2 * 9,), -2, 2, dtype),
+        "weight": rng.standard_normal((6, 2, 3, 3)).astype(dtype),
+        "bias": rng.standard_normal(6).astype(dtype),
+    }
+    return arrays, dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))
+
+
+def active_call(module, arrays, static):
+    a = arrays
+    return module.active_conv2d(a["input"], a["offset"], a["weight"], a["bias"], **static)
+
+
 OPS = {
     "deform_conv2d": (deform_problem, deform_call),
     "conv2d": (conv_problem, conv_call),
     "grid_sample": (grid_problem, grid_call),
     "affine_grid": (affine_problem, affine_call),
+    "ms_deform_attn": (attn_problem, attn_call),
+    "active_conv2d": (active_problem, active_call),
 }
 
 
@@ -139,6 +186,12 @@ def numpy_vjp(op, arrays, static, cotangent):
         g = dc.conv2d_backward(cotangent, a["input"], a["weight"], **static)
     elif op == "grid_sample":
         g = dc.grid_sample_backward(cotangent, a["input"], a["grid"], **static)
+    elif op == "ms_deform_attn":
+        g = dc.ms_deform_attn_backward(cotangent, a["value"], static["spatial_shapes"],
+                                       static["level_start_index"], a["sampling_locations"],
+                                       a["attention_weights"])
+    elif op == "active_conv2d":
+        g = dc.active_conv2d_backward(cotangent, a["input"], a["offset"], a["weight"], **static)
     else:
         return {"theta": dc.affine_grid_backward(cotangent, **static)}
     return {name: value for name, value in g._asdict().items()
@@ -398,6 +451,62 @@ def test_nested_vmap_equals_loop():
         for b in range(3):
             expected = grid_call(dc, {"input": inputs[a, b], "grid": arrays["grid"]}, static)
             np.testing.assert_array_equal(np.asarray(out[a, b]), expected)
+
+
+def test_ms_deform_attn_takes_static_levels_as_tuples_numpy_or_concrete_arrays():
+    arrays, static = attn_problem(np.random.default_rng(20), np.float32)
+    expected = attn_call(dc, arrays, static)
+    for shapes, starts in ((np.array(ATTN_SHAPES), np.array(static["level_start_index"])),
+                           ([list(p) for p in ATTN_SHAPES], list(static["level_start_index"])),
+                           (jnp.asarray(ATTN_SHAPES), jnp.asarray(static["level_start_index"]))):
+        got = attn_call(dj, arrays, dict(spatial_shapes=shapes, level_start_index=starts))
+        np.testing.assert_array_equal(np.asarray(got), expected)
+    with pytest.raises(TypeError, match=r"spatial_shapes must be static"):
+        jax.jit(lambda s: attn_call(dj, arrays, dict(static, spatial_shapes=s)))(
+            jnp.asarray(ATTN_SHAPES))
+    with pytest.raises(ValueError, match=r"level_start_index must be the cumulative level sizes"):
+        attn_call(dj, arrays, dict(static, level_start_index=(0, 7)))
+    with pytest.raises(ValueError, match=r"spatial_shapes .* give S = "):
+        attn_call(dj, arrays, dict(spatial_shapes=((4, 5), (2, 2)), level_start_index=(0, 20)))
+
+
+def test_new_ops_compute_only_the_gradients_needed(monkeypatch):
+    asked = []
+    for name in ("_np_ms_deform_attn_backward", "_np_active_conv2d_backward"):
+        original = getattr(dj, name)
+
+        def spy(*args, needs, _original=original, **kwargs):
+            asked.append(tuple(needs))
+            return _original(*args, needs=needs, **kwargs)
+
+        monkeypatch.setattr(dj, name, spy)
+    arrays, static = attn_problem(np.random.default_rng(21), np.float32)
+    jax.grad(lambda loc: jnp.sum(attn_call(dj, dict(arrays, sampling_locations=loc), static)))(
+        arrays["sampling_locations"])
+    arrays, static = active_problem(np.random.default_rng(22), np.float32)
+    jax.jit(jax.grad(lambda o, b: jnp.sum(active_call(dj, dict(arrays, offset=o, bias=b),
+                                                      static)), argnums=(0, 1)))(
+        arrays["offset"], arrays["bias"])
+    assert asked == [("sampling_locations",), ("offset", "bias")]
+
+
+def test_active_conv2d_vmap_over_data_with_shared_positions_folds_the_batch(monkeypatch):
+    batches = []
+    original = dj._np_active_conv2d
+
+    def spy(input, *args, **kwargs):
+        batches.append(input.shape[0])
+        return original(input, *args, **kwargs)
+
+    monkeypatch.setattr(dj, "_np_active_conv2d", spy)
+    problems, static, names, stacked = stacked_problems("active_conv2d", np.float32)
+    shared = problems[0][0]
+    out = jax.vmap(lambda x: dj.active_conv2d(x, shared["offset"], shared["weight"],
+                                              shared["bias"], **static))(stacked["input"])
+    assert batches == [6]
+    for index, (arrays, _) in enumerate(problems):
+        np.testing.assert_array_equal(
+            np.asarray(out[index]), active_call(dc, dict(shared, input=arrays["input"]), static))
 
 
 # --- errors -----------------------------------------------------------------------------------
