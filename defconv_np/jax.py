@@ -4,7 +4,8 @@
 ``ms_deform_attn`` and ``active_conv2d`` take and return ``jax.Array`` values,
 with torchvision's / torch.nn.functional's / Deformable DETR's signatures
 (``ms_deform_attn`` takes its level shapes as static host values), and work
-under ``jax.jit``, ``jax.grad``, ``jax.value_and_grad`` and ``jax.vmap``, in float32 and (with ``jax_enable_x64``) float64.
+under ``jax.jit``, ``jax.grad``, ``jax.value_and_grad`` and ``jax.vmap``, in
+float32 and (with ``jax_enable_x64``) float64.
 
 Each op is a ``jax.custom_vjp`` whose forward and backward call defconv_np's
 functions through a JAX callback, with result shapes and dtypes declared up
