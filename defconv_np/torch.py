@@ -1048,7 +1048,7 @@ class MultiScaleDeformableAttention(nn.Module):
         weights = torch.softmax(weights, dim=-1).view(n, len_q, heads, levels, points)
         # offsets are in pixels of each level: divide by (W_l, H_l)
         normalizer = torch.stack((input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]),
-                                 dim=-1).to(offsets.dtype)
+                                 dim=-1).to(device=offsets.device, dtype=offsets.dtype)
         locations = (reference_points[:, :, None, :, None, :]
                      + offsets / normalizer[None, None, None, :, None, :])
         out = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations,

@@ -903,6 +903,11 @@ CUDA_CASES = {
                     lambda: requiring_grad((randn(2, 3, 6, 7), smooth_grid(2, 5, 4, 6, 7)))),
     "affine_grid": (lambda t: dct.affine_grid(t, (2, 3, 5, 4), align_corners=True),
                     lambda: requiring_grad((randn(2, 2, 3, seed=1),))),
+    # the level tensors stay on the CPU (allowed; the kernel reads them to the host)
+    "ms_deform_attn": (lambda v, loc, a: dct.ms_deform_attn(v, *attn_case()[1:3], loc, a),
+                       lambda: requiring_grad(attn_case()[::3] + attn_case()[4:])),
+    "active_conv2d": (lambda x, o, w, b: dct.active_conv2d(x, o, w, b, stride=2, padding=1),
+                      lambda: requiring_grad(active_case(groups=2, offset_groups=2))),
 }
 
 
