@@ -754,6 +754,19 @@ def test_autocast_bfloat16_computes_in_float32():
     assert x.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
 
 
+def test_autocast_casts_the_new_ops_floats_and_keeps_the_level_tensors():
+    value, shapes, starts, locations, weights = attn_case(dtype=torch.float32)
+    x, offset, weight, bias = active_case(dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn = dct.ms_deform_attn(value.bfloat16(), shapes, starts, locations, weights)
+        active = dct.active_conv2d(x.bfloat16(), offset, weight, bias, padding=1)
+    assert attn.dtype == active.dtype == torch.float32
+    assert torch.equal(attn, dct.ms_deform_attn(value.bfloat16().float(), shapes, starts,
+                                                locations, weights))
+    assert torch.equal(active, dct.active_conv2d(x.bfloat16().float(), offset, weight, bias,
+                                                 padding=1))
+
+
 # --- errors -------------------------------------------------------------------------------
 
 
