@@ -159,7 +159,7 @@ def affine_grid_backward(grad_grid, size, align_corners=False):
                            "(N, D, H, W, 3) for size (N, C, D, H, W)")
     align_corners = _validate.flag(align_corners, "align_corners")
     base = _base_grid(xp, spatial, align_corners, dtype)
-    return xp.matmul(grad_grid.reshape(n, -1, dims).transpose(0, 2, 1), base)
+    return xp.matmul(grad_grid.reshape(n, base.shape[0], dims).transpose(0, 2, 1), base)
 
 
 class _Sampling(NamedTuple):
