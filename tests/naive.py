@@ -313,10 +313,9 @@ def fold_coordinate(pixel, size, padding_mode, align_corners):
             pixel = low
         else:
             span = high - low
-            distance = abs(pixel - low)
-            flips = math.floor(distance / span)
-            extra = distance - flips * span
-            pixel = low + extra if flips % 2 == 0 else high - extra
+            # fmod is exact for any finite value: 1e30 folds exactly too
+            extra = math.fmod(abs(pixel - low), 2 * span)
+            pixel = low + extra if extra <= span else low + 2 * span - extra
     return min(max(pixel, 0.0), size - 1.0)
 
 
