@@ -45,6 +45,15 @@ def _example_calls(dtype):
             out = dc.grid_sample(x, grid, mode, padding_mode)
             for det in (False, True):
                 dc.grid_sample_backward(out, x, grid, mode, padding_mode, deterministic=det)
+    volume = rng.standard_normal((2, 2, 3, 4, 5)).astype(dtype)
+    volume_grid = rng.uniform(-1.2, 1.2, (2, 2, 3, 2, 3)).astype(dtype)
+    for mode, planes, points in (("bilinear", volume, volume_grid), ("nearest", volume, volume_grid),
+                                 ("bicubic", x, grid)):
+        for padding_mode in ("zeros", "border", "reflection"):
+            out = dc.grid_sample(planes, points, mode, padding_mode)
+            for det in (False, True):
+                dc.grid_sample_backward(out, planes, points, mode, padding_mode,
+                                        deterministic=det)
 
 
 def recorded_launches(dtypes=(np.float32, np.float64)):
