@@ -60,12 +60,18 @@ def _cubic_axis(coord, axis, stride, padding_mode, align_corners, one, t, index,
 
 @njit(inline="always", cache=True, nogil=True)
 def _tile_taps(grid, n, p0, pn, y_axis, x_axis, width, one, padding_mode, align_corners,
-               xi, wx, sx, yi, wy, sy):
+               xi, wx, sx, yi, wy, sy, index, weight):
+    """The 16 flat tap indices and weights (wy[j] * wx[i], ``k = 4j + i``) of
+    pixels p0 .. p0+pn, and the per-axis weights and slopes."""
     for t in range(pn):
         _cubic_axis(grid[n, p0 + t, 0], x_axis, 1, padding_mode, align_corners, one, t, xi, wx,
                     sx)
         _cubic_axis(grid[n, p0 + t, 1], y_axis, width, padding_mode, align_corners, one, t, yi,
                     wy, sy)
+        for j in range(4):
+            for i in range(4):
+                index[t, 4 * j + i] = yi[t, j] + xi[t, i]
+                weight[t, 4 * j + i] = wy[t, j] * wx[t, i]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -85,21 +91,19 @@ def grid_sample_bicubic(inp, y_axis, x_axis, width, one, grid, padding_mode, ali
         wy = np.empty((tile, 4), out.dtype)
         sx = np.empty((tile, 4), out.dtype)
         sy = np.empty((tile, 4), out.dtype)
+        index = np.empty((tile, 16), np.int64)
+        weight = np.empty((tile, 16), out.dtype)
         for p0 in range(p_lo, p_hi, tile):
             pn = min(tile, p_hi - p0)
             _tile_taps(grid, n, p0, pn, y_axis, x_axis, width, one, padding_mode, align_corners,
-                       xi, wx, sx, yi, wy, sy)
+                       xi, wx, sx, yi, wy, sy, index, weight)
             for c in range(channels):
                 plane = inp[n, c]
                 row = out[n, c]
                 for t in range(pn):
-                    total = 0.0
-                    for j in range(4):
-                        r = yi[t, j]
-                        line = (wx[t, 0] * plane[r + xi[t, 0]] + wx[t, 1] * plane[r + xi[t, 1]]
-                                + wx[t, 2] * plane[r + xi[t, 2]]
-                                + wx[t, 3] * plane[r + xi[t, 3]])
-                        total += wy[t, j] * line
+                    total = weight[t, 0] * plane[index[t, 0]]
+                    for k in range(1, 16):
+                        total += weight[t, k] * plane[index[t, k]]
                     row[p0 + t] = total
 
 
@@ -128,11 +132,21 @@ def grid_sample_bicubic_backward(grad_out, inp, y_axis, x_axis, width, one, grid
         wy = np.empty((tile, 4), grad_out.dtype)
         sx = np.empty((tile, 4), grad_out.dtype)
         sy = np.empty((tile, 4), grad_out.dtype)
+        index = np.empty((tile, 16), np.int64)
+        weight = np.empty((tile, 16), grad_out.dtype)
+        slope_x = np.empty((tile, 16), grad_out.dtype)
+        slope_y = np.empty((tile, 16), grad_out.dtype)
         acc = np.empty((tile, 2), np.float64)
         for p0 in range(p_lo, p_hi, tile):
             pn = min(tile, p_hi - p0)
             _tile_taps(grid, n, p0, pn, y_axis, x_axis, width, one, padding_mode, align_corners,
-                       xi, wx, sx, yi, wy, sy)
+                       xi, wx, sx, yi, wy, sy, index, weight)
+            if want_grid:
+                for t in range(pn):
+                    for j in range(4):
+                        for i in range(4):
+                            slope_x[t, 4 * j + i] = wy[t, j] * sx[t, i]
+                            slope_y[t, 4 * j + i] = sy[t, j] * wx[t, i]
             acc[:pn] = 0.0
             for c in range(c_lo, c_hi):
                 g_row = grad_out[n, c]
@@ -140,26 +154,18 @@ def grid_sample_bicubic_backward(grad_out, inp, y_axis, x_axis, width, one, grid
                     g_plane = grad_inp[n, c]
                     for t in range(pn):
                         g = g_row[p0 + t]
-                        for j in range(4):
-                            gj = wy[t, j] * g
-                            r = yi[t, j]
-                            for i in range(4):
-                                g_plane[r + xi[t, i]] += wx[t, i] * gj
+                        for k in range(16):
+                            g_plane[index[t, k]] += weight[t, k] * g
                 if want_grid:
                     plane = inp[n, c]
                     for t in range(pn):
-                        dx = 0.0
-                        dy = 0.0
-                        for j in range(4):
-                            r = yi[t, j]
-                            line = 0.0
-                            line_dx = 0.0
-                            for i in range(4):
-                                v = plane[r + xi[t, i]]
-                                line += wx[t, i] * v
-                                line_dx += sx[t, i] * v
-                            dx += wy[t, j] * line_dx
-                            dy += sy[t, j] * line
+                        v = plane[index[t, 0]]
+                        dx = slope_x[t, 0] * v
+                        dy = slope_y[t, 0] * v
+                        for k in range(1, 16):
+                            v = plane[index[t, k]]
+                            dx += slope_x[t, k] * v
+                            dy += slope_y[t, k] * v
                         g = g_row[p0 + t]
                         acc[t, 0] += g * dx
                         acc[t, 1] += g * dy
