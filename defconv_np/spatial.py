@@ -4,7 +4,8 @@ Jaderberg et al., "Spatial Transformer Networks", NIPS 2015: a grid of
 sampling positions, here usually an affine map of the output pixels, and
 differentiable sampling of the input at those positions. Semantics follow
 ``torch.nn.functional.affine_grid`` and ``torch.nn.functional.grid_sample`` for
-4-D inputs, including their boundary rules and gradient conventions.
+4-D and 5-D inputs (bilinear/trilinear, nearest, and bicubic for 4-D),
+including their boundary rules and gradient conventions.
 """
 
 import numbers
@@ -214,13 +215,16 @@ def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corner
 
     Parameters
     ----------
-    input : ndarray, (N, C, H, W)
-    grid : ndarray, (N, Hg, Wg, 2)
-        Normalised sampling positions: ``grid[..., 0]`` is x (along W) and
-        ``grid[..., 1]`` is y (along H); -1 and 1 are the image's ends as set by
+    input : ndarray, (N, C, H, W) or (N, C, D, H, W)
+    grid : ndarray, (N, Hg, Wg, 2) or (N, Dg, Hg, Wg, 3)
+        Normalised sampling positions: ``grid[..., 0]`` is x (along W),
+        ``grid[..., 1]`` is y (along H) and, for volumes, ``grid[..., 2]`` is
+        z (along D); -1 and 1 are the input's ends as set by
         ``align_corners``. Any grid works, affine (:func:`affine_grid`) or not.
-    mode : {"bilinear", "nearest"}
-        Nearest rounds halves to even, as PyTorch does.
+    mode : {"bilinear", "nearest", "bicubic"}
+        "bilinear" is trilinear for volumes (PyTorch's naming); "bicubic"
+        (4-D only) is PyTorch's cubic convolution with A = -0.75. Nearest
+        rounds halves to even, as PyTorch does.
     padding_mode : {"zeros", "border", "reflection"}
         Values outside the image: zero, the nearest edge pixel, or the image
         reflected about its edge pixel centres (align_corners) or its outer
@@ -232,7 +236,7 @@ def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corner
 
     Returns
     -------
-    ndarray, (N, C, Hg, Wg)
+    ndarray, (N, C, Hg, Wg) or (N, C, Dg, Hg, Wg)
 
     Notes
     -----
@@ -246,7 +250,14 @@ def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corner
     reflection in "reflection" mode. A NaN coordinate, or one whose pixel
     coordinate is NaN (an infinity under "reflection", or on a length-1 axis
     with ``align_corners``, where it is multiplied by 0), gives 0 in every mode,
-    with zero gradients (PyTorch gives NaN or fails there).
+    with zero gradients (PyTorch gives NaN or fails there). Volumes follow the
+    same rules on each of their three axes.
+
+    "bicubic" applies the padding mode to each of its 4 x 4 taps instead
+    (PyTorch's ``get_value_bounded``): under "zeros" a tap outside reads 0,
+    under "border"/"reflection" its coordinate is clipped/reflected. A pixel
+    coordinate that is not finite gives 0 with zero gradients in every mode;
+    1e30 is exact.
 
     See Also
     --------
@@ -270,7 +281,7 @@ def grid_sample_backward(grad_output, input, grid, mode="bilinear", padding_mode
 
     Parameters
     ----------
-    grad_output : ndarray, (N, C, Hg, Wg)
+    grad_output : ndarray, (N, C, Hg, Wg) or (N, C, Dg, Hg, Wg)
     input, grid, mode, padding_mode, align_corners
         As given to :func:`grid_sample`.
     needs : iterable of {"input", "grid"}
@@ -283,7 +294,7 @@ def grid_sample_backward(grad_output, input, grid, mode="bilinear", padding_mode
     Returns
     -------
     GridSampleGrads
-        ``input`` (N, C, H, W) and ``grid`` (N, Hg, Wg, 2).
+        ``input`` (shaped as the input) and ``grid`` (shaped as the grid).
 
     Notes
     -----
@@ -294,7 +305,8 @@ def grid_sample_backward(grad_output, input, grid, mode="bilinear", padding_mode
     clipping has derivative 1 strictly inside ``(0, W - 1)`` and 0 on its end
     points and beyond; reflection has derivative +1 or -1. It is 0 in
     "nearest" mode, and 0 for samples outside the window of :func:`grid_sample`
-    and for NaN coordinates.
+    and for NaN coordinates. Bicubic follows PyTorch's bicubic backward: the
+    derivative of the cubic weights times the unnormalisation factor.
 
     See Also
     --------
