@@ -97,9 +97,27 @@ def grid_sample_bicubic(inp, y_axis, x_axis, width, one, grid, padding_mode, ali
             pn = min(tile, p_hi - p0)
             _tile_taps(grid, n, p0, pn, y_axis, x_axis, width, one, padding_mode, align_corners,
                        xi, wx, sx, yi, wy, sy, index, weight)
-            for c in range(channels):
-                plane = inp[n, c]
-                row = out[n, c]
+            # channels in pairs: each tap's index and weight is loaded once for two
+            for c in range(0, channels - 1, 2):
+                plane_a = inp[n, c]
+                plane_b = inp[n, c + 1]
+                row_a = out[n, c]
+                row_b = out[n, c + 1]
+                for t in range(pn):
+                    q = index[t, 0]
+                    w = weight[t, 0]
+                    total_a = w * plane_a[q]
+                    total_b = w * plane_b[q]
+                    for k in range(1, 16):
+                        q = index[t, k]
+                        w = weight[t, k]
+                        total_a += w * plane_a[q]
+                        total_b += w * plane_b[q]
+                    row_a[p0 + t] = total_a
+                    row_b[p0 + t] = total_b
+            if channels % 2:
+                plane = inp[n, channels - 1]
+                row = out[n, channels - 1]
                 for t in range(pn):
                     total = weight[t, 0] * plane[index[t, 0]]
                     for k in range(1, 16):
