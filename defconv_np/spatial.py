@@ -42,12 +42,15 @@ def _output_size(size, itemsize):
     of ``itemsize``-byte values that arrays can hold."""
     if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) not in (4, 5):
         raise ValueError(f"size must be (N, C, H, W) or (N, C, D, H, W), got {size!r}")
+    layout, count, rest = (("(N, C, H, W)", "four", "C, H, W") if len(size) == 4
+                           else ("(N, C, D, H, W)", "five", "C, D, H, W"))
     out = []
     for index, item in enumerate(size):
         if isinstance(item, bool) or not isinstance(item, numbers.Integral):
-            raise TypeError(f"size must be {len(size)} ints (N, C, ...), got {size!r}")
+            raise TypeError(f"size must be {count} ints {layout}, got {size!r}")
         if item < (0 if index == 0 else 1):
-            raise ValueError(f"size must have N >= 0 and every other entry >= 1, got {size!r}")
+            raise ValueError(f"size must be {layout} with N >= 0 and {rest} >= 1, "
+                             f"got {size!r}")
         out.append(int(item))
     n, spatial = out[0], tuple(out[2:])
     dims = len(spatial)
@@ -187,7 +190,8 @@ def _check_sample(input, grid, mode, padding_mode, align_corners):
         raise ValueError(f"grid batch ({grid.shape[0]}) must equal input batch ({input.shape[0]}): "
                          f"input shape {input.shape}, grid shape {grid.shape}")
     if min(input.shape[2:]) < 1:
-        raise ValueError(f"input must have non-empty spatial dimensions, got shape {input.shape}")
+        raise ValueError(f"input must have non-empty {'H and W' if input.ndim == 4 else 'D, H and W'}"
+                         f", got shape {input.shape}")
     interpolation = _choice(mode, "mode", sampling.GRID_INTERPOLATION_MODES)
     bicubic = interpolation == sampling.INTERPOLATION_BICUBIC
     if bicubic and input.ndim == 5:

@@ -312,7 +312,7 @@ def _arrays(dtype=np.float64):
     (_arrays()[0], np.zeros((1, 2, 2, 2, 2)), {}, ValueError, r"\(x, y, z\) last"),
     (_arrays()[0], np.zeros((1, 2, 2, 2)), {}, ValueError, "grid"),
     (_arrays()[0], np.zeros((2, 2, 2, 2, 3)), {}, ValueError, "batch"),
-    (np.zeros((1, 2, 0, 4, 5)), _arrays()[1], {}, ValueError, "non-empty"),
+    (np.zeros((1, 2, 0, 4, 5)), _arrays()[1], {}, ValueError, "non-empty D, H and W"),
     (np.zeros((1, 2, 3)), _arrays()[1], {}, ValueError, "input"),
     (*_arrays(), dict(mode="trilinear"), ValueError, "mode"),
 ])
@@ -333,6 +333,12 @@ def test_rejects_bad_grad_output_and_theta():
         dc.affine_grid_backward(np.zeros((1, 3, 4, 5, 2)), (1, 2, 3, 4, 5))
     with pytest.raises(ValueError, match="size"):
         dc.affine_grid(np.zeros((1, 3, 4)), (1, 2, 3, 4, 5, 6))
+    with pytest.raises(ValueError, match="D, H, W >= 1"):
+        dc.affine_grid(np.zeros((1, 3, 4)), (1, 2, 0, 4, 5))
+    with pytest.raises(TypeError, match="size must be five ints"):
+        dc.affine_grid(np.zeros((1, 3, 4)), (1, 2, 3.0, 4, 5))
+    with pytest.raises(TypeError, match="grid has dtype float32"):
+        dc.grid_sample(np.zeros((1, 2, 3, 4, 5)), np.zeros((1, 2, 2, 2, 3), np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
