@@ -10,7 +10,8 @@ import defconv_np as dc
 from tests.naive import assert_close, naive_bicubic_grid_sample
 from tests.strategies import FLOAT64_ONLY, grid_sample_problems, numpy_generators
 
-bicubic_problems = grid_sample_problems(modes=("bicubic",))
+#: up to 6 channels: the forward kernel handles channels in fours, then one by one
+bicubic_problems = grid_sample_problems(modes=("bicubic",), max_channels=6)
 
 
 def sample(problem, **changes):

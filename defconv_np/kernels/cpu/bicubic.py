@@ -97,27 +97,34 @@ def grid_sample_bicubic(inp, y_axis, x_axis, width, one, grid, padding_mode, ali
             pn = min(tile, p_hi - p0)
             _tile_taps(grid, n, p0, pn, y_axis, x_axis, width, one, padding_mode, align_corners,
                        xi, wx, sx, yi, wy, sy, index, weight)
-            # channels in pairs: each tap's index and weight is loaded once for two
-            for c in range(0, channels - 1, 2):
+            # channels in fours: each tap's index and weight is loaded once for four
+            c4 = channels - channels % 4
+            for c in range(0, c4, 4):
                 plane_a = inp[n, c]
                 plane_b = inp[n, c + 1]
-                row_a = out[n, c]
-                row_b = out[n, c + 1]
+                plane_c = inp[n, c + 2]
+                plane_d = inp[n, c + 3]
                 for t in range(pn):
                     q = index[t, 0]
                     w = weight[t, 0]
                     total_a = w * plane_a[q]
                     total_b = w * plane_b[q]
+                    total_c = w * plane_c[q]
+                    total_d = w * plane_d[q]
                     for k in range(1, 16):
                         q = index[t, k]
                         w = weight[t, k]
                         total_a += w * plane_a[q]
                         total_b += w * plane_b[q]
-                    row_a[p0 + t] = total_a
-                    row_b[p0 + t] = total_b
-            if channels % 2:
-                plane = inp[n, channels - 1]
-                row = out[n, channels - 1]
+                        total_c += w * plane_c[q]
+                        total_d += w * plane_d[q]
+                    out[n, c, p0 + t] = total_a
+                    out[n, c + 1, p0 + t] = total_b
+                    out[n, c + 2, p0 + t] = total_c
+                    out[n, c + 3, p0 + t] = total_d
+            for c in range(c4, channels):
+                plane = inp[n, c]
+                row = out[n, c]
                 for t in range(pn):
                     total = weight[t, 0] * plane[index[t, 0]]
                     for k in range(1, 16):
