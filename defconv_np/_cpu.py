@@ -420,3 +420,4 @@ class GridSampler:
 
 
 from ._cpu_active import ActiveColumns  # noqa: E402,F401  (imports this module's run_chunks)
+from ._cpu_volume import BicubicSampler, VolumeSampler  # noqa: E402,F401  (imports this module)

@@ -270,3 +270,4 @@ class GridSampler:
 
 
 from ._cuda_active import ActiveColumns  # noqa: E402,F401  (imports this module's _Launch)
+from ._cuda_volume import BicubicSampler, VolumeSampler  # noqa: E402,F401  (imports this module)

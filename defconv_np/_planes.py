@@ -170,3 +170,32 @@ def level_geometry(shapes, starts, dtype):
         real[lv] = (y_axis[0], x_axis[0], y_axis[4], x_axis[4])
         index[lv] = (start, sampling.padded_width(w))
     return real, index
+
+
+def zero_padded_volume(xp, array):
+    """Contiguous (N, C, (D+3)*(H+3)*(W+3)) copy of ``array`` (N, C, D, H, W)
+    with ``sampling.PAD_BEFORE`` zero slices before and ``PAD_AFTER`` after
+    along each of D, H and W."""
+    n, c, d, h, w = array.shape
+    b, a = sampling.PAD_BEFORE, sampling.PAD_AFTER
+    out = xp.zeros((n, c, d + b + a, h + b + a, w + b + a), array.dtype)
+    out[:, :, b:b + d, b:b + h, b:b + w] = array
+    return out.reshape(n, c, -1)
+
+
+def cropped_volume(xp, padded, shape):
+    """The (N, C, D, H, W) interior of a volume padded as ``zero_padded_volume`` pads."""
+    n, c, d, h, w = shape
+    b, a = sampling.PAD_BEFORE, sampling.PAD_AFTER
+    volume = padded.reshape(n, c, d + b + a, h + b + a, w + b + a)
+    return xp.ascontiguousarray(volume[:, :, b:b + d, b:b + h, b:b + w])
+
+
+def volume_geometry(input, align_corners):
+    """``(z_axis, y_axis, x_axis, row_stride, plane_stride, one)`` for the 5-D
+    grid_sample kernels (axes as ``grid_axis``)."""
+    depth, height, width = input.shape[2:]
+    dtype = input.dtype
+    return (grid_axis(depth, dtype, align_corners), grid_axis(height, dtype, align_corners),
+            grid_axis(width, dtype, align_corners), sampling.padded_width(width),
+            sampling.padded_height(height) * sampling.padded_width(width), dtype.type(1))

@@ -52,6 +52,15 @@ def _example_calls(dtype):
     out = dc.ms_deform_attn(value, shapes, starts, loc, weights)
     for det in (False, True):
         dc.ms_deform_attn_backward(out, value, shapes, starts, loc, weights, deterministic=det)
+    volume = rng.standard_normal((2, 2, 3, 4, 5)).astype(dtype)
+    volume_grid = rng.uniform(-1.2, 1.2, (2, 2, 3, 2, 3)).astype(dtype)
+    for mode, planes, points in (("bilinear", volume, volume_grid), ("nearest", volume, volume_grid),
+                                 ("bicubic", x, grid)):
+        for padding_mode in ("zeros", "border", "reflection"):
+            out = dc.grid_sample(planes, points, mode, padding_mode)
+            for det in (False, True):
+                dc.grid_sample_backward(out, planes, points, mode, padding_mode,
+                                        deterministic=det)
 
 
 def recorded_launches(dtypes=(np.float32, np.float64)):

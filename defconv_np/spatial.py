@@ -4,7 +4,8 @@ Jaderberg et al., "Spatial Transformer Networks", NIPS 2015: a grid of
 sampling positions, here usually an affine map of the output pixels, and
 differentiable sampling of the input at those positions. Semantics follow
 ``torch.nn.functional.affine_grid`` and ``torch.nn.functional.grid_sample`` for
-4-D inputs, including their boundary rules and gradient conventions.
+4-D and 5-D inputs (bilinear/trilinear, nearest, and bicubic for 4-D),
+including their boundary rules and gradient conventions.
 """
 
 import numbers
@@ -36,21 +37,25 @@ def _choice(value, name, allowed):
 
 
 def _output_size(size, itemsize):
-    """Check ``size`` = (N, C, H, W): N >= 0, C, H, W >= 1, and a grid
-    (N, H, W, 2) and base grid (H, W, 3) of ``itemsize``-byte values that
-    arrays can hold."""
-    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 4:
-        raise ValueError(f"size must be (N, C, H, W), got {size!r}")
+    """Check ``size`` = (N, C, H, W) or (N, C, D, H, W): N >= 0, the others
+    >= 1, and a grid (N, [D,] H, W, 2 or 3) and base grid ([D,] H, W, 3 or 4)
+    of ``itemsize``-byte values that arrays can hold."""
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) not in (4, 5):
+        raise ValueError(f"size must be (N, C, H, W) or (N, C, D, H, W), got {size!r}")
+    layout, count, rest = (("(N, C, H, W)", "four", "C, H, W") if len(size) == 4
+                           else ("(N, C, D, H, W)", "five", "C, D, H, W"))
     out = []
-    for item, minimum in zip(size, (0, 1, 1, 1)):
+    for index, item in enumerate(size):
         if isinstance(item, bool) or not isinstance(item, numbers.Integral):
-            raise TypeError(f"size must be four ints (N, C, H, W), got {size!r}")
-        if item < minimum:
-            raise ValueError(f"size must be (N, C, H, W) with N >= 0 and C, H, W >= 1, got {size!r}")
+            raise TypeError(f"size must be {count} ints {layout}, got {size!r}")
+        if item < (0 if index == 0 else 1):
+            raise ValueError(f"size must be {layout} with N >= 0 and {rest} >= 1, "
+                             f"got {size!r}")
         out.append(int(item))
-    n, _, height, width = out
-    for what, shape in (("grid (N, H, W, 2)", (n, height, width, 2)),
-                        ("untransformed grid (H, W, 3)", (height, width, 3))):
+    n, spatial = out[0], tuple(out[2:])
+    dims = len(spatial)
+    for what, shape in ((f"grid (N, ..., {dims})", (n,) + spatial + (dims,)),
+                        (f"untransformed grid (..., {dims + 1})", spatial + (dims + 1,))):
         if not _validate.addressable(shape, itemsize):
             raise ValueError(f"size {size!r} is too large: the {what} would be {shape}, "
                              f"over 2**63 - 1 bytes")
@@ -67,13 +72,26 @@ def _base_coordinates(xp, steps, align_corners, dtype):
     return ((xp.arange(steps) * 2.0 + 1.0) / steps - 1.0).astype(dtype)
 
 
-def _base_grid(xp, height, width, align_corners, dtype):
-    """(H*W, 3): the rows (x, y, 1) of the untransformed grid, x fastest."""
-    base = xp.empty((height, width, 3), dtype)
-    base[:, :, 0] = _base_coordinates(xp, width, align_corners, dtype)[None, :]
-    base[:, :, 1] = _base_coordinates(xp, height, align_corners, dtype)[:, None]
-    base[:, :, 2] = 1
-    return base.reshape(height * width, 3)
+def _base_grid(xp, spatial, align_corners, dtype):
+    """(prod(spatial), dims + 1): the rows (x, y, [z,] 1) of the untransformed
+    grid of ``spatial`` = ([D,] H, W), x fastest."""
+    dims = len(spatial)
+    base = xp.empty(tuple(spatial) + (dims + 1,), dtype)
+    for axis, steps in enumerate(reversed(spatial)):
+        shape = [1] * dims
+        shape[dims - 1 - axis] = steps
+        base[..., axis] = _base_coordinates(xp, steps, align_corners, dtype).reshape(shape)
+    base[..., dims] = 1
+    return base.reshape(-1, dims + 1)
+
+
+def _affine_size(size, dtype):
+    """(n, spatial, theta shape, its layout) of an affine_grid ``size``."""
+    out = _output_size(size, dtype.itemsize)
+    dims = len(out) - 2
+    layout = "(N, 2, 3) for size (N, C, H, W)" if dims == 2 else \
+        "(N, 3, 4) for size (N, C, D, H, W)"
+    return out[0], out[2:], (out[0], dims, dims + 1), layout
 
 
 @on_arrays_device
@@ -82,11 +100,12 @@ def affine_grid(theta, size, align_corners=False):
 
     Parameters
     ----------
-    theta : ndarray, (N, 2, 3)
-        Maps output coordinates ``(x, y, 1)``, normalised to [-1, 1], to input
-        coordinates ``(x', y')``.
-    size : (int, int, int, int)
-        The output size (N, C, H, W); C is not used.
+    theta : ndarray, (N, 2, 3) or (N, 3, 4)
+        Maps output coordinates ``(x, y, 1)`` (or ``(x, y, z, 1)``),
+        normalised to [-1, 1], to input coordinates ``(x', y')`` (or
+        ``(x', y', z')``).
+    size : (int, int, int, int) or (int, int, int, int, int)
+        The output size (N, C, H, W) or (N, C, D, H, W); C is not used.
     align_corners : bool
         If True, -1 and 1 are the centres of the corner pixels; if False, the
         outer edges of the corner pixels (so the grid does not depend on the
@@ -94,10 +113,11 @@ def affine_grid(theta, size, align_corners=False):
 
     Returns
     -------
-    ndarray, (N, H, W, 2)
+    ndarray, (N, H, W, 2) or (N, D, H, W, 3)
         ``grid[n, i, j] = theta[n] @ (x_j, y_i, 1)``, x first, with
         ``x_j = -1 + 2j / (W - 1)`` (align_corners) or ``(2j + 1) / W - 1``;
-        a length-1 axis has the single coordinate 0.
+        a length-1 axis has the single coordinate 0. In 5-D,
+        ``grid[n, k, i, j] = theta[n] @ (x_j, y_i, z_k, 1)``.
 
     See Also
     --------
@@ -107,11 +127,11 @@ def affine_grid(theta, size, align_corners=False):
     """
     xp = array_module(theta=theta)
     dtype = common_float_dtype(theta=theta)
-    n, _, height, width = _output_size(size, dtype.itemsize)
-    _validate.shape_equals(theta, "theta", (n, 2, 3), "(N, 2, 3) for size (N, C, H, W)")
+    n, spatial, theta_shape, layout = _affine_size(size, dtype)
+    _validate.shape_equals(theta, "theta", theta_shape, layout)
     align_corners = _validate.flag(align_corners, "align_corners")
-    base = _base_grid(xp, height, width, align_corners, dtype)
-    return xp.matmul(base, theta.transpose(0, 2, 1)).reshape(n, height, width, 2)
+    base = _base_grid(xp, spatial, align_corners, dtype)
+    return xp.matmul(base, theta.transpose(0, 2, 1)).reshape((n,) + spatial + (len(spatial),))
 
 
 @on_arrays_device
@@ -120,14 +140,15 @@ def affine_grid_backward(grad_grid, size, align_corners=False):
 
     Parameters
     ----------
-    grad_grid : ndarray, (N, H, W, 2)
+    grad_grid : ndarray, (N, H, W, 2) or (N, D, H, W, 3)
     size, align_corners
         As given to :func:`affine_grid`.
 
     Returns
     -------
-    ndarray, (N, 2, 3)
-        ``grad_theta[n] = sum_{i,j} grad_grid[n, i, j] (x_j, y_i, 1)^T``.
+    ndarray, (N, 2, 3) or (N, 3, 4)
+        ``grad_theta[n] = sum_{i,j} grad_grid[n, i, j] (x_j, y_i, 1)^T``
+        (in 5-D, over ``k, i, j`` with ``(x_j, y_i, z_k, 1)``).
 
     See Also
     --------
@@ -135,12 +156,14 @@ def affine_grid_backward(grad_grid, size, align_corners=False):
     """
     xp = array_module(grad_grid=grad_grid)
     dtype = common_float_dtype(grad_grid=grad_grid)
-    n, _, height, width = _output_size(size, dtype.itemsize)
-    _validate.shape_equals(grad_grid, "grad_grid", (n, height, width, 2),
-                           "(N, H, W, 2) for size (N, C, H, W)")
+    n, spatial, _, _ = _affine_size(size, dtype)
+    dims = len(spatial)
+    _validate.shape_equals(grad_grid, "grad_grid", (n,) + spatial + (dims,),
+                           "(N, H, W, 2) for size (N, C, H, W)" if dims == 2 else
+                           "(N, D, H, W, 3) for size (N, C, D, H, W)")
     align_corners = _validate.flag(align_corners, "align_corners")
-    base = _base_grid(xp, height, width, align_corners, dtype)
-    return xp.matmul(grad_grid.reshape(n, height * width, 2).transpose(0, 2, 1), base)
+    base = _base_grid(xp, spatial, align_corners, dtype)
+    return xp.matmul(grad_grid.reshape(n, base.shape[0], dims).transpose(0, 2, 1), base)
 
 
 class _Sampling(NamedTuple):
@@ -152,19 +175,42 @@ class _Sampling(NamedTuple):
 
 
 def _check_sample(input, grid, mode, padding_mode, align_corners):
-    _validate.ndim(input, "input", 4, "(N, C, H, W)")
-    _validate.ndim(grid, "grid", 4, "(N, Hg, Wg, 2)")
-    if grid.shape[3] != 2:
-        raise ValueError(f"grid must be (N, Hg, Wg, 2) with (x, y) last, got shape {grid.shape}")
+    """``(_Sampling, bicubic)``, after checking the arguments of grid_sample."""
+    if getattr(input, "ndim", None) == 5:
+        _validate.ndim(grid, "grid", 5, "(N, Dg, Hg, Wg, 3) for input (N, C, D, H, W)")
+        if grid.shape[4] != 3:
+            raise ValueError(f"grid must be (N, Dg, Hg, Wg, 3) with (x, y, z) last for input "
+                             f"(N, C, D, H, W), got shape {grid.shape}")
+    else:
+        _validate.ndim(input, "input", 4, "(N, C, H, W) or (N, C, D, H, W)")
+        _validate.ndim(grid, "grid", 4, "(N, Hg, Wg, 2)")
+        if grid.shape[3] != 2:
+            raise ValueError(f"grid must be (N, Hg, Wg, 2) with (x, y) last, got shape {grid.shape}")
     if grid.shape[0] != input.shape[0]:
         raise ValueError(f"grid batch ({grid.shape[0]}) must equal input batch ({input.shape[0]}): "
                          f"input shape {input.shape}, grid shape {grid.shape}")
-    if input.shape[2] < 1 or input.shape[3] < 1:
-        raise ValueError(f"input must have non-empty H and W, got shape {input.shape}")
+    if min(input.shape[2:]) < 1:
+        raise ValueError(f"input must have non-empty {'H and W' if input.ndim == 4 else 'D, H and W'}"
+                         f", got shape {input.shape}")
     interpolation = _choice(mode, "mode", sampling.GRID_INTERPOLATION_MODES)
+    bicubic = interpolation == sampling.INTERPOLATION_BICUBIC
+    if bicubic and input.ndim == 5:
+        raise ValueError("mode='bicubic' needs a 4-D input (N, C, H, W), got a 5-D one of shape "
+                         f"{input.shape}")
     return _Sampling(interpolation == sampling.INTERPOLATION_NEAREST,
                      _choice(padding_mode, "padding_mode", sampling.GRID_PADDING_MODES),
-                     _validate.flag(align_corners, "align_corners"))
+                     _validate.flag(align_corners, "align_corners")), bicubic
+
+
+def _sampler(xp, input, grid, modes, bicubic, deterministic=False):
+    """The backend's sampler for a checked call."""
+    backend = launchers(xp)
+    if bicubic:
+        return backend.BicubicSampler(input, grid, modes.padding_mode, modes.align_corners,
+                                      deterministic=deterministic)
+    if input.ndim == 5:
+        return backend.VolumeSampler(input, grid, *modes, deterministic=deterministic)
+    return backend.GridSampler(input, grid, *modes, deterministic=deterministic)
 
 
 @on_arrays_device
@@ -173,13 +219,16 @@ def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corner
 
     Parameters
     ----------
-    input : ndarray, (N, C, H, W)
-    grid : ndarray, (N, Hg, Wg, 2)
-        Normalised sampling positions: ``grid[..., 0]`` is x (along W) and
-        ``grid[..., 1]`` is y (along H); -1 and 1 are the image's ends as set by
+    input : ndarray, (N, C, H, W) or (N, C, D, H, W)
+    grid : ndarray, (N, Hg, Wg, 2) or (N, Dg, Hg, Wg, 3)
+        Normalised sampling positions: ``grid[..., 0]`` is x (along W),
+        ``grid[..., 1]`` is y (along H) and, for volumes, ``grid[..., 2]`` is
+        z (along D); -1 and 1 are the input's ends as set by
         ``align_corners``. Any grid works, affine (:func:`affine_grid`) or not.
-    mode : {"bilinear", "nearest"}
-        Nearest rounds halves to even, as PyTorch does.
+    mode : {"bilinear", "nearest", "bicubic"}
+        "bilinear" is trilinear for volumes (PyTorch's naming); "bicubic"
+        (4-D only) is PyTorch's cubic convolution with A = -0.75. Nearest
+        rounds halves to even, as PyTorch does.
     padding_mode : {"zeros", "border", "reflection"}
         Values outside the image: zero, the nearest edge pixel, or the image
         reflected about its edge pixel centres (align_corners) or its outer
@@ -191,7 +240,7 @@ def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corner
 
     Returns
     -------
-    ndarray, (N, C, Hg, Wg)
+    ndarray, (N, C, Hg, Wg) or (N, C, Dg, Hg, Wg)
 
     Notes
     -----
@@ -205,7 +254,14 @@ def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corner
     reflection in "reflection" mode. A NaN coordinate, or one whose pixel
     coordinate is NaN (an infinity under "reflection", or on a length-1 axis
     with ``align_corners``, where it is multiplied by 0), gives 0 in every mode,
-    with zero gradients (PyTorch gives NaN or fails there).
+    with zero gradients (PyTorch gives NaN or fails there). Volumes follow the
+    same rules on each of their three axes.
+
+    "bicubic" applies the padding mode to each of its 4 x 4 taps instead
+    (PyTorch's ``get_value_bounded``): under "zeros" a tap outside reads 0,
+    under "border"/"reflection" its coordinate is clipped/reflected. A pixel
+    coordinate that is not finite gives 0 with zero gradients in every mode;
+    1e30 is exact.
 
     See Also
     --------
@@ -215,10 +271,10 @@ def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corner
     """
     xp = array_module(input=input, grid=grid)
     dtype = common_float_dtype(input=input, grid=grid)
-    modes = _check_sample(input, grid, mode, padding_mode, align_corners)
-    out = xp.empty((input.shape[0], input.shape[1], grid.shape[1], grid.shape[2]), dtype)
+    modes, bicubic = _check_sample(input, grid, mode, padding_mode, align_corners)
+    out = xp.empty(input.shape[:2] + grid.shape[1:-1], dtype)
     if out.size:
-        launchers(xp).GridSampler(input, grid, *modes).sample(out)
+        _sampler(xp, input, grid, modes, bicubic).sample(out)
     return out
 
 
@@ -229,7 +285,7 @@ def grid_sample_backward(grad_output, input, grid, mode="bilinear", padding_mode
 
     Parameters
     ----------
-    grad_output : ndarray, (N, C, Hg, Wg)
+    grad_output : ndarray, (N, C, Hg, Wg) or (N, C, Dg, Hg, Wg)
     input, grid, mode, padding_mode, align_corners
         As given to :func:`grid_sample`.
     needs : iterable of {"input", "grid"}
@@ -242,7 +298,7 @@ def grid_sample_backward(grad_output, input, grid, mode="bilinear", padding_mode
     Returns
     -------
     GridSampleGrads
-        ``input`` (N, C, H, W) and ``grid`` (N, Hg, Wg, 2).
+        ``input`` (shaped as the input) and ``grid`` (shaped as the grid).
 
     Notes
     -----
@@ -253,7 +309,8 @@ def grid_sample_backward(grad_output, input, grid, mode="bilinear", padding_mode
     clipping has derivative 1 strictly inside ``(0, W - 1)`` and 0 on its end
     points and beyond; reflection has derivative +1 or -1. It is 0 in
     "nearest" mode, and 0 for samples outside the window of :func:`grid_sample`
-    and for NaN coordinates.
+    and for NaN coordinates. Bicubic follows PyTorch's bicubic backward: the
+    derivative of the cubic weights times the unnormalisation factor.
 
     See Also
     --------
@@ -264,14 +321,15 @@ def grid_sample_backward(grad_output, input, grid, mode="bilinear", padding_mode
     deterministic = _validate.flag(deterministic, "deterministic")
     xp = array_module(grad_output=grad_output, input=input, grid=grid)
     dtype = common_float_dtype(grad_output=grad_output, input=input, grid=grid)
-    modes = _check_sample(input, grid, mode, padding_mode, align_corners)
-    out_shape = (input.shape[0], input.shape[1], grid.shape[1], grid.shape[2])
-    _validate.shape_equals(grad_output, "grad_output", out_shape, "(N, C, Hg, Wg)")
+    modes, bicubic = _check_sample(input, grid, mode, padding_mode, align_corners)
+    out_shape = input.shape[:2] + grid.shape[1:-1]
+    _validate.shape_equals(grad_output, "grad_output", out_shape,
+                           "(N, C, Hg, Wg)" if input.ndim == 4 else "(N, C, Dg, Hg, Wg)")
     grad_input = xp.zeros(input.shape, dtype) if "input" in wanted else None
     grad_grid = xp.zeros(grid.shape, dtype) if "grid" in wanted else None
     # Nearest sampling is piecewise constant: its grid gradient stays zero.
     grid_target = None if modes.nearest else grad_grid
     if grad_output.size and (grad_input is not None or grid_target is not None):
-        sampler = launchers(xp).GridSampler(input, grid, *modes, deterministic=deterministic)
+        sampler = _sampler(xp, input, grid, modes, bicubic, deterministic)
         sampler.backward(grad_output, grad_input, grid_target)
     return GridSampleGrads(grad_input, grad_grid)

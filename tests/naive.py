@@ -366,3 +366,96 @@ def naive_ms_deform_attn_grads(grad_output, value, spatial_shapes, sampling_loca
          for gp in grad_planes],
         axis=1)
     return {"value": grad_value, "sampling_locations": grad_loc, "attention_weights": grad_a}
+
+
+# ------------------------------------------------- grid_sample: volumes, bicubic
+
+
+def grid_pixel(coord, size, align_corners):
+    """PyTorch's unnormalisation of one grid coordinate, in float64."""
+    if align_corners:
+        return (coord + 1) / 2 * (size - 1)
+    return ((coord + 1) * size - 1) / 2
+
+
+def fold_coordinate(pixel, size, padding_mode, align_corners):
+    """A pixel coordinate folded into the image by the padding mode (float64):
+    clipped to [0, size - 1] (border), or reflected about the pixel centres
+    (align_corners) or outer edges any number of times and then clipped."""
+    if padding_mode == "zeros":
+        return pixel
+    if padding_mode == "reflection" and not math.isfinite(pixel):
+        return math.nan
+    if padding_mode == "reflection":
+        low, high = (0.0, size - 1.0) if align_corners else (-0.5, size - 0.5)
+        if high == low:
+            pixel = low
+        else:
+            span = high - low
+            # fmod is exact for any finite value: 1e30 folds exactly too
+            extra = math.fmod(abs(pixel - low), 2 * span)
+            pixel = low + extra if extra <= span else low + 2 * span - extra
+    return min(max(pixel, 0.0), size - 1.0)
+
+
+def naive_grid_sample_3d(input, grid, mode, padding_mode, align_corners):
+    """5-D grid_sample in float64 loops: trilinear over the 8 corners of the
+    floor cell (corners outside the volume read 0), or the nearest voxel
+    (halves to even)."""
+    n_images, channels, depth, height, width = input.shape
+    volume = np.asarray(input, np.float64)
+    out = np.zeros((n_images, channels) + grid.shape[1:4])
+    for n, k, i, j in np.ndindex(n_images, *grid.shape[1:4]):
+        point = [fold_coordinate(grid_pixel(float(grid[n, k, i, j, a]), size, align_corners), size,
+                                 padding_mode, align_corners)
+                 for a, size in enumerate((width, height, depth))]
+        x, y, z = point
+        if not all(math.isfinite(v) for v in point):
+            continue
+        if mode == "nearest":
+            zi, yi, xi = (int(np.rint(v)) for v in (z, y, x))
+            if 0 <= zi < depth and 0 <= yi < height and 0 <= xi < width:
+                out[n, :, k, i, j] = volume[n, :, zi, yi, xi]
+            continue
+        z0, y0, x0 = math.floor(z), math.floor(y), math.floor(x)
+        for dz, dy, dx in np.ndindex(2, 2, 2):
+            zc, yc, xc = z0 + dz, y0 + dy, x0 + dx
+            if 0 <= zc < depth and 0 <= yc < height and 0 <= xc < width:
+                weight = ((z - z0 if dz else 1 - (z - z0)) * (y - y0 if dy else 1 - (y - y0))
+                          * (x - x0 if dx else 1 - (x - x0)))
+                out[n, :, k, i, j] += weight * volume[n, :, zc, yc, xc]
+    return out
+
+
+def cubic_convolution_weights(t, a=-0.75):
+    """Keys' cubic convolution weights of the taps at floor - 1 .. floor + 2."""
+    def near(d):  # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d):  # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    return [far(t + 1), near(t), near(1 - t), far(2 - t)]
+
+
+def naive_bicubic_grid_sample(input, grid, padding_mode, align_corners):
+    """4-D bicubic grid_sample in float64 loops, PyTorch's formula: the 4 x 4
+    taps around the unnormalised (unfolded) coordinate, each folded by the
+    padding mode on its own and read as 0 outside the image."""
+    n_images, channels, height, width = input.shape
+    image = np.asarray(input, np.float64)
+    out = np.zeros((n_images, channels) + grid.shape[1:3])
+    for n, i, j in np.ndindex(n_images, *grid.shape[1:3]):
+        x = grid_pixel(float(grid[n, i, j, 0]), width, align_corners)
+        y = grid_pixel(float(grid[n, i, j, 1]), height, align_corners)
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        x0, y0 = math.floor(x), math.floor(y)
+        wx, wy = cubic_convolution_weights(x - x0), cubic_convolution_weights(y - y0)
+        for r in range(4):
+            for s in range(4):
+                yt = fold_coordinate(float(y0 - 1 + r), height, padding_mode, align_corners)
+                xt = fold_coordinate(float(x0 - 1 + s), width, padding_mode, align_corners)
+                if 0 <= yt <= height - 1 and 0 <= xt <= width - 1:
+                    out[n, :, i, j] += wy[r] * wx[s] * image[n, :, int(yt), int(xt)]
+    return out

@@ -556,3 +556,64 @@ def ms_deform_attn_problems(draw, *, dtypes=DTYPES, location_styles=LOCATION_STY
         attention_weights=rng.uniform(0, 1, (batch, queries, heads, levels, points)).astype(dtype),
         grad_output=uniform(rng, (batch, queries, heads * depth), dtype),
     )
+
+
+# --- 5-D grid_sample ---
+
+
+def volume_grid_values(rng, shape, dtype, *, style, sizes_xyz, align_corners, bound=1.5):
+    """Grid values (..., 3) as ``grid_values`` draws them, for the axes of
+    ``sizes_xyz`` = (W, H, D)."""
+    values = np.round(rng.uniform(-bound, bound, size=shape) / GRID_QUANTUM) * GRID_QUANTUM
+    if style == "uniform":
+        return values.astype(dtype)
+    out = np.empty(shape)
+    for axis, size in enumerate(sizes_xyz):
+        pixel = unnormalized(values[..., axis], size, align_corners)
+        if style == "lattice":
+            pixel = np.round(pixel * 2) / 2
+        else:
+            assert style == "away_from_kinks", style
+            whole = np.floor(pixel)
+            pixel = whole + np.clip(pixel - whole, KINK_MARGIN, 1 - KINK_MARGIN)
+        out[..., axis] = normalized(pixel, size, align_corners)
+    return out.astype(dtype)
+
+
+@st.composite
+def volume_problems(draw, *, dtypes=DTYPES, modes=GRID_MODES, padding_modes=GRID_PADDING_MODES,
+                    align_corners=(True, False), grid_styles=("uniform", "lattice"), min_batch=0,
+                    max_batch=2, max_channels=3, max_size=4, max_grid_size=3):
+    """A 5-D grid_sample call (input (N, C, D, H, W), grid (N, Dg, Hg, Wg, 3));
+    about one batch in eight is empty."""
+    if min_batch == 0 and draw(st.integers(0, 7)) == 0:
+        batch = 0
+    else:
+        batch = draw(st.integers(max(min_batch, 1), max_batch))
+    channels = draw(st.integers(1, max_channels))
+    spatial = tuple(draw(st.integers(1, max_size)) for _ in range(3))
+    grid_spatial = tuple(draw(st.integers(1, max_grid_size)) for _ in range(3))
+    dtype = draw(st.sampled_from(dtypes))
+    corners = draw(st.sampled_from(align_corners))
+    style = draw(st.sampled_from(grid_styles))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return GridSampleProblem(
+        input=uniform(rng, (batch, channels) + spatial, dtype),
+        grid=volume_grid_values(rng, (batch,) + grid_spatial + (3,), dtype, style=style,
+                                sizes_xyz=spatial[::-1], align_corners=corners),
+        grad_output=uniform(rng, (batch, channels) + grid_spatial, dtype),
+        mode=draw(st.sampled_from(modes)),
+        padding_mode=draw(st.sampled_from(padding_modes)),
+        align_corners=corners,
+    )
+
+
+@st.composite
+def affine_3d_problems(draw, *, dtypes=DTYPES, min_batch=0, max_batch=2, max_size=4, bound=1.2):
+    """theta (N, 3, 4) around the identity, an output size (N, C, D, H, W) and align_corners."""
+    batch = draw(st.integers(min_batch, max_batch))
+    size = (batch, draw(st.integers(1, 3))) + tuple(draw(st.integers(1, max_size)) for _ in range(3))
+    dtype = draw(st.sampled_from(dtypes))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    theta = np.eye(3, 4) + rng.uniform(-bound / 2, bound / 2, size=(batch, 3, 4))
+    return theta.astype(dtype), size, draw(st.booleans())

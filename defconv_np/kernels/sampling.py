@@ -102,9 +102,9 @@ def bilinear_coordinate_grads(v00, v01, v10, v11, ly, lx, one):
 
 #: Codes of grid_sample's ``padding_mode`` and ``mode``, in PyTorch's enum order.
 GRID_PADDING_MODES = ("zeros", "border", "reflection")
-GRID_INTERPOLATION_MODES = ("bilinear", "nearest")
+GRID_INTERPOLATION_MODES = ("bilinear", "nearest", "bicubic")
 PADDING_ZEROS, PADDING_BORDER, PADDING_REFLECTION = 0, 1, 2
-INTERPOLATION_BILINEAR, INTERPOLATION_NEAREST = 0, 1
+INTERPOLATION_BILINEAR, INTERPOLATION_NEAREST, INTERPOLATION_BICUBIC = 0, 1, 2
 
 
 def grid_unnormalize(coord, size, size_m1, align_corners, one):
@@ -217,4 +217,149 @@ def grid_nearest_tap(y, x, height, width, row_stride, one):
         if fx > half or (fx == half and xi % 2 != 0):
             xi += 1
         return (yi + PAD_BEFORE) * row_stride + xi + PAD_BEFORE, True
+    return 0, False
+
+
+# --- volumes (5-D grid_sample) -----------------------------------------------
+#
+# Padded volumes pad depth, height and width alike (PAD_BEFORE before,
+# PAD_AFTER after); ``plane_stride`` = (H + 3) * (W + 3) is the stride of one
+# padded depth slice.
+
+
+def grid_trilinear_tap(z, y, x, depth, height, width, row_stride, plane_stride, one):
+    """Locate a 5-D grid_sample sample in a padded volume (PyTorch's rule).
+
+    Trilinear in the cell of ``floor(z), floor(y), floor(x)`` when
+    ``-1 <= z < depth``, ``-1 <= y < height`` and ``-1 <= x < width``;
+    everything else, NaN included, is outside, with ``base = 0`` (a cell of
+    padding) and zero fractions.
+
+    Returns ``base, lz, ly, lx, inside``.
+    """
+    if (z >= -one and z < depth and y >= -one and y < height
+            and x >= -one and x < width):
+        z0 = math.floor(z)
+        y0 = math.floor(y)
+        x0 = math.floor(x)
+        base = ((int(z0) + PAD_BEFORE) * plane_stride + (int(y0) + PAD_BEFORE) * row_stride
+                + int(x0) + PAD_BEFORE)
+        return base, z - z0, y - y0, x - x0, True
+    zero = one - one
+    return 0, zero, zero, zero, False
+
+
+def grid_nearest_tap_3d(z, y, x, depth, height, width, row_stride, plane_stride, one):
+    """Flat index in a padded volume of the voxel nearest to a sample, halves
+    to even (as ``grid_nearest_tap``); outside samples (NaN included) get
+    ``base = 0`` and ``inside = False``."""
+    if (z >= -one and z < depth and y >= -one and y < height
+            and x >= -one and x < width):
+        half = one / (one + one)
+        z0 = math.floor(z)
+        y0 = math.floor(y)
+        x0 = math.floor(x)
+        fz = z - z0
+        fy = y - y0
+        fx = x - x0
+        zi = int(z0)
+        yi = int(y0)
+        xi = int(x0)
+        if fz > half or (fz == half and zi % 2 != 0):
+            zi += 1
+        if fy > half or (fy == half and yi % 2 != 0):
+            yi += 1
+        if fx > half or (fx == half and xi % 2 != 0):
+            xi += 1
+        return ((zi + PAD_BEFORE) * plane_stride + (yi + PAD_BEFORE) * row_stride
+                + xi + PAD_BEFORE), True
+    return 0, False
+
+
+def trilinear_weights(lz, ly, lx, one):
+    """Weights of the corners (z, y, x) = 000, 001, 010, 011, 100, 101, 110, 111
+    of the cell (x fastest)."""
+    hz = one - lz
+    hy = one - ly
+    hx = one - lx
+    return (hz * hy * hx, hz * hy * lx, hz * ly * hx, hz * ly * lx,
+            lz * hy * hx, lz * hy * lx, lz * ly * hx, lz * ly * lx)
+
+
+def trilinear_coordinate_grads(v000, v001, v010, v011, v100, v101, v110, v111, lz, ly, lx,
+                               one):
+    """Derivatives of the trilinear interpolant with respect to z, y and x,
+    taken in the floor cell (PyTorch's convention at integer coordinates)."""
+    hz = one - lz
+    hy = one - ly
+    hx = one - lx
+    dx = (hz * (hy * (v001 - v000) + ly * (v011 - v010))
+          + lz * (hy * (v101 - v100) + ly * (v111 - v110)))
+    dy = (hz * (hx * (v010 - v000) + lx * (v011 - v001))
+          + lz * (hx * (v110 - v100) + lx * (v111 - v101)))
+    dz = (hy * (hx * (v100 - v000) + lx * (v101 - v001))
+          + ly * (hx * (v110 - v010) + lx * (v111 - v011)))
+    return dz, dy, dx
+
+
+# --- bicubic (4-D grid_sample, mode="bicubic") -------------------------------
+#
+# PyTorch's bicubic grid_sample: the unnormalised coordinate (no padding mode
+# applied to it) splits into floor and fraction t; the 4 x 4 taps at
+# floor - 1 .. floor + 2 are each folded by the padding mode and read as 0
+# when outside the image (``get_value_bounded``); the weights are Keys' cubic
+# convolution with A = -0.75.
+
+
+def cubic_split(coord, one):
+    """``(floor(coord), coord - floor(coord))`` in the caller's float type,
+    exact for every finite ``coord`` (a float remainder, no integer
+    conversion, so 1e30 is safe); non-finite values give NaN fractions."""
+    fraction = coord % one
+    return coord - fraction, fraction
+
+
+def cubic_coefficients(t, one):
+    """Weights of the taps at floor - 1, floor, floor + 1, floor + 2 for the
+    fraction ``t``: PyTorch's ``get_cubic_upsample_coefficients`` (A = -0.75,
+    formed exactly from ``one``), term for term."""
+    two = one + one
+    three = two + one
+    four = two + two
+    a = -three / four
+    x = t + one
+    c0 = ((a * x - (four + one) * a) * x + (four + four) * a) * x - four * a
+    x = t
+    c1 = ((a + two) * x - (a + three)) * x * x + one
+    x = one - t
+    c2 = ((a + two) * x - (a + three)) * x * x + one
+    x = two - t
+    c3 = ((a * x - (four + one) * a) * x + (four + four) * a) * x - four * a
+    return c0, c1, c2, c3
+
+
+def cubic_coefficient_grads(t, one):
+    """d/dt of ``cubic_coefficients`` (PyTorch's ``get_cubic_coefficients_grad``
+    with the sign of its subtraction folded in)."""
+    two = one + one
+    three = two + one
+    four = two + two
+    a = -three / four
+    x = t + one
+    g0 = (three * a * x - (four + four + two) * a) * x + (four + four) * a
+    x = t
+    g1 = (three * (a + two) * x - two * (a + three)) * x
+    x = one - t
+    g2 = -((three * (a + two) * x - two * (a + three)) * x)
+    x = two - t
+    g3 = -((three * a * x - (four + four + two) * a) * x + (four + four) * a)
+    return g0, g1, g2, g3
+
+
+def bounded_index(coord, size_m1, one):
+    """``(int(coord), True)`` for a (folded) tap coordinate inside
+    ``[0, size - 1]``, else ``(0, False)``; NaN is outside."""
+    zero = one - one
+    if coord >= zero and coord <= size_m1:
+        return int(coord), True
     return 0, False
