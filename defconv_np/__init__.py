@@ -5,7 +5,8 @@ NumPy arrays run on Numba CPU kernels; CuPy arrays on Numba CUDA kernels. CuPy
 is optional and imported only when a CuPy array arrives.
 """
 
-from . import config
+from . import _compile_log, config  # noqa: F401  (_compile_log: Numba's compile events)
+from ._warmup import warmup
 from .active import ActiveConv2dGrads, active_conv2d, active_conv2d_backward
 from .convolution import Conv2dGrads, conv2d, conv2d_backward
 from .deformable import DeformConv2dGrads, deform_conv2d, deform_conv2d_backward
@@ -35,4 +36,5 @@ __all__ = [
     "deform_conv2d_backward",
     "grid_sample",
     "grid_sample_backward",
+    "warmup",
 ]
