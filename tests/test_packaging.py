@@ -31,3 +31,22 @@ def test_package_is_typed():
 
 def test_version_is_a_string():
     assert isinstance(defconv_np.__version__, str) and defconv_np.__version__.count(".") >= 2
+
+
+PUBLIC_FUNCTIONS = ("conv2d", "conv2d_backward", "deform_conv2d", "deform_conv2d_backward",
+                    "affine_grid", "affine_grid_backward", "grid_sample", "grid_sample_backward",
+                    "active_conv2d", "active_conv2d_backward", "warmup")
+
+
+@pytest.mark.parametrize("name", PUBLIC_FUNCTIONS)
+def test_public_function_is_documented_and_annotated(name):
+    import typing
+
+    fn = getattr(defconv_np, name)
+    doc = fn.__doc__
+    for section in ("Parameters", "Returns", "Raises", "TypeError", "ValueError"):
+        assert section in doc, f"{name}: no {section}"
+    assert "float32" in doc and "float64" in doc, f"{name}: dtypes not stated"
+    if name != "warmup":
+        assert "array type (NumPy or CuPy)" in doc, f"{name}: result array type not stated"
+    assert "return" in typing.get_type_hints(fn)
