@@ -141,7 +141,9 @@ def main(argv=None):
     previous = config.verbose_compile
     config.verbose_compile = True  # a line per kernel that really compiles, on stderr
     try:
-        return _run(args, p)
+        status = _run(args, p)
+        sys.stdout.flush()  # a pipe's buffered output: fail here, not at exit
+        return status
     except BrokenPipeError:
         # the reader went away (``| head``): stop quietly, as Unix tools do
         try:
