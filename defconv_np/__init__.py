@@ -5,7 +5,8 @@ NumPy arrays run on Numba CPU kernels; CuPy arrays on Numba CUDA kernels. CuPy
 is optional and imported only when a CuPy array arrives.
 """
 
-from . import config
+from . import _compile_log, config  # noqa: F401  (_compile_log: Numba's compile events)
+from ._warmup import warmup
 from .active import ActiveConv2dGrads, active_conv2d, active_conv2d_backward
 from .attention import MSDeformAttnGrads, ms_deform_attn, ms_deform_attn_backward
 from .convolution import Conv2dGrads, conv2d, conv2d_backward
@@ -39,4 +40,5 @@ __all__ = [
     "grid_sample_backward",
     "ms_deform_attn",
     "ms_deform_attn_backward",
+    "warmup",
 ]

@@ -2,11 +2,65 @@
 timings, each returning plain rows that ``__main__`` prints as tables."""
 
 import time
+import types
 
 import numba
 import numpy as np
 
 from . import active, convolution, deformable, spatial
+
+#: The ops the main job checks and times (``--ops``); "grid_sample" includes
+#: affine_grid, whose gradient is checked through it.
+OPS = ("conv2d", "deform_conv2d", "active_conv2d", "grid_sample")
+
+#: The timing shape (N, C, H, W); C output channels, 3x3 kernel, padding 1.
+TIMING_SHAPE = (8, 64, 64, 64)
+
+
+def cuda_problem():
+    """None if CuPy and a GPU are usable, else why not (one line)."""
+    try:
+        import cupy
+    except ImportError:
+        return ("CuPy is not installed (pip install defconv_np[cuda13] or [cuda12], "
+                "for your CUDA driver)")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "CuPy finds no GPU"
+        cupy.zeros(1).sum()
+    except Exception as exc:  # no driver, no device, a runtime mismatch
+        return f"CuPy {cupy.__version__} is installed but no GPU is usable ({exc})"
+    return None
+
+
+def _to_numpy(value):
+    if hasattr(value, "_fields"):
+        return type(value)(*(_to_numpy(v) for v in value))
+    if hasattr(value, "get") and type(value).__module__.startswith("cupy"):
+        return value.get()
+    return value
+
+
+def _on_device(module, xp):
+    """``module``'s functions taking and returning NumPy arrays, run on CuPy arrays."""
+    def wrap(fn):
+        def wrapped(*args, **kwargs):
+            args = [xp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+            kwargs = {k: xp.asarray(v) if isinstance(v, np.ndarray) else v
+                      for k, v in kwargs.items()}
+            return _to_numpy(fn(*args, **kwargs))
+        return wrapped
+    return types.SimpleNamespace(**{name: wrap(getattr(module, name)) for name in dir(module)
+                                    if not name.startswith("_")
+                                    and callable(getattr(module, name))})
+
+
+def _modules(device):
+    if device == "cpu":
+        return convolution, deformable, active, spatial
+    import cupy
+
+    return tuple(_on_device(m, cupy) for m in (convolution, deformable, active, spatial))
 
 
 def backends():
@@ -44,12 +98,20 @@ def _directional_check(loss, arrays, grads, rng, eps=1e-6):
     return rows
 
 
-def gradient_checks(seed=0):
-    """Rows (op, argument, analytic, numeric, relative error) on small float64 cases.
+def gradient_checks(seed=0, ops=OPS, device="cpu"):
+    """Rows (op, argument, analytic, numeric, relative error) on small float64 cases,
+    for the ops named in ``ops``, on NumPy (``device="cpu"``) or CuPy arrays.
 
     Offsets are drawn as integers plus fractions in [0.2, 0.8], so no sample
     sits on a bilinear kink where finite differences would disagree.
     """
+    rows = _gradient_checks(seed, device)
+    return [r for r in rows if r[0].split(" ")[0] in ops
+            or (r[0].startswith("affine_grid") and "grid_sample" in ops)]
+
+
+def _gradient_checks(seed, device):
+    convolution, deformable, active, spatial = _modules(device)
     rng = np.random.default_rng(seed)
     rows = []
     x = rng.standard_normal((2, 4, 7, 6))
@@ -113,19 +175,33 @@ def gradient_checks(seed=0):
     return rows
 
 
-def timings(repeats=5, seed=0):
-    """Rows (op, shape, milliseconds) at the default shape, float32."""
+def timings(repeats=5, seed=0, shape=TIMING_SHAPE, dtype="float32", ops=OPS, device="cpu"):
+    """Rows (op, shape, milliseconds): the median of ``repeats`` runs after one
+    untimed run, at input ``shape`` (N, C, H, W) with C output channels and a
+    3x3 kernel, in ``dtype``, on NumPy (``device="cpu"``) or CuPy arrays."""
     rng = np.random.default_rng(seed)
-    n, c, o, h, w, k = 8, 64, 64, 64, 64, 3
-    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    wt = (rng.standard_normal((o, c, k, k)) * 0.05).astype(np.float32)
-    off = rng.uniform(-2, 2, (n, 2 * k * k, h, w)).astype(np.float32)
-    mask = rng.uniform(0, 1, (n, k * k, h, w)).astype(np.float32)
-    go = rng.standard_normal((n, o, h, w)).astype(np.float32)
+    if device == "cpu":
+        xp, sync = np, lambda: None
+    else:
+        import cupy as xp
+
+        def sync():
+            xp.cuda.get_current_stream().synchronize()
+    n, c, h, w = shape
+    o, k = c, 3
+
+    def arr(a):
+        return xp.asarray(a.astype(dtype))
+
+    x = arr(rng.standard_normal((n, c, h, w)))
+    wt = arr(rng.standard_normal((o, c, k, k)) * 0.05)
+    off = arr(rng.uniform(-2, 2, (n, 2 * k * k, h, w)))
+    mask = arr(rng.uniform(0, 1, (n, k * k, h, w)))
+    go = arr(rng.standard_normal((n, o, h, w)))
     shape = f"({n}, {c}, {h}, {w}) -> {o}, {k}x{k}, pad 1"
-    theta = np.tile(np.array([[[0.9, -0.3, 0.1], [0.3, 0.9, 0.0]]], np.float32), (n, 1, 1))
+    theta = arr(np.tile(np.array([[[0.9, -0.3, 0.1], [0.3, 0.9, 0.0]]]), (n, 1, 1)))
     grid = spatial.affine_grid(theta, (n, c, h, w))
-    gs_go = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    gs_go = arr(rng.standard_normal((n, c, h, w)))
     cases = [
         ("conv2d forward", lambda: convolution.conv2d(x, wt, padding=1)),
         ("conv2d backward", lambda: convolution.conv2d_backward(go, x, wt, padding=1)),
@@ -142,11 +218,15 @@ def timings(repeats=5, seed=0):
     ]
     rows = []
     for name, fn in cases:
+        if name.split(" ")[0] not in ops:
+            continue
         fn()
+        sync()
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             fn()
+            sync()
             times.append(time.perf_counter() - t0)
         label = f"({n}, {c}, {h}, {w}), affine grid" if name.startswith("grid") else shape
         rows.append((name, label, 1e3 * float(np.median(times))))

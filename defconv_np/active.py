@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _columns, _stencil, _validate
+from ._typing import Array, IntPair, Iterable, Optional
 from ._arrays import array_module, common_float_dtype, on_arrays_device
 from ._backends import launchers
 from ._geometry import check_grad_output, conv_geometry
@@ -75,7 +76,8 @@ def _columns_of(xp, input, offset, geom):
 
 
 @on_arrays_device
-def active_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1):
+def active_conv2d(input: Array, offset: Array, weight: Array, bias: Optional[Array] = None,
+                  stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1) -> Array:
     """Active convolution: a deformable convolution with one learned offset
     per kernel point, shared by all images and output positions.
 
@@ -95,6 +97,19 @@ def active_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     -------
     ndarray, (N, O, Ho, Wo)
         ``deform_conv2d(input, offset broadcast to (N, 2*G*kh*kw, Ho, Wo), weight, bias, ...)``.
+        Same array type (NumPy or CuPy) and dtype (float32 or float64) as ``input``.
+
+    Raises
+    ------
+    TypeError
+        An array argument that is not a ``numpy.ndarray`` or ``cupy.ndarray`` (lists,
+        masked arrays, tensors), a dtype other than float32/float64 or arrays of
+        different dtypes, NumPy and CuPy arrays mixed, or a stride, padding, dilation
+        that is not an int or a pair of ints.
+    ValueError
+        Shapes that do not fit together (offset length not
+        2*G*kh*kw), a stride or dilation below 1, a
+        negative padding, an empty output, or sizes beyond int64.
 
     Notes
     -----
@@ -131,8 +146,10 @@ def active_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
 
 
 @on_arrays_device
-def active_conv2d_backward(grad_output, input, offset, weight, stride=1, padding=0, dilation=1,
-                           *, needs=ACTIVE_CONV2D_GRADS):
+def active_conv2d_backward(grad_output: Array, input: Array, offset: Array, weight: Array,
+                           stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
+                           *, needs: Iterable[str] = ACTIVE_CONV2D_GRADS
+                           ) -> ActiveConv2dGrads:
     """Vector-Jacobian product of :func:`active_conv2d`.
 
     Parameters
@@ -148,6 +165,21 @@ def active_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
     ActiveConv2dGrads
         ``input`` (N, C, H, W), ``offset`` (2*G*kh*kw,), ``weight``
         (O, C/groups, kh, kw), ``bias`` (O,).
+        Each gradient has the array type (NumPy or CuPy) and dtype (float32 or
+        float64) of the inputs; gradients not named in ``needs`` are None.
+
+    Raises
+    ------
+    TypeError
+        An array argument that is not a ``numpy.ndarray`` or ``cupy.ndarray`` (lists,
+        masked arrays, tensors), a dtype other than float32/float64 or arrays of
+        different dtypes, NumPy and CuPy arrays mixed, or a stride, padding, dilation
+        that is not an int or a pair of ints, ``needs`` that is not an iterable of
+        names.
+    ValueError
+        Shapes that do not fit together (as in :func:`active_conv2d`, and
+        ``grad_output`` not the output's shape); ``needs`` naming an unknown gradient, a stride or dilation below 1, a
+        negative padding, an empty output, or sizes beyond int64.
 
     Notes
     -----

@@ -49,3 +49,8 @@ cuda_max_blocks = 65535 * 4
 #: Only meaningful under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``),
 #: where the kernels run on the CPU; the simulator test suite sets it.
 numpy_through_cuda_kernels = False
+
+#: Print a line to stderr (kernel, dtypes, seconds) each time Numba really
+#: compiles a defconv_np kernel; loads from Numba's disk cache print nothing.
+#: ``python -m defconv_np`` turns it on; the library is silent by default.
+verbose_compile = False

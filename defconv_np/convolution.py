@@ -7,6 +7,7 @@ Dilated Convolutions", ICLR 2016. Semantics follow ``torch.nn.functional.conv2d`
 from typing import NamedTuple
 
 from . import _columns, _validate
+from ._typing import Array, IntPair, Iterable, Optional
 from ._arrays import array_module, common_float_dtype, on_arrays_device
 from ._backends import launchers
 from ._geometry import check_grad_output, check_padded_input, conv_geometry
@@ -24,7 +25,8 @@ CONV2D_GRADS = Conv2dGrads._fields
 
 
 @on_arrays_device
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(input: Array, weight: Array, bias: Optional[Array] = None, stride: IntPair = 1,
+           padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1) -> Array:
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     Parameters
@@ -42,6 +44,17 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     ndarray, (N, O, Ho, Wo)
         ``Ho = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1``, likewise ``Wo``.
         Same array type (NumPy or CuPy) and dtype (float32 or float64) as input.
+
+    Raises
+    ------
+    TypeError
+        An array argument that is not a ``numpy.ndarray`` or ``cupy.ndarray`` (lists,
+        masked arrays, tensors), a dtype other than float32/float64 or arrays of
+        different dtypes, NumPy and CuPy arrays mixed, or a stride, padding, dilation or
+        groups that is not an int or a pair of ints.
+    ValueError
+        Shapes that do not fit together (C or O not divisible by groups), a stride or dilation below 1, a
+        negative padding, an empty output, or sizes beyond int64.
 
     See Also
     --------
@@ -64,8 +77,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 @on_arrays_device
-def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, *,
-                    needs=CONV2D_GRADS):
+def conv2d_backward(grad_output: Array, input: Array, weight: Array, stride: IntPair = 1,
+                    padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1, *,
+                    needs: Iterable[str] = CONV2D_GRADS) -> Conv2dGrads:
     """Vector-Jacobian product of :func:`conv2d`.
 
     Parameters
@@ -80,6 +94,21 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     -------
     Conv2dGrads
         ``input`` (N, C, H, W), ``weight`` (O, C/groups, kh, kw), ``bias`` (O,).
+        Each gradient has the array type (NumPy or CuPy) and dtype (float32 or
+        float64) of the inputs; gradients not named in ``needs`` are None.
+
+    Raises
+    ------
+    TypeError
+        An array argument that is not a ``numpy.ndarray`` or ``cupy.ndarray`` (lists,
+        masked arrays, tensors), a dtype other than float32/float64 or arrays of
+        different dtypes, NumPy and CuPy arrays mixed, or a stride, padding, dilation or
+        groups that is not an int or a pair of ints, ``needs`` that is not an iterable
+        of names.
+    ValueError
+        Shapes that do not fit together (``grad_output`` not the
+        output's shape); ``needs`` naming an unknown gradient, a stride or dilation below 1, a
+        negative padding, an empty output, or sizes beyond int64.
 
     See Also
     --------

@@ -13,6 +13,7 @@ products.
 from typing import NamedTuple
 
 from . import _columns, _validate
+from ._typing import Array, IntPair, Iterable, Optional
 from ._arrays import array_module, common_float_dtype, on_arrays_device
 from ._backends import launchers
 from ._geometry import check_grad_output, conv_geometry
@@ -56,7 +57,9 @@ def _check(input, offset, weight, bias, mask, stride, padding, dilation):
 
 
 @on_arrays_device
-def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+def deform_conv2d(input: Array, offset: Array, weight: Array, bias: Optional[Array] = None,
+                  stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
+                  mask: Optional[Array] = None) -> Array:
     """Deformable 2-D convolution (v1), or modulated (v2) when ``mask`` is given.
 
     Parameters
@@ -79,6 +82,19 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
         ``out[n, o] = bias[o] + sum_{c,i,j} weight[o, c, i, j] * mask * x(n, c, y, x)``
         sampled at ``y = ho*sh - ph + i*dh + dy``, ``x = wo*sw - pw + j*dw + dx``
         with zero-padded bilinear interpolation.
+        Same array type (NumPy or CuPy) and dtype (float32 or float64) as ``input``.
+
+    Raises
+    ------
+    TypeError
+        An array argument that is not a ``numpy.ndarray`` or ``cupy.ndarray`` (lists,
+        masked arrays, tensors), a dtype other than float32/float64 or arrays of
+        different dtypes, NumPy and CuPy arrays mixed, or a stride, padding, dilation
+        that is not an int or a pair of ints.
+    ValueError
+        Shapes that do not fit together (offset or mask channels
+        not a multiple of the kernel size, their Ho, Wo not the output's), a stride or dilation below 1, a
+        negative padding, an empty output, or sizes beyond int64.
 
     Notes
     -----
@@ -108,8 +124,11 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
 
 
 @on_arrays_device
-def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding=0, dilation=1,
-                           mask=None, *, needs=DEFORM_CONV2D_GRADS, deterministic=False):
+def deform_conv2d_backward(grad_output: Array, input: Array, offset: Array, weight: Array,
+                           stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
+                           mask: Optional[Array] = None, *,
+                           needs: Iterable[str] = DEFORM_CONV2D_GRADS,
+                           deterministic: bool = False) -> DeformConv2dGrads:
     """Vector-Jacobian product of :func:`deform_conv2d`.
 
     Parameters
@@ -132,6 +151,21 @@ def deform_conv2d_backward(grad_output, input, offset, weight, stride=1, padding
         ``input`` (N, C, H, W), ``offset`` (N, 2*G*kh*kw, Ho, Wo), ``mask``
         (N, G*kh*kw, Ho, Wo) or None without a mask, ``weight`` (O, C/groups,
         kh, kw), ``bias`` (O,).
+        Each gradient has the array type (NumPy or CuPy) and dtype (float32 or
+        float64) of the inputs; gradients not named in ``needs`` are None.
+
+    Raises
+    ------
+    TypeError
+        An array argument that is not a ``numpy.ndarray`` or ``cupy.ndarray`` (lists,
+        masked arrays, tensors), a dtype other than float32/float64 or arrays of
+        different dtypes, NumPy and CuPy arrays mixed, or a stride, padding, dilation
+        that is not an int or a pair of ints, a non-bool ``deterministic``, ``needs``
+        that is not an iterable of names.
+    ValueError
+        Shapes that do not fit together (as in :func:`deform_conv2d`, and
+        ``grad_output`` not the output's shape); ``needs`` naming an unknown gradient, a stride or dilation below 1, a
+        negative padding, an empty output, or sizes beyond int64.
 
     Notes
     -----

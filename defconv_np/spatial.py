@@ -12,6 +12,7 @@ import numbers
 from typing import NamedTuple
 
 from . import _validate
+from ._typing import Array, IntPair, Iterable, Optional, Size
 from ._arrays import array_module, common_float_dtype, on_arrays_device
 from ._backends import launchers
 from .kernels import sampling
@@ -95,7 +96,7 @@ def _affine_size(size, dtype):
 
 
 @on_arrays_device
-def affine_grid(theta, size, align_corners=False):
+def affine_grid(theta: Array, size: Size, align_corners: bool = False) -> Array:
     """Sampling grid of a batch of affine maps.
 
     Parameters
@@ -118,6 +119,18 @@ def affine_grid(theta, size, align_corners=False):
         ``x_j = -1 + 2j / (W - 1)`` (align_corners) or ``(2j + 1) / W - 1``;
         a length-1 axis has the single coordinate 0. In 5-D,
         ``grid[n, k, i, j] = theta[n] @ (x_j, y_i, z_k, 1)``.
+        Same array type (NumPy or CuPy) and dtype (float32 or float64) as ``theta``.
+
+    Raises
+    ------
+    TypeError
+        An array argument that is not a ``numpy.ndarray`` or ``cupy.ndarray``, a dtype
+        other than float32/float64 or arrays of different dtypes, NumPy and CuPy arrays
+        mixed, ``size`` not four or five ints, or a non-bool ``align_corners``.
+    ValueError
+        ``theta`` not (N, 2, 3) (or (N, 3, 4) for a 5-D size) with
+        N = ``size[0]``, ``size`` with C, H or W below 1, or a grid too large
+        for int64.
 
     See Also
     --------
@@ -135,7 +148,7 @@ def affine_grid(theta, size, align_corners=False):
 
 
 @on_arrays_device
-def affine_grid_backward(grad_grid, size, align_corners=False):
+def affine_grid_backward(grad_grid: Array, size: Size, align_corners: bool = False) -> Array:
     """Vector-Jacobian product of :func:`affine_grid` (the grid is linear in theta).
 
     Parameters
@@ -149,6 +162,17 @@ def affine_grid_backward(grad_grid, size, align_corners=False):
     ndarray, (N, 2, 3) or (N, 3, 4)
         ``grad_theta[n] = sum_{i,j} grad_grid[n, i, j] (x_j, y_i, 1)^T``
         (in 5-D, over ``k, i, j`` with ``(x_j, y_i, z_k, 1)``).
+        Same array type (NumPy or CuPy) and dtype (float32 or float64) as ``grad_grid``.
+
+    Raises
+    ------
+    TypeError
+        An array argument that is not a ``numpy.ndarray`` or ``cupy.ndarray``, a dtype
+        other than float32/float64 or arrays of different dtypes, NumPy and CuPy arrays
+        mixed, ``size`` not four or five ints, or a non-bool ``align_corners``.
+    ValueError
+        ``grad_grid`` not (N, H, W, 2) (or (N, D, H, W, 3)) for ``size``, or ``size`` with C, H
+        or W below 1.
 
     See Also
     --------
@@ -214,7 +238,8 @@ def _sampler(xp, input, grid, modes, bicubic, deterministic=False):
 
 
 @on_arrays_device
-def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=False):
+def grid_sample(input: Array, grid: Array, mode: str = "bilinear", padding_mode: str = "zeros",
+                align_corners: bool = False) -> Array:
     """Sample ``input`` at the positions in ``grid``.
 
     Parameters
@@ -241,6 +266,18 @@ def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corner
     Returns
     -------
     ndarray, (N, C, Hg, Wg) or (N, C, Dg, Hg, Wg)
+        Same array type (NumPy or CuPy) and dtype (float32 or float64) as ``input``.
+
+    Raises
+    ------
+    TypeError
+        An array argument that is not a ``numpy.ndarray`` or ``cupy.ndarray``, a dtype
+        other than float32/float64 or arrays of different dtypes, NumPy and CuPy arrays
+        mixed, a ``mode`` or ``padding_mode`` that is not a string, or a non-bool
+        ``align_corners``.
+    ValueError
+        An unknown ``mode`` or ``padding_mode``, ``grid`` not (N, Hg, Wg, 2) (or (N, Dg, Hg, Wg, 3) for a
+        5-D input) with ``input``'s N, bicubic on a 5-D input, or an input with empty H or W.
 
     Notes
     -----
@@ -279,8 +316,10 @@ def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corner
 
 
 @on_arrays_device
-def grid_sample_backward(grad_output, input, grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=False, *, needs=GRID_SAMPLE_GRADS, deterministic=False):
+def grid_sample_backward(grad_output: Array, input: Array, grid: Array, mode: str = "bilinear",
+                         padding_mode: str = "zeros", align_corners: bool = False, *,
+                         needs: Iterable[str] = GRID_SAMPLE_GRADS,
+                         deterministic: bool = False) -> GridSampleGrads:
     """Vector-Jacobian product of :func:`grid_sample`.
 
     Parameters
@@ -299,6 +338,20 @@ def grid_sample_backward(grad_output, input, grid, mode="bilinear", padding_mode
     -------
     GridSampleGrads
         ``input`` (shaped as the input) and ``grid`` (shaped as the grid).
+        Each gradient has the array type (NumPy or CuPy) and dtype (float32 or
+        float64) of the inputs; gradients not named in ``needs`` are None.
+
+    Raises
+    ------
+    TypeError
+        An array argument that is not a ``numpy.ndarray`` or ``cupy.ndarray``, a dtype
+        other than float32/float64 or arrays of different dtypes, NumPy and CuPy arrays
+        mixed, a ``mode`` or ``padding_mode`` that is not a string, a non-bool
+        ``align_corners`` or ``deterministic``, or ``needs`` that is not an iterable of
+        names.
+    ValueError
+        As :func:`grid_sample`; also ``grad_output`` not shaped as the output, or
+        ``needs`` naming an unknown gradient.
 
     Notes
     -----

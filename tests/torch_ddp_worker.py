@@ -14,7 +14,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# the checkout as a fallback only: an installed defconv_np (tox) comes first
+sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import defconv_np.torch as dct  # noqa: E402
 
 STEPS = 2
