@@ -8,7 +8,8 @@ from . import _compile_log
 from ._compile_log import CompiledKernel
 
 #: The ops ``warmup`` knows, in the order it runs them.
-OPS = ("conv2d", "deform_conv2d", "active_conv2d", "grid_sample", "affine_grid")
+OPS = ("conv2d", "deform_conv2d", "active_conv2d", "grid_sample", "affine_grid",
+       "ms_deform_attn")
 
 
 def _calls(dtype, xp) -> Dict[str, Callable[[], None]]:
@@ -49,13 +50,18 @@ def _calls(dtype, xp) -> Dict[str, Callable[[], None]]:
 
     grid = arr(rng.uniform(-1.2, 1.2, (2, 3, 4, 2)))
 
+    volume = arr(rng.standard_normal((2, 2, 3, 4, 5)))
+    volume_grid = arr(rng.uniform(-1.2, 1.2, (2, 2, 3, 2, 3)))
+    cases = [(x, grid, mode) for mode in ("bilinear", "nearest", "bicubic")]
+    cases += [(volume, volume_grid, mode) for mode in ("bilinear", "nearest")]
+
     def sample():
-        for mode in ("bilinear", "nearest"):
+        for planes, points, mode in cases:
             for padding_mode in ("zeros", "border", "reflection"):
                 for align in (False, True):
-                    out = dc.grid_sample(x, grid, mode, padding_mode, align)
+                    out = dc.grid_sample(planes, points, mode, padding_mode, align)
                     for det in (False, True):
-                        dc.grid_sample_backward(out, x, grid, mode, padding_mode, align,
+                        dc.grid_sample_backward(out, planes, points, mode, padding_mode, align,
                                                 deterministic=det)
 
     theta = arr(np.array([[[0.9, -0.2, 0.1], [0.2, 0.8, 0.0]]] * 2))
@@ -65,8 +71,28 @@ def _calls(dtype, xp) -> Dict[str, Callable[[], None]]:
             g = dc.affine_grid(theta, (2, 4, 3, 5), align)
             dc.affine_grid_backward(g, (2, 4, 3, 5), align)
 
+    theta_3d = arr(np.array([[[0.9, -0.2, 0.0, 0.1], [0.2, 0.8, 0.0, 0.0],
+                              [0.0, 0.0, 1.0, 0.0]]] * 2))
+
+    def affine_3d():
+        for align in (False, True):
+            g = dc.affine_grid(theta_3d, (2, 2, 3, 4, 5), align)
+            dc.affine_grid_backward(g, (2, 2, 3, 4, 5), align)
+
+    shapes, starts = np.array([[3, 4], [1, 2]]), np.array([0, 12])
+    value = arr(rng.standard_normal((2, 14, 2, 3)))
+    loc = arr(rng.uniform(-0.1, 1.1, (2, 5, 2, 2, 3, 2)))
+    weights = arr(rng.uniform(0, 1, (2, 5, 2, 2, 3)))
+
+    def attention():
+        out = dc.ms_deform_attn(value, shapes, starts, loc, weights)
+        for det in (False, True):
+            dc.ms_deform_attn_backward(out, value, shapes, starts, loc, weights,
+                                       deterministic=det)
+
     return {"conv2d": conv, "deform_conv2d": deform, "active_conv2d": active,
-            "grid_sample": sample, "affine_grid": affine}
+            "grid_sample": sample, "affine_grid": lambda: (affine(), affine_3d()),
+            "ms_deform_attn": attention}
 
 
 def warmup(ops: Optional[Iterable[str]] = None,

@@ -390,7 +390,7 @@ def _grid_sample(input: Tensor, grid: Tensor, mode: str, padding_mode: str,
 @_grid_sample.register_fake
 def _grid_sample_fake(input, grid, mode, padding_mode, align_corners):
     _check_tensors("grid_sample", input=input, grid=grid)
-    return input.new_empty((input.shape[0], input.shape[1], grid.shape[1], grid.shape[2]))
+    return input.new_empty((*input.shape[:2], *grid.shape[1:-1]))  # 4-D and 5-D
 
 
 @torch.library.custom_op("defconv_np::grid_sample_backward", mutates_args=())
