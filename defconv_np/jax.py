@@ -489,8 +489,8 @@ def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corner
     input = _as_array(input, "input")
     grid = _as_array(grid, "grid")
     dtype = _float_dtype(input=input, grid=grid)
-    modes = _check_sample(input, grid, mode, padding_mode, align_corners)
-    out_shape = (input.shape[0], input.shape[1], grid.shape[1], grid.shape[2])
+    modes, _ = _check_sample(input, grid, mode, padding_mode, align_corners)
+    out_shape = (*input.shape[:2], *grid.shape[1:-1])  # 4-D, 5-D
     op = _grid_sample_op(mode, padding_mode, modes.align_corners, out_shape, dtype.str,
                          CALLBACK)
     return op(input, grid)
