@@ -78,6 +78,24 @@ def conv_geometry(input, weight, bias, stride, padding, dilation, groups):
                         padding, dilation, out_h, out_w)
 
 
+def check_offset_groups(geom, offset, axis):
+    """The offset groups G of an offset whose axis ``axis`` holds the
+    2*G*kh*kw (dy, dx) channels, checked against the kernel and the input
+    channels (deform_conv2d's axis 1, active_conv2d's axis 0)."""
+    points = geom.kernel_points
+    n_off = offset.shape[axis]
+    if n_off == 0 or n_off % (2 * points):
+        raise ValueError(
+            f"offset.shape[{axis}] must be a positive multiple of 2*kh*kw = {2 * points} "
+            f"(2 * offset groups * kernel points), got {n_off}")
+    groups = n_off // (2 * points)
+    if geom.channels % groups:
+        raise ValueError(
+            f"input channels ({geom.channels}) must be divisible by the offset groups "
+            f"({groups} = offset.shape[{axis}] / (2*kh*kw))")
+    return groups
+
+
 def check_padded_input(geom, itemsize):
     """The dense conv pads its input for real: that copy must be an array too."""
     padded = (geom.batch, geom.channels, geom.height + 2 * geom.padding[0],

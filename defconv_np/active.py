@@ -23,7 +23,7 @@ from . import _columns, _stencil, _validate
 from ._typing import Array, IntPair, Iterable, Optional
 from ._arrays import array_module, common_float_dtype, on_arrays_device
 from ._backends import launchers
-from ._geometry import check_grad_output, conv_geometry
+from ._geometry import check_grad_output, check_offset_groups, conv_geometry
 from .deformable import deform_conv2d, deform_conv2d_backward
 
 
@@ -42,17 +42,7 @@ ACTIVE_CONV2D_GRADS = ActiveConv2dGrads._fields
 def _check(input, offset, weight, bias, stride, padding, dilation):
     geom = conv_geometry(input, weight, bias, stride, padding, dilation, None)
     _validate.ndim(offset, "offset", 1, "(2*G*kh*kw,)")
-    points = geom.kernel_points
-    n_off = offset.shape[0]
-    if n_off == 0 or n_off % (2 * points):
-        raise ValueError(
-            f"offset.shape[0] must be a positive multiple of 2*kh*kw = {2 * points} "
-            f"(2 * offset groups * kernel points), got {n_off}")
-    offset_groups = n_off // (2 * points)
-    if geom.channels % offset_groups:
-        raise ValueError(
-            f"input channels ({geom.channels}) must be divisible by the offset groups "
-            f"({offset_groups} = offset.shape[0] / (2*kh*kw))")
+    check_offset_groups(geom, offset, 0)
     return geom
 
 

@@ -16,7 +16,7 @@ from . import _columns, _validate
 from ._typing import Array, IntPair, Iterable, Optional
 from ._arrays import array_module, common_float_dtype, on_arrays_device
 from ._backends import launchers
-from ._geometry import check_grad_output, conv_geometry
+from ._geometry import check_grad_output, check_offset_groups, conv_geometry
 
 
 class DeformConv2dGrads(NamedTuple):
@@ -36,17 +36,9 @@ DEFORM_CONV2D_GRADS = DeformConv2dGrads._fields
 def _check(input, offset, weight, bias, mask, stride, padding, dilation):
     geom = conv_geometry(input, weight, bias, stride, padding, dilation, None)
     _validate.ndim(offset, "offset", 4, "(N, 2*G*kh*kw, Ho, Wo)")
+    offset_groups = check_offset_groups(geom, offset, 1)
     points = geom.kernel_points
     n_off = offset.shape[1]
-    if n_off == 0 or n_off % (2 * points):
-        raise ValueError(
-            f"offset.shape[1] must be a positive multiple of 2*kh*kw = {2 * points} "
-            f"(2 * offset groups * kernel points), got {n_off}")
-    offset_groups = n_off // (2 * points)
-    if geom.channels % offset_groups:
-        raise ValueError(
-            f"input channels ({geom.channels}) must be divisible by the offset groups "
-            f"({offset_groups} = offset.shape[1] / (2*kh*kw))")
     expected = (geom.batch, n_off, geom.out_h, geom.out_w)
     _validate.shape_equals(offset, "offset", expected, "(N, 2*G*kh*kw, Ho, Wo)")
     if mask is not None:
