@@ -322,6 +322,7 @@ class DeformColumns:
                 chunk.r0, s.y_base, s.x_base, self.weight_groups)
 
     run_chunks = staticmethod(run_chunks)
+    store_transposed = staticmethod(layout_kernels.store_transposed)
 
     def fill(self, chunk, cols):
         deform_kernels.deform_im2col(self.inp, *self._common(chunk), cols)
@@ -334,18 +335,20 @@ class DeformColumns:
         self.grad_offset, self.grad_mask = grad_offset, grad_mask
 
     def backward_chunk(self, chunk, cols, grad_cols):
-        """Rebuild the columns into ``cols`` (if given) and turn ``grad_cols``
-        (if given) into input, offset and mask gradients, in one fused pass."""
-        dtype = self.inp.dtype
-        dummy3, dummy4 = np.zeros((1, 1, 1), dtype), np.zeros((1, 1, 1, 1), dtype)
-        want_grads = grad_cols is not None
-        want_input = want_grads and self.grad is not None
-        want_offset = want_grads and self.grad_offset is not None
-        want_mask = want_grads and self.grad_mask is not None
+        """Rebuild the columns into ``cols`` (if given; for the weight
+        gradient) and turn ``grad_cols`` (if given) into input, offset and mask
+        gradients, in one pass over the samples."""
+        if cols is not None:
+            self.fill(chunk, cols)
+        if grad_cols is None:
+            return
+        dummy3, dummy4 = np.zeros((1, 1, 1), self.inp.dtype), np.zeros((1, 1, 1, 1), self.inp.dtype)
+        want_input = self.grad is not None
+        want_offset = self.grad_offset is not None
+        want_mask = self.grad_mask is not None
         deform_kernels.deform_backward(
-            grad_cols if want_grads else cols, self.inp, *self._common(chunk), cols is not None,
-            want_input, want_offset, want_mask, dummy3 if cols is None else cols,
-            self.grad if want_input else self.inp,
+            grad_cols, self.inp, *self._common(chunk), want_input, want_offset, want_mask,
+            self.grad if want_input else dummy3,
             self.grad_offset if want_offset else dummy4,
             self.grad_mask if want_mask else dummy4)
 

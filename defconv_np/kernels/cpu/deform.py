@@ -23,7 +23,7 @@ dtype too (they are only compared with positions).
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, uint64
 
 from .device import bilinear_coordinate_grads, bilinear_value, bilinear_weights, deform_tap
 
@@ -49,34 +49,63 @@ def _channel_sum(terms, count):
     return acc
 
 
-@njit(inline="always", cache=True, nogil=True)
-def _sample(offset, mask, use_mask, n, g, k, ho, wo, height, width, row_stride, y_base, x_base,
-            typed):
-    """Cell, fraction, corner weights and mask value of one sample.
+#: Rows of the per-row tap table: the four corner weights, the cell
+#: fractions ly and lx, and the mask value, each in the input dtype.
+_W00, _W01, _W10, _W11, _LY, _LX, _MASK = range(7)
 
-    ``typed`` is a scratch array of the input dtype: values stored there come
-    back in that dtype, which keeps the channel loops in float32 for float32
-    inputs (the per-sample maths itself runs in float64). The weights are
-    unmasked: the mask multiplies the finished sample, as torchvision does.
+
+@njit(inline="always", cache=True, nogil=True)
+def _row_taps(offset, mask, use_mask, n, ho, height, width, row_stride, y_base, x_base, base,
+              taps, inside):
+    """Cell, corner weights, fractions and mask value of every sample of
+    output row ``ho``: for sample ``s = g*K + k`` (offset group ``g``, kernel
+    point ``k``) and column ``wo``, ``base[s, wo]``, ``inside[s, wo]`` and
+    ``taps[s, :, wo]`` (rows ``_W00`` .. ``_MASK``).
+
+    One pass over a row, before the channel loops, with the offsets read
+    along their contiguous last axis: the per-sample maths (in float64, then
+    stored in the input dtype, which keeps the channel loops in float32 for
+    float32 inputs) no longer interleaves with the channel loops. The weights
+    are unmasked: the mask multiplies the finished sample, as torchvision does.
     """
     kw = x_base.shape[1]
     n_k = y_base.shape[1] * kw
-    ki = k // kw
-    ch = 2 * (g * n_k + k)
-    y = y_base[ho, ki] + offset[n, ch, ho, wo]
-    x = x_base[wo, k - ki * kw] + offset[n, ch + 1, ho, wo]
-    q, ly, lx, inside = deform_tap(y, x, height, width, row_stride, 1.0)
-    w00, w01, w10, w11 = bilinear_weights(ly, lx, 1.0)
-    m = mask[n, g * n_k + k, ho, wo] if use_mask else 1.0
-    typed[0] = w00
-    typed[1] = w01
-    typed[2] = w10
-    typed[3] = w11
-    typed[4] = ly
-    typed[5] = lx
-    typed[6] = m
-    typed[7] = 1.0
-    return q, inside
+    n_s, out_w = base.shape
+    for s in range(n_s):
+        k = s % n_k
+        ki = k // kw
+        kj = k - ki * kw
+        y0 = y_base[ho, ki]
+        dy = offset[n, 2 * s, ho]
+        dx = offset[n, 2 * s + 1, ho]
+        for wo in range(out_w):
+            y = y0 + dy[wo]
+            x = x_base[wo, kj] + dx[wo]
+            q, ly, lx, ok = deform_tap(y, x, height, width, row_stride, 1.0)
+            w00, w01, w10, w11 = bilinear_weights(ly, lx, 1.0)
+            base[s, wo] = q
+            inside[s, wo] = ok
+            taps[s, _W00, wo] = w00
+            taps[s, _W01, wo] = w01
+            taps[s, _W10, wo] = w10
+            taps[s, _W11, wo] = w11
+            taps[s, _LY, wo] = ly
+            taps[s, _LX, wo] = lx
+            taps[s, _MASK, wo] = mask[n, s, ho, wo] if use_mask else 1.0
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _corners(n, q, lo, plane, channels, row_stride):
+    """Flat indices, as uint64, of channel ``lo`` of the four corner vectors
+    of the cell at ``q`` in image ``n`` of a (N, plane, C) array.
+
+    The channel loops index flat arrays with unsigned indices: a signed index
+    costs a wraparound check that blocks vectorisation, and a slice per corner
+    and sample costs Numba reference counting (atomic, and not always pruned
+    in branchy loops: the backward ran 3x slower per sample than the forward)."""
+    i00 = uint64((n * plane + q) * channels + lo)
+    i10 = i00 + uint64(row_stride * channels)
+    return i00, i00 + uint64(channels), i10, i10 + uint64(channels)
 
 
 @njit(inline="always", cache=True, nogil=True)
@@ -97,48 +126,52 @@ def deform_im2col(inp, height, width, row_stride, offset, mask, use_mask, n0, r0
     their mask (``m * sample``; an outside sample reads the all-zero cell at
     ``q = 0``, so it is ``m * 0``)."""
     n_k = y_base.shape[1] * x_base.shape[1]
-    channels = inp.shape[2]
+    plane, channels = inp.shape[1], inp.shape[2]
     groups = offset.shape[1] // (2 * n_k)
     per_group = channels // groups
     per_wgroup = channels // weight_groups
     out_w = offset.shape[3]
-    nb, npix, _ = cols.shape
+    nb, npix, rows_k = cols.shape
     rs = row_stride
-    typed = np.empty(8, cols.dtype)
+    flat_inp = inp.reshape(-1)
+    flat_cols = cols.reshape(-1)
+    base = np.empty((groups * n_k, out_w), np.int64)
+    taps = np.empty((groups * n_k, 7, out_w), cols.dtype)
+    inside = np.empty((groups * n_k, out_w), np.bool_)
     for b in range(nb):
         n = n0 + b
-        for p in range(npix):
-            r = p // out_w
-            wo = p - r * out_w
-            row = cols[b, p]
-            for g in range(groups):
-                for k in range(n_k):
-                    q, inside = _sample(offset, mask, use_mask, n, g, k, r0 + r, wo, height,
-                                        width, rs, y_base, x_base, typed)
-                    w00, w01, w10, w11 = typed[0], typed[1], typed[2], typed[3]
-                    m = typed[6]
-                    for gw in range(g * per_group // per_wgroup,
-                                    ((g + 1) * per_group - 1) // per_wgroup + 1):
-                        lo, hi, dst = _run(g, gw, k, per_group, per_wgroup, n_k)
-                        out = row[dst:dst + hi - lo]
-                        v00, v01 = inp[n, q, lo:hi], inp[n, q + 1, lo:hi]
-                        v10, v11 = inp[n, q + rs, lo:hi], inp[n, q + rs + 1, lo:hi]
-                        for i in range(hi - lo):
-                            out[i] = m * (w00 * v00[i] + w01 * v01[i] + w10 * v10[i]
-                                          + w11 * v11[i])
+        for r in range(npix // out_w):
+            _row_taps(offset, mask, use_mask, n, r0 + r, height, width, rs, y_base, x_base,
+                      base, taps, inside)
+            for wo in range(out_w):
+                row = (b * npix + r * out_w + wo) * rows_k
+                for g in range(groups):
+                    for k in range(n_k):
+                        s = g * n_k + k
+                        w00, w01 = taps[s, _W00, wo], taps[s, _W01, wo]
+                        w10, w11 = taps[s, _W10, wo], taps[s, _W11, wo]
+                        m = taps[s, _MASK, wo]
+                        for gw in range(g * per_group // per_wgroup,
+                                        ((g + 1) * per_group - 1) // per_wgroup + 1):
+                            lo, hi, dst = _run(g, gw, k, per_group, per_wgroup, n_k)
+                            i00, i01, i10, i11 = _corners(n, base[s, wo], lo, plane, channels, rs)
+                            o = uint64(row + dst)
+                            for i in range(uint64(hi - lo)):
+                                flat_cols[o + i] = m * (
+                                    w00 * flat_inp[i00 + i] + w01 * flat_inp[i01 + i]
+                                    + w10 * flat_inp[i10 + i] + w11 * flat_inp[i11 + i])
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use_mask, n0, r0,
-                    y_base, x_base, weight_groups, want_cols, want_input, want_offset, want_mask,
-                    cols, grad_inp, grad_offset, grad_mask):
-    """Everything the backward needs from one pass over the chunk's samples.
+                    y_base, x_base, weight_groups, want_input, want_offset, want_mask, grad_inp,
+                    grad_offset, grad_mask):
+    """The gradients of one chunk's samples from its column gradient, in one
+    pass (the columns themselves are rebuilt by ``deform_im2col``).
 
     Each sample's cell and weights are computed once, and its four corner
-    vectors read once, for up to four results (each skipped unless wanted):
+    vectors read once, for up to three results (each skipped unless wanted):
 
-    * ``cols``: the columns again, as ``deform_im2col`` writes them (for the
-      weight gradient);
     * ``grad_inp``: ``(mask * weight) * grad_cols`` scatter-added onto the
       corners, the exact adjoint of ``deform_im2col``, into the padded
       channels-last gradient;
@@ -153,73 +186,86 @@ def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use
     fixed order, so the results do not depend on scheduling.
     """
     n_k = y_base.shape[1] * x_base.shape[1]
-    channels = inp.shape[2]
+    plane, channels = inp.shape[1], inp.shape[2]
     groups = offset.shape[1] // (2 * n_k)
     per_group = channels // groups
     per_wgroup = channels // weight_groups
     out_w = offset.shape[3]
-    nb, npix, _ = grad_cols.shape
+    nb, npix, rows_k = grad_cols.shape
     rs = row_stride
-    typed = np.empty(8, grad_cols.dtype)
+    dtype = grad_cols.dtype
+    flat_inp = inp.reshape(-1)
+    flat_grad = grad_inp.reshape(-1)
+    flat_gcols = grad_cols.reshape(-1)
+    base = np.empty((groups * n_k, out_w), np.int64)
+    taps = np.empty((groups * n_k, 7, out_w), dtype)
+    inside = np.empty((groups * n_k, out_w), np.bool_)
+    one = np.ones(1, dtype)[0]
     # per-channel terms of the offset and mask sums, formed in the channel
     # loop with the mask in each term (torchvision's order), then summed by
     # ``_channel_sum``
-    terms = np.empty((3, per_group), grad_cols.dtype)
+    terms = np.empty((3, per_group), dtype)
     t_dy, t_dx, t_v = terms[0], terms[1], terms[2]
-    want_grads = want_input or want_offset or want_mask
     for b in range(nb):
         n = n0 + b
-        for p in range(npix):
-            r = p // out_w
+        for r in range(npix // out_w):
             ho = r0 + r
-            wo = p - r * out_w
-            g_row = grad_cols[b, p]
-            c_row = cols[b, p] if want_cols else g_row
-            for g in range(groups):
-                for k in range(n_k):
-                    q, inside = _sample(offset, mask, use_mask, n, g, k, ho, wo, height, width,
-                                        rs, y_base, x_base, typed)
-                    w00, w01, w10, w11 = typed[0], typed[1], typed[2], typed[3]
-                    ly, lx, m, one = typed[4], typed[5], typed[6], typed[7]
-                    mw00, mw01, mw10, mw11 = m * w00, m * w01, m * w10, m * w11
-                    scatter = want_input and inside
-                    acc_dy = 0.0
-                    acc_dx = 0.0
-                    acc_v = 0.0
-                    for gw in range(g * per_group // per_wgroup,
-                                    ((g + 1) * per_group - 1) // per_wgroup + 1):
-                        lo, hi, dst = _run(g, gw, k, per_group, per_wgroup, n_k)
-                        v00, v01 = inp[n, q, lo:hi], inp[n, q + 1, lo:hi]
-                        v10, v11 = inp[n, q + rs, lo:hi], inp[n, q + rs + 1, lo:hi]
-                        out = c_row[dst:dst + hi - lo]
-                        gcol = g_row[dst:dst + hi - lo]
-                        g00, g01 = grad_inp[n, q, lo:hi], grad_inp[n, q + 1, lo:hi]
-                        g10, g11 = grad_inp[n, q + rs, lo:hi], grad_inp[n, q + rs + 1, lo:hi]
-                        for i in range(hi - lo):
-                            a, bq, cq, d = v00[i], v01[i], v10[i], v11[i]
-                            if want_cols:
-                                out[i] = m * (w00 * a + w01 * bq + w10 * cq + w11 * d)
-                            if want_grads and inside:
-                                gv = gcol[i]
-                                if scatter:
-                                    g00[i] += mw00 * gv
-                                    g01[i] += mw01 * gv
-                                    g10[i] += mw10 * gv
-                                    g11[i] += mw11 * gv
+            _row_taps(offset, mask, use_mask, n, ho, height, width, rs, y_base, x_base, base,
+                      taps, inside)
+            for wo in range(out_w):
+                row = (b * npix + r * out_w + wo) * rows_k
+                for g in range(groups):
+                    for k in range(n_k):
+                        s = g * n_k + k
+                        acc_dy = 0.0
+                        acc_dx = 0.0
+                        acc_v = 0.0
+                        if inside[s, wo]:
+                            w00, w01 = taps[s, _W00, wo], taps[s, _W01, wo]
+                            w10, w11 = taps[s, _W10, wo], taps[s, _W11, wo]
+                            ly, lx = taps[s, _LY, wo], taps[s, _LX, wo]
+                            m = taps[s, _MASK, wo]
+                            mw00, mw01, mw10, mw11 = m * w00, m * w01, m * w10, m * w11
+                            for gw in range(g * per_group // per_wgroup,
+                                            ((g + 1) * per_group - 1) // per_wgroup + 1):
+                                lo, hi, dst = _run(g, gw, k, per_group, per_wgroup, n_k)
+                                count = uint64(hi - lo)
+                                i00, i01, i10, i11 = _corners(n, base[s, wo], lo, plane,
+                                                              channels, rs)
+                                o = uint64(row + dst)
+                                if want_input:
+                                    # a loop per corner: one store stream each
+                                    for i in range(count):
+                                        flat_grad[i00 + i] += mw00 * flat_gcols[o + i]
+                                    for i in range(count):
+                                        flat_grad[i01 + i] += mw01 * flat_gcols[o + i]
+                                    for i in range(count):
+                                        flat_grad[i10 + i] += mw10 * flat_gcols[o + i]
+                                    for i in range(count):
+                                        flat_grad[i11 + i] += mw11 * flat_gcols[o + i]
                                 if want_offset:
-                                    dy, dx = bilinear_coordinate_grads(a, bq, cq, d, ly, lx, one)
-                                    t_dy[i] = (m * dy) * gv
-                                    t_dx[i] = (m * dx) * gv
+                                    # dy and dx in loops of their own; each
+                                    # drops the unused half as dead code
+                                    for i in range(count):
+                                        dy, _ = bilinear_coordinate_grads(
+                                            flat_inp[i00 + i], flat_inp[i01 + i],
+                                            flat_inp[i10 + i], flat_inp[i11 + i], ly, lx, one)
+                                        t_dy[i] = (m * dy) * flat_gcols[o + i]
+                                    for i in range(count):
+                                        _, dx = bilinear_coordinate_grads(
+                                            flat_inp[i00 + i], flat_inp[i01 + i],
+                                            flat_inp[i10 + i], flat_inp[i11 + i], ly, lx, one)
+                                        t_dx[i] = (m * dx) * flat_gcols[o + i]
+                                    acc_dy += _channel_sum(t_dy, count)
+                                    acc_dx += _channel_sum(t_dx, count)
                                 if want_mask:
-                                    t_v[i] = gv * bilinear_value(a, bq, cq, d, ly, lx, one)
-                        if inside and want_offset:
-                            acc_dy += _channel_sum(t_dy, hi - lo)
-                            acc_dx += _channel_sum(t_dx, hi - lo)
-                        if inside and want_mask:
-                            acc_v += _channel_sum(t_v, hi - lo)
-                    if want_offset:
-                        ch = 2 * (g * n_k + k)
-                        grad_offset[n, ch, ho, wo] = acc_dy if inside else 0.0
-                        grad_offset[n, ch + 1, ho, wo] = acc_dx if inside else 0.0
-                    if want_mask:
-                        grad_mask[n, g * n_k + k, ho, wo] = acc_v if inside else 0.0
+                                    for i in range(count):
+                                        t_v[i] = flat_gcols[o + i] * bilinear_value(
+                                            flat_inp[i00 + i], flat_inp[i01 + i],
+                                            flat_inp[i10 + i], flat_inp[i11 + i], ly, lx, one)
+                                    acc_v += _channel_sum(t_v, count)
+                        if want_offset:
+                            grad_offset[n, 2 * s, ho, wo] = acc_dy
+                            grad_offset[n, 2 * s + 1, ho, wo] = acc_dx
+                        if want_mask:
+                            grad_mask[n, s, ho, wo] = acc_v
