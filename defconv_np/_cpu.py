@@ -32,6 +32,7 @@ import concurrent.futures
 import contextlib
 import functools
 import os
+import sys
 import threading
 
 import numba
@@ -103,12 +104,20 @@ class _SingleThreadedBlas:
         self._users = 0
         self._limiter = None
         self._controller = None
+        self._modules_seen = -1
 
     def controller(self):
-        if self._controller is None:
+        """threadpoolctl's view of the loaded BLAS libraries, rebuilt when
+        Python modules were imported since (an import such as ``scipy.linalg``
+        loads a second OpenBLAS, which a stale view would leave on all its
+        threads inside the lanes). Scanning the libraries costs milliseconds,
+        counting modules nothing."""
+        modules = len(sys.modules)
+        if self._controller is None or modules != self._modules_seen:
             from threadpoolctl import ThreadpoolController
 
             self._controller = ThreadpoolController()
+            self._modules_seen = modules
         return self._controller
 
     @contextlib.contextmanager
@@ -275,31 +284,41 @@ def work_blocks(work_items, limit):
 
 
 class DenseColumns(_columns.SeparateBackward):
-    """im2col / col2im of a plain strided, dilated, padded conv2d."""
+    """im2col / col2im of a plain strided, dilated, padded conv2d, pixels-first
+    from a channels-last copy of the input padded by the conv's own padding:
+    every tap of every output pixel is in bounds, and each is a contiguous
+    channel vector."""
 
-    layout = _columns.ChannelsFirst
+    layout = _columns.PixelsFirst
 
-    def __init__(self, input, kernel, stride, padding, dilation, out_w):
+    def __init__(self, input, kernel, stride, padding, dilation, out_w, weight_groups):
+        n, c, h, w = input.shape
         self.padding = padding
-        self.geometry = (kernel, stride, dilation)
+        self.geometry = (kernel, stride, dilation, weight_groups)
         self.out_w = out_w
         self.input_shape = input.shape
-        self.inp_pad = zero_padded(np, input, padding, padding)
+        self.padded_shape = (n, h + 2 * padding[0], w + 2 * padding[1], c)
+        self.inp = channels_last_padded(input, *padding, self.padded_shape[2]).reshape(
+            self.padded_shape)
 
     run_chunks = staticmethod(run_chunks)
+    store_transposed = staticmethod(layout_kernels.store_transposed)
 
     def fill(self, chunk, cols):
-        im2col_kernels.im2col(self.inp_pad, chunk.n0, chunk.r0, self.out_w, *self.geometry, cols)
+        im2col_kernels.im2col_channels_last(self.inp, chunk.n0, chunk.r0, self.out_w,
+                                            *self.geometry, cols)
 
     def start_backward(self, want_input):
-        self.grad_pad = np.zeros_like(self.inp_pad) if want_input else None
+        self.grad = np.zeros_like(self.inp) if want_input else None
 
     def scatter_input_grad(self, chunk, grad_cols):
-        im2col_kernels.col2im(grad_cols, chunk.n0, chunk.r0, self.out_w, *self.geometry,
-                              self.grad_pad)
+        im2col_kernels.col2im_channels_last(grad_cols, chunk.n0, chunk.r0, self.out_w,
+                                            *self.geometry, self.grad)
 
     def input_grad(self):
-        return cropped(np, self.grad_pad, self.input_shape, self.padding, self.padding)
+        n, hp, wp, c = self.padded_shape
+        return from_channels_last_padded(self.grad.reshape(n, hp * wp, c), self.input_shape,
+                                         *self.padding, wp)
 
 
 class DeformColumns:
@@ -356,21 +375,32 @@ class DeformColumns:
         return from_channels_last_padded(self.grad, self.input_shape)
 
 
-def channels_last_padded(array):
-    """(N, C, H, W) -> zero-padded channels-last (N, (H+3)*(W+3), C), laid out as
-    ``kernels.sampling`` describes."""
+def channels_last_padded(array, top=sampling.PAD_BEFORE, left=sampling.PAD_BEFORE,
+                         row_stride=None):
+    """(N, C, H, W) -> zero-padded channels-last (N, Hp*Wp, C): pixel (0, 0)
+    at row ``top``, column ``left``, rows ``row_stride`` (Wp) pixels apart,
+    ``top`` rows above and below. By default the deformable kernels' border,
+    (H+3)*(W+3), as ``kernels.sampling`` describes."""
     n, c, h, w = array.shape
-    out = np.zeros((n, sampling.padded_height(h) * sampling.padded_width(w), c), array.dtype)
+    if row_stride is None:
+        height_p, row_stride = sampling.padded_height(h), sampling.padded_width(w)
+    else:
+        height_p = h + 2 * top
+    out = np.zeros((n, height_p * row_stride, c), array.dtype)
     array = kernel_operand(array)
-    for_image_ranges(n, lambda n0, n1: layout_kernels.to_channels_last_padded(array, n0, n1, out))
+    for_image_ranges(n, lambda n0, n1: layout_kernels.to_channels_last_padded(
+        array, n0, n1, top, left, row_stride, out))
     return out
 
 
-def from_channels_last_padded(padded, shape):
+def from_channels_last_padded(padded, shape, top=sampling.PAD_BEFORE, left=sampling.PAD_BEFORE,
+                              row_stride=None):
     """Inverse of ``channels_last_padded``: crop the border, back to (N, C, H, W)."""
+    if row_stride is None:
+        row_stride = sampling.padded_width(shape[3])
     out = np.empty(shape, padded.dtype)
-    for_image_ranges(shape[0],
-                     lambda n0, n1: layout_kernels.from_channels_last_padded(padded, n0, n1, out))
+    for_image_ranges(shape[0], lambda n0, n1: layout_kernels.from_channels_last_padded(
+        padded, n0, n1, top, left, row_stride, out))
     return out
 
 

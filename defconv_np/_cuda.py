@@ -109,7 +109,9 @@ class DenseColumns(_columns.SeparateBackward):
     layout = _columns.ChannelsFirst
     run_chunks = staticmethod(_columns.run_in_order)
 
-    def __init__(self, input, kernel, stride, padding, dilation, out_w):
+    def __init__(self, input, kernel, stride, padding, dilation, out_w, weight_groups):
+        # ``weight_groups``: part of the launcher interface; channels-first
+        # columns need not know them
         self.launch = _Launch(input)
         self.xp = self.launch.xp
         self.padding = padding

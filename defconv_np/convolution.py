@@ -69,7 +69,7 @@ def conv2d(input: Array, weight: Array, bias: Optional[Array] = None, stride: In
     backend = launchers(xp)
     chunks = _columns.chunks_for(geom, dtype, buffers=1, backend=backend)
     columns = backend.DenseColumns(input, geom.kernel, geom.stride, geom.padding, geom.dilation,
-                                   geom.out_w)
+                                   geom.out_w, geom.groups)
     _columns.forward(xp, out, weight, geom.groups, chunks, columns)
     if bias is not None:
         out += bias.reshape(1, -1, 1, 1)
@@ -127,7 +127,7 @@ def conv2d_backward(grad_output: Array, input: Array, weight: Array, stride: Int
     if want_input or want_weight:
         # an empty batch has no chunks and comes out as zero gradients
         columns = backend.DenseColumns(input, geom.kernel, geom.stride, geom.padding,
-                                       geom.dilation, geom.out_w)
+                                       geom.dilation, geom.out_w, geom.groups)
         columns.start_backward(want_input)
         grad_weight = _columns.backward(xp, grad_output, weight, geom.groups, chunks, columns,
                                         want_weight, want_input)

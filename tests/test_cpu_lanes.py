@@ -51,7 +51,7 @@ def test_blas_threads_restored_after_calls_and_errors(monkeypatch):
     def failing(*args, **kwargs):
         raise RuntimeError("lane failure")
 
-    monkeypatch.setattr(_cpu.im2col_kernels, "im2col", failing)
+    monkeypatch.setattr(_cpu.im2col_kernels, "im2col_channels_last", failing)
     x, _, w, _ = _case()
     with pytest.raises(RuntimeError, match="lane failure"):
         dc.conv2d(x, w, padding=1)

@@ -1,67 +1,89 @@
-"""Dense im2col / col2im for conv2d on CPU.
+"""Dense im2col / col2im for conv2d on CPU, channels-last and pixels-first.
 
-The input arrives zero-padded by the convolution's own padding, so every tap
-of every output pixel is in bounds and the loops have no branches.
+The input arrives as a channels-last copy ``(N, Hp, Wp, C)`` zero-padded by
+the convolution's own padding, so every tap of every output pixel is in
+bounds, the loops have no branches, and each tap is a contiguous channel
+vector.
 
 The kernels are serial and release the GIL: the CPU launcher runs chunks on
 one worker thread per core (see ``_cpu.run_chunks``), each with single-threaded
 BLAS, so kernels and GEMMs never compete for cores.
 
-Column layout (shared with the deformable kernels and the GEMM driver):
-``cols[b, c * K + k, p]`` for image ``n0 + b``, input channel ``c``, kernel
-point ``k = i * kw + j`` and chunk pixel ``p = (ho - r0) * Wo + wo``; this is
-the row order of ``weight.reshape(O, C/groups * K)``, as in torchvision.
+Column layout (``_columns.PixelsFirst``, shared with the deformable kernels):
+``cols[b, p, (gw*K + k)*Cg + cg]`` for image ``n0 + b``, chunk pixel
+``p = (ho - r0) * Wo + wo``, weight group ``gw``, kernel point
+``k = i * kw + j`` and channel ``cg`` of that group. The GEMM then has the
+pixels as its long, row-major side, which OpenBLAS runs fastest (see
+``_columns.PixelsFirst.write_product``).
 """
 
-from numba import njit
+from numba import njit, uint64
 
 
 @njit(cache=True, nogil=True)
-def im2col(inp_pad, n0, r0, out_w, kernel, stride, dilation, cols):
-    """Fill ``cols`` (nb, C*K, rows*Wo) from ``inp_pad`` (N, C, Hp, Wp)."""
+def im2col_channels_last(inp, n0, r0, out_w, kernel, stride, dilation, weight_groups, cols):
+    """Fill pixels-first ``cols`` (nb, rows*Wo, C*K) from the channels-last
+    padded ``inp`` (N, Hp, Wp, C): ``cols[b, p, (gw*K + k)*Cg + cg]`` is
+    channel ``gw*Cg + cg`` of the tap ``k`` of pixel ``p`` (``_columns.PixelsFirst``).
+
+    Each tap copies contiguous channel vectors; flat unsigned indices keep
+    the copies free of wraparound checks and per-tap slices."""
     kh, kw = kernel
     sh, sw = stride
     dh, dw = dilation
-    channels = inp_pad.shape[1]
-    nb, _, npix = cols.shape
-    rows = npix // out_w
-    for item in range(nb * channels):
-        b = item // channels
-        c = item - b * channels
-        plane = inp_pad[n0 + b, c]
-        for i in range(kh):
-            for j in range(kw):
-                row = cols[b, c * kh * kw + i * kw + j]
-                x0 = j * dw
-                for r in range(rows):
-                    # slices, not computed indices: Numba checks a signed
-                    # index for wraparound, which blocks vectorisation
-                    src = plane[(r0 + r) * sh + i * dh, x0:x0 + (out_w - 1) * sw + 1:sw]
-                    row[r * out_w:(r + 1) * out_w] = src
+    _, height_p, width_p, channels = inp.shape
+    n_k = kh * kw
+    per_group = channels // weight_groups
+    nb, npix, rows_k = cols.shape
+    flat_inp = inp.reshape(-1)
+    flat_cols = cols.reshape(-1)
+    count = uint64(per_group)
+    for b in range(nb):
+        n = n0 + b
+        for p in range(npix):
+            r = p // out_w
+            wo = p - r * out_w
+            row = b * npix + p
+            for i in range(kh):
+                y = (r0 + r) * sh + i * dh
+                for j in range(kw):
+                    src = ((n * height_p + y) * width_p + wo * sw + j * dw) * channels
+                    for gw in range(weight_groups):
+                        s = uint64(src + gw * per_group)
+                        d = uint64(row * rows_k + (gw * n_k + i * kw + j) * per_group)
+                        for c in range(count):
+                            flat_cols[d + c] = flat_inp[s + c]
 
 
 @njit(cache=True, nogil=True)
-def col2im(grad_cols, n0, r0, out_w, kernel, stride, dilation, grad_pad):
-    """Scatter-add ``grad_cols`` (nb, C*K, rows*Wo) into ``grad_pad`` (N, C, Hp, Wp).
-
-    Serial within a chunk, so the scatter does not depend on scheduling.
-    """
+def col2im_channels_last(grad_cols, n0, r0, out_w, kernel, stride, dilation, weight_groups,
+                         grad_inp):
+    """Scatter-add pixels-first ``grad_cols`` (nb, rows*Wo, C*K) into the
+    channels-last padded ``grad_inp`` (N, Hp, Wp, C): the adjoint of
+    ``im2col_channels_last``. Serial within a chunk, in a fixed order, so the
+    sums do not depend on scheduling."""
     kh, kw = kernel
     sh, sw = stride
     dh, dw = dilation
-    channels = grad_pad.shape[1]
-    nb, _, npix = grad_cols.shape
-    rows = npix // out_w
-    for item in range(nb * channels):
-        b = item // channels
-        c = item - b * channels
-        plane = grad_pad[n0 + b, c]
-        for i in range(kh):
-            for j in range(kw):
-                row = grad_cols[b, c * kh * kw + i * kw + j]
-                x0 = j * dw
-                for r in range(rows):
-                    dst = plane[(r0 + r) * sh + i * dh, x0:x0 + (out_w - 1) * sw + 1:sw]
-                    src = row[r * out_w:(r + 1) * out_w]
-                    for wo in range(out_w):
-                        dst[wo] += src[wo]
+    _, height_p, width_p, channels = grad_inp.shape
+    n_k = kh * kw
+    per_group = channels // weight_groups
+    nb, npix, rows_k = grad_cols.shape
+    flat_grad = grad_inp.reshape(-1)
+    flat_cols = grad_cols.reshape(-1)
+    count = uint64(per_group)
+    for b in range(nb):
+        n = n0 + b
+        for p in range(npix):
+            r = p // out_w
+            wo = p - r * out_w
+            row = b * npix + p
+            for i in range(kh):
+                y = (r0 + r) * sh + i * dh
+                for j in range(kw):
+                    dst = ((n * height_p + y) * width_p + wo * sw + j * dw) * channels
+                    for gw in range(weight_groups):
+                        d = uint64(dst + gw * per_group)
+                        s = uint64(row * rows_k + (gw * n_k + i * kw + j) * per_group)
+                        for c in range(count):
+                            flat_grad[d + c] += flat_cols[s + c]

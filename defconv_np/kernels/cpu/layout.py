@@ -1,47 +1,65 @@
-"""Layout conversions between (N, C, H, W) and the zero-padded channels-last
-planes of the deformable kernels, ``(N, (H + 3) * (W + 3), C)``.
+"""Layout conversions between (N, C, H, W) and zero-padded channels-last
+planes ``(N, Hp * Wp, C)`` (the deformable kernels' border of
+``kernels.sampling``, or a dense conv's own padding), and the transposing
+store of pixels-first GEMM results.
 
-NumPy's strided transpose-copy moves these at about 1 GB/s; these loops are
-several times faster. They are serial over a range of images and release the
+NumPy's strided transpose-copies move these at 1-2 GB/s; these loops are
+about twice as fast. They are serial over a range of images and release the
 GIL, so the launcher spreads images over its worker lanes (a parallel Numba
 region would leave its threads spinning into the conv's GEMMs).
 """
 
-from numba import njit
+from numba import njit, uint64
 
-from ..sampling import PAD_AFTER, PAD_BEFORE
+
+#: Side of the square blocks (channels x pixels) the layout copies move at a
+#: time: both the rows read and the rows written of a block stay in L1.
+_BLOCK = 16
 
 
 @njit(cache=True, nogil=True)
-def to_channels_last_padded(inp, n0, n1, out):
+def to_channels_last_padded(inp, n0, n1, top, left, row_stride, out):
     """Copy images ``n0:n1`` of ``inp`` (N, C, H, W) into the interior of
-    ``out`` (N, Hp*Wp, C), whose border must already be zero."""
+    ``out`` (N, Hp*Wp, C), rows ``row_stride`` = Wp pixels apart, pixel (0, 0)
+    at row ``top``, column ``left``. Its border must already be zero.
+
+    Blocks of 16 channels x 16 pixels, flat unsigned indices: 0.29 ms per
+    (64, 64, 64) float32 image on one core, against 0.65 ms for an
+    element-by-element loop and 0.61 ms for NumPy's transposed copy."""
     _, channels, height, width = inp.shape
-    row_stride = width + PAD_BEFORE + PAD_AFTER
+    plane = out.shape[1]
+    flat_inp = inp.reshape(-1)
+    flat_out = out.reshape(-1)
     for item in range(n0 * height, n1 * height):
         n = item // height
         y = item - n * height
-        base = (y + PAD_BEFORE) * row_stride + PAD_BEFORE
-        for c in range(channels):
-            src = inp[n, c, y]
-            for x in range(width):
-                out[n, base + x, c] = src[x]
+        first = n * plane + (y + top) * row_stride + left
+        for c0 in range(0, channels, _BLOCK):
+            for x0 in range(0, width, _BLOCK):
+                for c in range(c0, min(c0 + _BLOCK, channels)):
+                    src = ((n * channels + c) * height + y) * width
+                    for x in range(x0, min(x0 + _BLOCK, width)):
+                        flat_out[uint64((first + x) * channels + c)] = flat_inp[uint64(src + x)]
 
 
 @njit(cache=True, nogil=True)
-def from_channels_last_padded(padded, n0, n1, out):
-    """Copy the interior of images ``n0:n1`` of ``padded`` (N, Hp*Wp, C) into
-    ``out`` (N, C, H, W)."""
+def from_channels_last_padded(padded, n0, n1, top, left, row_stride, out):
+    """Copy the interior of images ``n0:n1`` of ``padded`` (N, Hp*Wp, C),
+    placed as in ``to_channels_last_padded``, into ``out`` (N, C, H, W)."""
     _, channels, height, width = out.shape
-    row_stride = width + PAD_BEFORE + PAD_AFTER
+    plane = padded.shape[1]
+    flat_pad = padded.reshape(-1)
+    flat_out = out.reshape(-1)
     for item in range(n0 * height, n1 * height):
         n = item // height
         y = item - n * height
-        base = (y + PAD_BEFORE) * row_stride + PAD_BEFORE
-        for c in range(channels):
-            dst = out[n, c, y]
-            for x in range(width):
-                dst[x] = padded[n, base + x, c]
+        first = n * plane + (y + top) * row_stride + left
+        for c0 in range(0, channels, _BLOCK):
+            for x0 in range(0, width, _BLOCK):
+                for c in range(c0, min(c0 + _BLOCK, channels)):
+                    dst = ((n * channels + c) * height + y) * width
+                    for x in range(x0, min(x0 + _BLOCK, width)):
+                        flat_out[uint64(dst + x)] = flat_pad[uint64((first + x) * channels + c)]
 
 
 @njit(cache=True, nogil=True)

@@ -1,8 +1,9 @@
 """Dense im2col and a gather-based col2im for conv2d on CUDA.
 
-Same column layout as ``kernels.cpu.im2col``. Every kernel is a grid-stride
-loop over an int64 flat index (sizes can pass 2**31), with the pixel index
-fastest so that neighbouring threads touch neighbouring columns.
+Columns channels-first, as torchvision lays them out
+(``_columns.ChannelsFirst``). Every kernel is a grid-stride loop over an int64
+flat index (sizes can pass 2**31), with the pixel index fastest so that
+neighbouring threads touch neighbouring columns.
 """
 
 from numba import cuda
