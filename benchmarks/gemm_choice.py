@@ -1,0 +1,116 @@
+"""Which GEMM for the CPU convs: candidate BLAS libraries at the conv's own
+shapes, on one core, side by side in one run.
+
+The CPU convs multiply pixels-first column tiles (P x C*K) by the weight
+(C*K x O) on each lane, one BLAS thread per lane. At the benchmark shape
+(C = O = 64, 3x3: C*K = 576) this times, for a tile of P pixels:
+
+* NumPy's ``matmul`` (the OpenBLAS NumPy ships), both orientations:
+  ``cols @ w.T`` (P x O, what the convs do) and ``w @ cols.T`` (O x P, NCHW
+  directly but a slower kernel), and the two backward products;
+* SciPy's ``sgemm`` wrapper (SciPy's own OpenBLAS build), if installed;
+* BLIS through the ``blis`` package (cython-blis), if installed;
+* ``torch.mm`` (oneDNN/MKL-style kernels), if installed, as a reference only:
+  the library does not depend on torch.
+
+Run:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/gemm_choice.py
+(the workplace's OPENBLAS_CORETYPE=Haswell selects a slower kernel than a
+user's machine gets). Writes benchmarks/results/gemm_choice.json.
+"""
+
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+import threadpoolctl
+
+
+def gflops(fn, flop, repeats=40):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    best = statistics.median(times)
+    return round(best * 1e3, 4), round(flop / best / 1e9, 1)
+
+
+def main():
+    limits = threadpoolctl.threadpool_limits(1)
+    rng = np.random.default_rng(0)
+    rows_k, out_ch = 576, 64
+    w = rng.standard_normal((out_ch, rows_k)).astype(np.float32)
+    results = []
+    optional = {}
+    try:
+        import scipy.linalg.blas as scipy_blas
+        optional["scipy"] = scipy_blas
+    except ImportError:
+        pass
+    try:
+        import blis.py as blis_py
+        optional["blis"] = blis_py
+    except ImportError:
+        pass
+    try:
+        import torch
+        torch.set_num_threads(1)
+        optional["torch"] = torch
+    except ImportError:
+        pass
+    for npix in (896, 1792, 4096):
+        cols = rng.standard_normal((npix, rows_k)).astype(np.float32)
+        go = rng.standard_normal((out_ch, npix)).astype(np.float32)
+        flop = 2 * npix * rows_k * out_ch
+        rows = {
+            "numpy cols @ w.T (forward, pixels-first)": lambda: np.matmul(cols, w.T),
+            "numpy w @ cols.T (forward, NCHW out)": lambda: np.matmul(w, cols.T),
+            "numpy go.T @ w (column gradient)": lambda: np.matmul(go.T, w),
+            "numpy go @ cols (weight gradient)": lambda: np.matmul(go, cols),
+        }
+        if "scipy" in optional:
+            rows["scipy sgemm cols @ w.T"] = lambda: optional["scipy"].sgemm(
+                1.0, cols, w, trans_b=True)
+        if "blis" in optional:
+            out = np.empty((npix, out_ch), np.float32)
+            w_t = np.ascontiguousarray(w.T)
+            rows["blis gemm cols @ w.T"] = lambda: optional["blis"].gemm(
+                cols, w_t, out=out, beta=0.0)
+        if "torch" in optional:
+            tc, tw = optional["torch"].from_numpy(cols), optional["torch"].from_numpy(w)
+            rows["torch.mm cols @ w.T (reference)"] = lambda: tc @ tw.T
+        for name, fn in rows.items():
+            ms, rate = gflops(fn, flop)
+            results.append({"pixels": npix, "gemm": name, "ms": ms, "gflops": rate})
+            print(f"P={npix:5d} {name:44s} {ms:8.3f} ms {rate:7.1f} GFLOP/s", flush=True)
+    blas = [{k: lib.get(k) for k in ("internal_api", "version", "architecture", "filepath")}
+            for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    limits.restore_original_limits()
+    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    print("BLAS:", blas)
+    print("environment:", env)
+    out = os.path.join(os.path.dirname(__file__), "results", "gemm_choice.json")
+    with open(out, "w") as f:
+        json.dump({"machine": platform.machine(), "cpu": _cpu_name(), "threads": 1,
+                   "dtype": "float32", "K": rows_k, "O": out_ch, "blas": blas,
+                   "environment": env, "rows": results}, f, indent=1)
+    print(f"wrote {out}")
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
