@@ -3,11 +3,16 @@
 conv2d and deform_conv2d at (N=8, C=O=64, 64x64, 3x3; dilation 1 and 2) and
 grid_sample at input (8, 64, 64, 64) with an affine grid, all float32.
 
-Run:  python benchmarks/cpu_bench.py [--repeats 7] [--out benchmarks/results/cpu.json]
+Run:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/cpu_bench.py [--repeats 7]
+      [--out benchmarks/results/cpu.json]
+(unset only where a workplace sets those OpenBLAS overrides, which select a
+slower GEMM kernel than a user's machine gets; the JSON records the CPU, the
+BLAS kernel threadpoolctl reports and those variables)
 
 Times forward and forward+backward (median of --repeats runs after a warm-up,
-inputs rotated between runs), side by side with torch.nn.functional.conv2d on
-the same shape when torch is installed: a dense conv does the same GEMM
+inputs rotated between runs; ours and torch's called in turn, round by round),
+side by side with torch.nn.functional.conv2d on the same shape when torch is
+installed: a dense conv does the same GEMM
 arithmetic and is the floor a deformable conv can reach. Peak extra memory of
 our calls is measured with tracemalloc (NumPy reports its allocations there),
 at two batch sizes to show that the column buffer is chunked.
@@ -35,15 +40,42 @@ except ImportError:  # torch is optional: our numbers alone are still printed
     torch = None
 
 
-def median_ms(fn, inputs, repeats):
-    fn(*inputs[0])  # warm-up (and JIT compile)
-    times = []
+def side_by_side(fns, inputs, repeats):
+    """Median ms of each function, called in turn round by round (inputs
+    rotated), so that machine noise hits them alike; None for a None entry."""
+    live = [fn for fn in fns if fn is not None]
+    for fn in live:
+        fn(*inputs[0])  # warm-up (and JIT compile)
+    times = {id(fn): [] for fn in live}
     for r in range(repeats):
         args = inputs[r % len(inputs)]
-        t0 = time.perf_counter()
-        fn(*args)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        for fn in live:
+            t0 = time.perf_counter()
+            fn(*args)
+            times[id(fn)].append((time.perf_counter() - t0) * 1e3)
+    return [None if fn is None else statistics.median(times[id(fn)]) for fn in fns]
+
+
+def machine():
+    """What the numbers depend on: CPU, BLAS library and kernel, and the
+    OpenBLAS variables that override the kernel choice."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        import threadpoolctl
+        blas = [{k: lib.get(k) for k in ("internal_api", "version", "architecture",
+                                          "threading_layer", "num_threads")}
+                for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    except ImportError:
+        blas = None
+    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                          "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    return {"cpu": cpu, "cores": os.cpu_count(), "blas": blas, "environment": env}
 
 
 def peak_mib(fn, *args):
@@ -85,6 +117,7 @@ def main():
         print(f"{op:34s} {config:22s} {ours:9.2f} {ratio}{peak_s}", flush=True)
 
     print(f"threads={threads} dtype=float32 shape N={n} C={c} O={o} {h}x{w} k={k} padding=1")
+    print(f"machine: {machine()}")
     print(f"{'op':34s} {'config':22s} {'ours ms':>9s} {'torch ms':>9s} {'ratio':>8s}")
     cases = conv_cases((n, c, o, h, w, k), rng, dtype, rotations=3)
     for dil in (1, 2):
@@ -119,12 +152,18 @@ def main():
                 x.requires_grad_(False)
                 wt.requires_grad_(False)
 
-            peer_f = median_ms(torch_conv, tcases, args.repeats)
-            peer_fb = median_ms(torch_conv_fb, tcases, args.repeats)
-        record("conv2d forward", cfg, median_ms(ours_conv, cases, args.repeats), peer_f,
-               "torch conv2d", peak_mib(ours_conv, *cases[0]))
-        record("conv2d forward+backward", cfg, median_ms(ours_conv_fb, cases, args.repeats),
-               peer_fb, "torch conv2d", peak_mib(ours_conv_fb, *cases[0]))
+        else:
+            tcases, torch_conv, torch_conv_fb = cases, None, None
+        # ours and torch's called in turn, on the same inputs as arrays/tensors
+        both = [(c, t) for c, t in zip(cases, tcases)]
+        pair = lambda ours, peer: [  # noqa: E731
+            (lambda c, t: ours(*c)), None if peer is None else (lambda c, t: peer(*t))]
+        conv_f, peer_f = side_by_side(pair(ours_conv, torch_conv), both, args.repeats)
+        conv_fb, peer_fb = side_by_side(pair(ours_conv_fb, torch_conv_fb), both, args.repeats)
+        record("conv2d forward", cfg, conv_f, peer_f, "torch conv2d",
+               peak_mib(ours_conv, *cases[0]))
+        record("conv2d forward+backward", cfg, conv_fb, peer_fb, "torch conv2d",
+               peak_mib(ours_conv_fb, *cases[0]))
         for masked in (False, True):
             dcases = [(x, off, wt, m if masked else None)
                       for (x, wt), off, m in zip(cases, offsets, masks)]
@@ -137,10 +176,17 @@ def main():
                 return dc.deform_conv2d_backward(go, x, off, wt, padding=pad, dilation=dil, mask=m)
 
             name = "deform_conv2d v2 (mask)" if masked else "deform_conv2d v1"
-            record(f"{name} forward", cfg, median_ms(ours_deform, dcases, args.repeats), peer_f,
-                   "torch conv2d (dense floor)", peak_mib(ours_deform, *dcases[0]))
-            record(f"{name} fwd+bwd", cfg, median_ms(ours_deform_fb, dcases, args.repeats),
-                   peer_fb, "torch conv2d (dense floor)", peak_mib(ours_deform_fb, *dcases[0]))
+            # the dense peer timed again, in turn with this row
+            dboth = [(d, t) for d, t in zip(dcases, tcases)]
+            dpair = lambda ours, peer: [  # noqa: E731
+                (lambda d, t: ours(*d)), None if peer is None else (lambda d, t: peer(*t))]
+            def_f, dense_f = side_by_side(dpair(ours_deform, torch_conv), dboth, args.repeats)
+            def_fb, dense_fb = side_by_side(dpair(ours_deform_fb, torch_conv_fb), dboth,
+                                            args.repeats)
+            record(f"{name} forward", cfg, def_f, dense_f, "torch conv2d (dense floor)",
+                   peak_mib(ours_deform, *dcases[0]))
+            record(f"{name} fwd+bwd", cfg, def_fb, dense_fb, "torch conv2d (dense floor)",
+                   peak_mib(ours_deform_fb, *dcases[0]))
 
     # grid_sample at input (8, 64, 64, 64) with an affine grid of the same size.
     theta = np.stack([np.array([[np.cos(a) * z, -np.sin(a) * z, 0.1], [np.sin(a) * z, np.cos(a) * z, -0.05]])
@@ -173,12 +219,17 @@ def main():
                 g = g.detach().requires_grad_(True)
                 F.grid_sample(x, g, padding_mode=padding_mode, align_corners=False).backward(tgo)
 
-            peer_f = median_ms(torch_gs, tg, args.repeats)
-            peer_fb = median_ms(torch_gs_fb, tg, args.repeats)
-        record("grid_sample forward", cfg, median_ms(ours_gs, gcases, args.repeats), peer_f,
-               "torch grid_sample", peak_mib(ours_gs, *gcases[0]))
-        record("grid_sample forward+backward", cfg, median_ms(ours_gs_fb, gcases, args.repeats),
-               peer_fb, "torch grid_sample", peak_mib(ours_gs_fb, *gcases[0]))
+        else:
+            tg, torch_gs, torch_gs_fb = gcases, None, None
+        gboth = [(c, t) for c, t in zip(gcases, tg)]
+        gpair = lambda ours, peer: [  # noqa: E731
+            (lambda c, t: ours(*c)), None if peer is None else (lambda c, t: peer(*t))]
+        gs_f, peer_f = side_by_side(gpair(ours_gs, torch_gs), gboth, args.repeats)
+        gs_fb, peer_fb = side_by_side(gpair(ours_gs_fb, torch_gs_fb), gboth, args.repeats)
+        record("grid_sample forward", cfg, gs_f, peer_f, "torch grid_sample",
+               peak_mib(ours_gs, *gcases[0]))
+        record("grid_sample forward+backward", cfg, gs_fb, peer_fb, "torch grid_sample",
+               peak_mib(ours_gs_fb, *gcases[0]))
 
     # Bounded scratch: from N=8 to N=32 the peak extra memory of a backward
     # grows by the per-image results and working copies only (input gradient,
@@ -230,7 +281,7 @@ def main():
     print("column budget scan (deform_conv2d v2 fwd+bwd, median ms): "
           + ", ".join(f"{r['budget_mib']} MiB {r['deform_v2_fwd_bwd_ms']}" for r in budget_scan))
 
-    result = {"machine": platform.processor() or platform.machine(), "threads": threads,
+    result = {"machine": machine(), "threads": threads,
               "numpy": np.__version__, "numba": numba.__version__,
               "torch": None if torch is None else torch.__version__, "dtype": "float32",
               "shape": {"N": n, "C": c, "O": o, "H": h, "W": w, "k": k},
