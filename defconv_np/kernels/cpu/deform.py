@@ -243,27 +243,20 @@ def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use
                                         flat_grad[i10 + i] += mw10 * flat_gcols[o + i]
                                     for i in range(count):
                                         flat_grad[i11 + i] += mw11 * flat_gcols[o + i]
-                                if want_offset:
-                                    # dy and dx in loops of their own; each
-                                    # drops the unused half as dead code
+                                if want_offset or want_mask:
                                     for i in range(count):
-                                        dy, _ = bilinear_coordinate_grads(
-                                            flat_inp[i00 + i], flat_inp[i01 + i],
-                                            flat_inp[i10 + i], flat_inp[i11 + i], ly, lx, one)
-                                        t_dy[i] = (m * dy) * flat_gcols[o + i]
-                                    for i in range(count):
-                                        _, dx = bilinear_coordinate_grads(
-                                            flat_inp[i00 + i], flat_inp[i01 + i],
-                                            flat_inp[i10 + i], flat_inp[i11 + i], ly, lx, one)
-                                        t_dx[i] = (m * dx) * flat_gcols[o + i]
-                                    acc_dy += _channel_sum(t_dy, count)
-                                    acc_dx += _channel_sum(t_dx, count)
-                                if want_mask:
-                                    for i in range(count):
-                                        t_v[i] = flat_gcols[o + i] * bilinear_value(
-                                            flat_inp[i00 + i], flat_inp[i01 + i],
-                                            flat_inp[i10 + i], flat_inp[i11 + i], ly, lx, one)
-                                    acc_v += _channel_sum(t_v, count)
+                                        a, bq = flat_inp[i00 + i], flat_inp[i01 + i]
+                                        cq, d = flat_inp[i10 + i], flat_inp[i11 + i]
+                                        gv = flat_gcols[o + i]
+                                        dy, dx = bilinear_coordinate_grads(a, bq, cq, d, ly, lx, one)
+                                        t_dy[i] = (m * dy) * gv
+                                        t_dx[i] = (m * dx) * gv
+                                        t_v[i] = gv * bilinear_value(a, bq, cq, d, ly, lx, one)
+                                    if want_offset:
+                                        acc_dy += _channel_sum(t_dy, count)
+                                        acc_dx += _channel_sum(t_dx, count)
+                                    if want_mask:
+                                        acc_v += _channel_sum(t_v, count)
                         if want_offset:
                             grad_offset[n, 2 * s, ho, wo] = acc_dy
                             grad_offset[n, 2 * s + 1, ho, wo] = acc_dx
