@@ -7,8 +7,9 @@ channels-last copy ``(N, (H + 3) * (W + 3), C)`` laid out as
 a sample are four contiguous channel vectors. Columns are pixels-first,
 ``cols[b, p, (gw*K + k)*Cg + cg]`` for weight group ``gw`` and its channel
 ``cg`` (``_columns.PixelsFirst``). The per-channel inner loops are therefore
-unit-stride and vectorise; the sampling cell and weights of a sample are
-computed once and reused for every channel of its offset group.
+unit-stride and vectorise; the sampling cells and weights of a whole output
+row are computed first (``_row_taps``) and each is reused for every channel
+of its offset group.
 
 The kernels are serial and release the GIL: the CPU launcher runs chunks on
 one worker thread per core (``_cpu.run_chunks``), each with single-threaded
