@@ -18,7 +18,7 @@ padding, so no loop over channels needs a bounds branch.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 from ..sampling import PADDING_BORDER, PADDING_REFLECTION
 from .device import (
@@ -125,12 +125,21 @@ def grid_sample_backward(grad_out, inp_pad, y_axis, x_axis, row_stride, one, gri
     pixel block when ``want_input``. Block ``b``'s channels contribute to
     ``grid_partials[:, b]``, which the caller sums in a fixed order: the result
     is deterministic. Nearest sampling has no grid gradient (it is left alone).
+
+    Both gradients come from one pass per channel and tile: the corners a
+    sample reads for the grid gradient are where its input gradient goes.
+    The loops index flat arrays with unsigned indices (no wraparound checks,
+    no slices per channel).
     """
     nb, npix = grid.shape[0], grid.shape[1]
     channels = inp_pad.shape[1]
+    plane = inp_pad.shape[2]
+    flat_inp = inp_pad.reshape(inp_pad.size)
+    flat_grad = grad_pad.reshape(grad_pad.size)
+    flat_go = grad_out.reshape(grad_out.size)
     c_per_block = (channels + channel_blocks - 1) // channel_blocks
     p_per_block = (npix + pixel_blocks - 1) // pixel_blocks
-    rs = row_stride
+    rs = uint64(row_stride)
     grid_terms = want_grid and not nearest
     for item in prange(nb * channel_blocks * pixel_blocks):
         n = item // (channel_blocks * pixel_blocks)
@@ -140,6 +149,7 @@ def grid_sample_backward(grad_out, inp_pad, y_axis, x_axis, row_stride, one, gri
         p_lo = (item % pixel_blocks) * p_per_block
         p_hi = min(p_lo + p_per_block, npix)
         base = np.empty(tile, np.int64)
+        ubase = np.empty(tile, np.uint64)
         ly = np.empty(tile, np.float64)
         lx = np.empty(tile, np.float64)
         inside = np.empty(tile, np.bool_)
@@ -153,35 +163,50 @@ def grid_sample_backward(grad_out, inp_pad, y_axis, x_axis, row_stride, one, gri
         acc_x = np.empty(tile, np.float64)
         for p0 in range(p_lo, p_hi, tile):
             pn = min(tile, p_hi - p0)
+            upn = uint64(pn)
             _tile_taps(grid, n, p0, pn, y_axis, x_axis, row_stride, one, nearest, padding_mode,
                        align_corners, base, ly, lx, inside, y_factor, x_factor)
             for t in range(pn):
+                ubase[t] = uint64(base[t])
                 w00[t], w01[t], w10[t], w11[t] = bilinear_weights(ly[t], lx[t], 1.0)
-            acc_y[:pn] = 0.0
-            acc_x[:pn] = 0.0
+                acc_y[t] = 0.0
+                acc_x[t] = 0.0
             for c in range(c_lo, c_hi):
-                g_row = grad_out[n, c]
-                if want_input:
-                    # Outside samples land on padding, which the caller crops.
-                    g_plane = grad_pad[n, c]
-                    if nearest:
-                        for t in range(pn):
-                            g_plane[base[t]] += g_row[p0 + t]
-                    else:
-                        for t in range(pn):
-                            g = g_row[p0 + t]
-                            q = base[t]
-                            g_plane[q] += w00[t] * g
-                            g_plane[q + 1] += w01[t] * g
-                            g_plane[q + rs] += w10[t] * g
-                            g_plane[q + rs + 1] += w11[t] * g
-                if grid_terms:
-                    plane = inp_pad[n, c]
-                    for t in range(pn):
-                        q = base[t]
-                        dy, dx = bilinear_coordinate_grads(plane[q], plane[q + 1], plane[q + rs],
-                                                           plane[q + rs + 1], ly[t], lx[t], 1.0)
-                        g = g_row[p0 + t]
+                # Outside samples land on padding, which the caller crops.
+                po = uint64((n * channels + c) * plane)
+                go = uint64((n * channels + c) * npix + p0)
+                if nearest:
+                    if want_input:
+                        for t in range(upn):
+                            flat_grad[po + ubase[t]] += flat_go[go + t]
+                elif want_input and grid_terms:
+                    for t in range(upn):
+                        q = po + ubase[t]
+                        g = flat_go[go + t]
+                        dy, dx = bilinear_coordinate_grads(
+                            flat_inp[q], flat_inp[q + uint64(1)], flat_inp[q + rs],
+                            flat_inp[q + rs + uint64(1)], ly[t], lx[t], 1.0)
+                        acc_y[t] += g * dy
+                        acc_x[t] += g * dx
+                        flat_grad[q] += w00[t] * g
+                        flat_grad[q + uint64(1)] += w01[t] * g
+                        flat_grad[q + rs] += w10[t] * g
+                        flat_grad[q + rs + uint64(1)] += w11[t] * g
+                elif want_input:
+                    for t in range(upn):
+                        q = po + ubase[t]
+                        g = flat_go[go + t]
+                        flat_grad[q] += w00[t] * g
+                        flat_grad[q + uint64(1)] += w01[t] * g
+                        flat_grad[q + rs] += w10[t] * g
+                        flat_grad[q + rs + uint64(1)] += w11[t] * g
+                elif grid_terms:
+                    for t in range(upn):
+                        q = po + ubase[t]
+                        g = flat_go[go + t]
+                        dy, dx = bilinear_coordinate_grads(
+                            flat_inp[q], flat_inp[q + uint64(1)], flat_inp[q + rs],
+                            flat_inp[q + rs + uint64(1)], ly[t], lx[t], 1.0)
                         acc_y[t] += g * dy
                         acc_x[t] += g * dx
             if grid_terms:
