@@ -38,7 +38,7 @@ import numba
 import numpy as np
 
 from . import _columns, config
-from ._planes import SAMPLING_PAD, cropped, deform_sampling, grid_geometry, zero_padded
+from ._planes import cropped, deform_sampling, grid_geometry, zero_padded
 from .kernels import sampling
 from .kernels.cpu import deform as deform_kernels
 from .kernels.cpu import im2col as im2col_kernels
@@ -382,10 +382,8 @@ class GridSampler:
 
     def __init__(self, input, grid, nearest, padding_mode, align_corners, deterministic=False):
         # the CPU kernels own whole gradient planes: always deterministic
-        n, c = input.shape[:2]
-        self.input_shape = input.shape
-        self.inp_pad = zero_padded(np, input, *SAMPLING_PAD).reshape(n, c, -1)
-        self.grid = kernel_operand(grid).reshape(n, -1, 2)
+        self.input = kernel_operand(input)
+        self.grid = kernel_operand(grid).reshape(input.shape[0], -1, 2)
         # sample positions are formed in the input dtype, as PyTorch forms them
         self.geometry = grid_geometry(input, align_corners)
         self.modes = (nearest, padding_mode, align_corners)
@@ -395,29 +393,31 @@ class GridSampler:
         n, npix = self.grid.shape[:2]
         with _launch_lock:
             grid_sample_kernels.grid_sample(
-                self.inp_pad, *self.geometry, self.grid, *self.modes,
-                work_blocks(n, npix), config.cpu_tile_pixels, out.reshape(n, out.shape[1], -1))
+                self.input, *self.geometry, self.grid, *self.modes, work_blocks(n, npix),
+                config.cpu_grid_tile_pixels, out.reshape(n, out.shape[1], -1))
 
     def backward(self, grad_output, grad_input, grad_grid):
         """Write the input and/or grid gradients into the arrays given (either may be None)."""
-        n, c = self.input_shape[:2]
+        n, c = self.input.shape[:2]
         npix = self.grid.shape[1]
         want_input, want_grid = grad_input is not None, grad_grid is not None
         if want_input:
             # A work item owns whole channel planes: split channels, not pixels.
             blocks_c, blocks_p = work_blocks(n, c), 1
-            grad_pad = np.zeros_like(self.inp_pad)
+            # the kernel overwrites the gradient in place where it can
+            direct = grad_input.flags.c_contiguous and grad_input.flags.writeable
+            target = grad_input if direct else np.empty_like(self.input)
         else:
             blocks_c, blocks_p = 1, work_blocks(n, npix)
-            grad_pad = np.zeros((1, 1, 1), self.inp_pad.dtype)
+            target = np.zeros((1, 1, 1, 1), self.input.dtype)
         partials = np.zeros((n, blocks_c, npix, 2) if want_grid else (1, 1, 1, 2), np.float64)
         with _launch_lock:
             grid_sample_kernels.grid_sample_backward(
-                kernel_operand(grad_output).reshape(n, c, npix), self.inp_pad, *self.geometry,
+                kernel_operand(grad_output).reshape(n, c, npix), self.input, *self.geometry,
                 self.grid, *self.modes, want_input, want_grid, blocks_c, blocks_p,
-                config.cpu_tile_pixels, grad_pad, partials)
-        if want_input:
-            grad_input[...] = cropped(np, grad_pad, self.input_shape, *SAMPLING_PAD)
+                config.cpu_grid_tile_pixels, target, partials)
+        if want_input and target is not grad_input:
+            grad_input[...] = target
         if want_grid:
             grad_grid[...] = partials.sum(axis=1).reshape(grad_grid.shape)
 
