@@ -38,7 +38,7 @@ import numba
 import numpy as np
 
 from . import _columns, config
-from ._planes import cropped, deform_sampling, grid_geometry, zero_padded
+from ._planes import SAMPLING_PAD, cropped, deform_sampling, grid_geometry, zero_padded
 from .kernels import sampling
 from .kernels.cpu import deform as deform_kernels
 from .kernels.cpu import im2col as im2col_kernels
@@ -382,8 +382,17 @@ class GridSampler:
 
     def __init__(self, input, grid, nearest, padding_mode, align_corners, deterministic=False):
         # the CPU kernels own whole gradient planes: always deterministic
-        self.input = kernel_operand(input)
-        self.grid = kernel_operand(grid).reshape(input.shape[0], -1, 2)
+        n, c, h, w = input.shape
+        # Small planes are read in bands through a scratch plane per work item
+        # (cache-resident, and no padded copy); a large one would be copied
+        # many times over by a rotated or scattered grid, so it is read from
+        # one zero-padded copy of the input.
+        self.padded = h * w > config.cpu_grid_band_pixels
+        self.input_shape = input.shape
+        self.input = (zero_padded(np, input, *SAMPLING_PAD) if self.padded
+                      else kernel_operand(input))
+        self.tile = config.cpu_tile_pixels if self.padded else config.cpu_grid_tile_pixels
+        self.grid = kernel_operand(grid).reshape(n, -1, 2)
         # sample positions are formed in the input dtype, as PyTorch forms them
         self.geometry = grid_geometry(input, align_corners)
         self.modes = (nearest, padding_mode, align_corners)
@@ -393,30 +402,35 @@ class GridSampler:
         n, npix = self.grid.shape[:2]
         with _launch_lock:
             grid_sample_kernels.grid_sample(
-                self.input, *self.geometry, self.grid, *self.modes, work_blocks(n, npix),
-                config.cpu_grid_tile_pixels, out.reshape(n, out.shape[1], -1))
+                self.input, self.padded, *self.geometry, self.grid, *self.modes,
+                work_blocks(n, npix), self.tile, out.reshape(n, out.shape[1], -1))
 
     def backward(self, grad_output, grad_input, grad_grid):
         """Write the input and/or grid gradients into the arrays given (either may be None)."""
-        n, c = self.input.shape[:2]
+        n, c = self.input_shape[:2]
         npix = self.grid.shape[1]
         want_input, want_grid = grad_input is not None, grad_grid is not None
         if want_input:
             # A work item owns whole channel planes: split channels, not pixels.
             blocks_c, blocks_p = work_blocks(n, c), 1
-            # the kernel overwrites the gradient in place where it can
-            direct = grad_input.flags.c_contiguous and grad_input.flags.writeable
-            target = grad_input if direct else np.empty_like(self.input)
+            if self.padded:
+                target = np.zeros_like(self.input)
+            elif grad_input.flags.c_contiguous and grad_input.flags.writeable:
+                target = grad_input  # overwritten in place
+            else:
+                target = np.empty_like(self.input)
         else:
             blocks_c, blocks_p = 1, work_blocks(n, npix)
             target = np.zeros((1, 1, 1, 1), self.input.dtype)
         partials = np.zeros((n, blocks_c, npix, 2) if want_grid else (1, 1, 1, 2), np.float64)
         with _launch_lock:
             grid_sample_kernels.grid_sample_backward(
-                kernel_operand(grad_output).reshape(n, c, npix), self.input, *self.geometry,
-                self.grid, *self.modes, want_input, want_grid, blocks_c, blocks_p,
-                config.cpu_grid_tile_pixels, target, partials)
-        if want_input and target is not grad_input:
+                kernel_operand(grad_output).reshape(n, c, npix), self.input, self.padded,
+                *self.geometry, self.grid, *self.modes, want_input, want_grid, blocks_c,
+                blocks_p, self.tile, target, partials)
+        if want_input and self.padded:
+            grad_input[...] = cropped(np, target, self.input_shape, *SAMPLING_PAD)
+        elif want_input and target is not grad_input:
             grad_input[...] = target
         if want_grid:
             grad_grid[...] = partials.sum(axis=1).reshape(grad_grid.shape)

@@ -1,7 +1,7 @@
 """grid_sample on CPU: sampling, its input adjoint and its grid gradient.
 
 The kernels read the input (N, C, H, W) and write the input gradient (same
-shape) in place, through one zero-padded scratch plane per work item laid out
+shape) in place, through a zero-padded scratch plane per work item laid out
 as ``kernels.sampling`` describes (``(H + 3) * (W + 3)``, ``row_stride = W +
 3``). The grid is flattened to ``(N, P, 2)`` with ``P = Hg * Wg`` and x
 (width) first; outputs and output gradients are ``(N, C, P)``. ``y_axis``,
@@ -23,7 +23,10 @@ then hit the L1 cache, where reading a rotated band straight from a large
 array waited on memory at each new cache line, and no padded copy of the
 whole input is made. The input gradient is scattered into a second scratch
 plane whose band is loaded from, and stored back to, the gradient array, so
-each gradient value is summed in pixel order whatever the tiling.
+each gradient value is summed in pixel order whatever the tiling. Large
+planes, whose bands a rotated or scattered grid would copy many times over,
+come instead as one zero-padded copy of the input (``padded``), read in place,
+with the input gradient added to a zero-padded plane that the caller crops.
 """
 
 import numpy as np
@@ -122,11 +125,15 @@ def _store_band(flat_plane, lo, hi, width, row_stride, flat_dst, plane_start):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def grid_sample(inp, y_axis, x_axis, row_stride, one, grid, nearest, padding_mode,
+def grid_sample(inp, padded, y_axis, x_axis, row_stride, one, grid, nearest, padding_mode,
                 align_corners, pixel_blocks, tile, out):
-    """Fill ``out`` (N, C, P) with the samples of every channel at the grid."""
+    """Fill ``out`` (N, C, P) with the samples of every channel at the grid.
+    ``padded``: ``inp`` is already a zero-padded copy (N, C, H + 3, W + 3),
+    read in place."""
     nb, npix = grid.shape[0], grid.shape[1]
-    channels, height, width = inp.shape[1], inp.shape[2], inp.shape[3]
+    channels, width = inp.shape[1], row_stride - PAD_BEFORE - PAD_AFTER
+    height = inp.shape[2] - (PAD_BEFORE + PAD_AFTER if padded else 0)
+    plane_size = (height + PAD_BEFORE + PAD_AFTER) * row_stride
     flat_inp = inp.reshape(inp.size)
     flat_out = out.reshape(out.size)
     per_block = (npix + pixel_blocks - 1) // pixel_blocks
@@ -135,7 +142,7 @@ def grid_sample(inp, y_axis, x_axis, row_stride, one, grid, nearest, padding_mod
         n = item // pixel_blocks
         p_lo = (item % pixel_blocks) * per_block
         p_hi = min(p_lo + per_block, npix)
-        plane = np.zeros((height + PAD_BEFORE + PAD_AFTER) * row_stride, inp.dtype)
+        plane = np.zeros(0 if padded else plane_size, inp.dtype)
         base = np.empty(tile, np.int64)
         ubase = np.empty(tile, np.uint64)
         ly = np.empty(tile, np.float64)
@@ -157,26 +164,33 @@ def grid_sample(inp, y_axis, x_axis, row_stride, one, grid, nearest, padding_mod
                 for t in range(pn):
                     w00[t], w01[t], w10[t], w11[t] = bilinear_weights(ly[t], lx[t], 1.0)
             for c in range(channels):
-                _load_band(flat_inp, (n * channels + c) * height * width, lo, hi, width,
-                           row_stride, plane)
+                if padded:
+                    src, off = flat_inp, uint64((n * channels + c) * plane_size)
+                else:
+                    _load_band(flat_inp, (n * channels + c) * height * width, lo, hi, width,
+                               row_stride, plane)
+                    src, off = plane, uint64(0)
                 o = uint64((n * channels + c) * npix + p0)
                 if nearest:
                     for t in range(upn):
-                        flat_out[o + t] = plane[ubase[t]]
+                        flat_out[o + t] = src[off + ubase[t]]
                 else:
                     for t in range(upn):
-                        q = ubase[t]
-                        flat_out[o + t] = (w00[t] * plane[q] + w01[t] * plane[q + uint64(1)]
-                                           + w10[t] * plane[q + rs]
-                                           + w11[t] * plane[q + rs + uint64(1)])
+                        q = off + ubase[t]
+                        flat_out[o + t] = (w00[t] * src[q] + w01[t] * src[q + uint64(1)]
+                                           + w10[t] * src[q + rs]
+                                           + w11[t] * src[q + rs + uint64(1)])
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def grid_sample_backward(grad_out, inp, y_axis, x_axis, row_stride, one, grid, nearest,
+def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one, grid, nearest,
                          padding_mode, align_corners, want_input, want_grid, channel_blocks,
                          pixel_blocks, tile, grad_inp, grid_partials):
     """Input gradient into ``grad_inp`` (N, C, H, W), overwritten, and grid
     gradient shares into ``grid_partials`` (N, channel_blocks, P, 2), float64.
+    ``padded``: ``inp`` and ``grad_inp`` are zero-padded (N, C, H + 3, W + 3)
+    planes, read and added to in place (the caller zeroes ``grad_inp`` and
+    crops it).
 
     The input gradient scatters each output gradient onto the corners that
     produced the sample (the exact adjoint of ``grid_sample``); a work item
@@ -189,7 +203,8 @@ def grid_sample_backward(grad_out, inp, y_axis, x_axis, row_stride, one, grid, n
     sample reads for the grid gradient are where its input gradient goes.
     """
     nb, npix = grid.shape[0], grid.shape[1]
-    channels, height, width = inp.shape[1], inp.shape[2], inp.shape[3]
+    channels, width = inp.shape[1], row_stride - PAD_BEFORE - PAD_AFTER
+    height = inp.shape[2] - (PAD_BEFORE + PAD_AFTER if padded else 0)
     flat_inp = inp.reshape(inp.size)
     flat_grad = grad_inp.reshape(grad_inp.size)
     flat_go = grad_out.reshape(grad_out.size)
@@ -205,9 +220,9 @@ def grid_sample_backward(grad_out, inp, y_axis, x_axis, row_stride, one, grid, n
         c_hi = min(c_lo + c_per_block, channels)
         p_lo = (item % pixel_blocks) * p_per_block
         p_hi = min(p_lo + p_per_block, npix)
-        plane = np.zeros(plane_size, inp.dtype)
-        g_plane = np.zeros(plane_size, grad_inp.dtype)
-        if want_input and c_hi > c_lo:
+        plane = np.zeros(0 if padded else plane_size, inp.dtype)
+        g_plane = np.zeros(0 if padded else plane_size, grad_inp.dtype)
+        if want_input and c_hi > c_lo and not padded:
             # the bands loaded below add to these planes: start from zero
             first = uint64((n * channels + c_lo) * height * width)
             for i in range(uint64((c_hi - c_lo) * height * width)):
@@ -238,47 +253,51 @@ def grid_sample_backward(grad_out, inp, y_axis, x_axis, row_stride, one, grid, n
             for c in range(c_lo, c_hi):
                 plane_start = (n * channels + c) * height * width
                 go = uint64((n * channels + c) * npix + p0)
-                if grid_terms:
-                    _load_band(flat_inp, plane_start, lo, hi, width, row_stride, plane)
-                if want_input:
-                    # Outside samples and corners land on the scratch border,
-                    # which is never stored back.
-                    _load_band(flat_grad, plane_start, lo, hi, width, row_stride, g_plane)
+                # Outside samples and corners land on padding: the scratch
+                # border, never stored back, or the padded copy's, cropped.
+                if padded:
+                    src, dst, off = flat_inp, flat_grad, uint64((n * channels + c) * plane_size)
+                else:
+                    if grid_terms:
+                        _load_band(flat_inp, plane_start, lo, hi, width, row_stride, plane)
+                    if want_input:
+                        _load_band(flat_grad, plane_start, lo, hi, width, row_stride, g_plane)
+                    src, dst, off = plane, g_plane, uint64(0)
                 if nearest:
                     if want_input:
                         for t in range(upn):
-                            g_plane[ubase[t]] += flat_go[go + t]
+                            dst[off + ubase[t]] += flat_go[go + t]
                 elif want_input and grid_terms:
                     for t in range(upn):
-                        q = ubase[t]
+                        q = off + ubase[t]
                         g = flat_go[go + t]
                         dy, dx = bilinear_coordinate_grads(
-                            plane[q], plane[q + uint64(1)], plane[q + rs],
-                            plane[q + rs + uint64(1)], ly[t], lx[t], 1.0)
+                            src[q], src[q + uint64(1)], src[q + rs],
+                            src[q + rs + uint64(1)], ly[t], lx[t], 1.0)
                         acc_y[t] += g * dy
                         acc_x[t] += g * dx
-                        g_plane[q] += w00[t] * g
-                        g_plane[q + uint64(1)] += w01[t] * g
-                        g_plane[q + rs] += w10[t] * g
-                        g_plane[q + rs + uint64(1)] += w11[t] * g
+                        dst[q] += w00[t] * g
+                        dst[q + uint64(1)] += w01[t] * g
+                        dst[q + rs] += w10[t] * g
+                        dst[q + rs + uint64(1)] += w11[t] * g
                 elif want_input:
                     for t in range(upn):
-                        q = ubase[t]
+                        q = off + ubase[t]
                         g = flat_go[go + t]
-                        g_plane[q] += w00[t] * g
-                        g_plane[q + uint64(1)] += w01[t] * g
-                        g_plane[q + rs] += w10[t] * g
-                        g_plane[q + rs + uint64(1)] += w11[t] * g
+                        dst[q] += w00[t] * g
+                        dst[q + uint64(1)] += w01[t] * g
+                        dst[q + rs] += w10[t] * g
+                        dst[q + rs + uint64(1)] += w11[t] * g
                 elif grid_terms:
                     for t in range(upn):
-                        q = ubase[t]
+                        q = off + ubase[t]
                         g = flat_go[go + t]
                         dy, dx = bilinear_coordinate_grads(
-                            plane[q], plane[q + uint64(1)], plane[q + rs],
-                            plane[q + rs + uint64(1)], ly[t], lx[t], 1.0)
+                            src[q], src[q + uint64(1)], src[q + rs],
+                            src[q + rs + uint64(1)], ly[t], lx[t], 1.0)
                         acc_y[t] += g * dy
                         acc_x[t] += g * dx
-                if want_input:
+                if want_input and not padded:
                     _store_band(g_plane, lo, hi, width, row_stride, flat_grad, plane_start)
             if grid_terms:
                 for t in range(pn):
