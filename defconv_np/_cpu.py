@@ -412,9 +412,16 @@ class GridSampler:
 
     def __init__(self, input, grid, nearest, padding_mode, align_corners, deterministic=False):
         # the CPU kernels own whole gradient planes: always deterministic
-        n, c = input.shape[:2]
+        n, c, h, w = input.shape
+        # Small planes are read in bands through a scratch plane per work item
+        # (cache-resident, and no padded copy); a large one would be copied
+        # many times over by a rotated or scattered grid, so it is read from
+        # one zero-padded copy of the input.
+        self.padded = h * w > config.cpu_grid_band_pixels
         self.input_shape = input.shape
-        self.inp_pad = zero_padded(np, input, *SAMPLING_PAD).reshape(n, c, -1)
+        self.input = (zero_padded(np, input, *SAMPLING_PAD) if self.padded
+                      else kernel_operand(input))
+        self.tile = config.cpu_tile_pixels if self.padded else config.cpu_grid_tile_pixels
         self.grid = kernel_operand(grid).reshape(n, -1, 2)
         # sample positions are formed in the input dtype, as PyTorch forms them
         self.geometry = grid_geometry(input, align_corners)
@@ -425,8 +432,8 @@ class GridSampler:
         n, npix = self.grid.shape[:2]
         with _launch_lock:
             grid_sample_kernels.grid_sample(
-                self.inp_pad, *self.geometry, self.grid, *self.modes,
-                work_blocks(n, npix), config.cpu_tile_pixels, out.reshape(n, out.shape[1], -1))
+                self.input, self.padded, *self.geometry, self.grid, *self.modes,
+                work_blocks(n, npix), self.tile, out.reshape(n, out.shape[1], -1))
 
     def backward(self, grad_output, grad_input, grad_grid):
         """Write the input and/or grid gradients into the arrays given (either may be None)."""
@@ -436,18 +443,25 @@ class GridSampler:
         if want_input:
             # A work item owns whole channel planes: split channels, not pixels.
             blocks_c, blocks_p = work_blocks(n, c), 1
-            grad_pad = np.zeros_like(self.inp_pad)
+            if self.padded:
+                target = np.zeros_like(self.input)
+            elif grad_input.flags.c_contiguous and grad_input.flags.writeable:
+                target = grad_input  # overwritten in place
+            else:
+                target = np.empty_like(self.input)
         else:
             blocks_c, blocks_p = 1, work_blocks(n, npix)
-            grad_pad = np.zeros((1, 1, 1), self.inp_pad.dtype)
+            target = np.zeros((1, 1, 1, 1), self.input.dtype)
         partials = np.zeros((n, blocks_c, npix, 2) if want_grid else (1, 1, 1, 2), np.float64)
         with _launch_lock:
             grid_sample_kernels.grid_sample_backward(
-                kernel_operand(grad_output).reshape(n, c, npix), self.inp_pad, *self.geometry,
-                self.grid, *self.modes, want_input, want_grid, blocks_c, blocks_p,
-                config.cpu_tile_pixels, grad_pad, partials)
-        if want_input:
-            grad_input[...] = cropped(np, grad_pad, self.input_shape, *SAMPLING_PAD)
+                kernel_operand(grad_output).reshape(n, c, npix), self.input, self.padded,
+                *self.geometry, self.grid, *self.modes, want_input, want_grid, blocks_c,
+                blocks_p, self.tile, target, partials)
+        if want_input and self.padded:
+            grad_input[...] = cropped(np, target, self.input_shape, *SAMPLING_PAD)
+        elif want_input and target is not grad_input:
+            grad_input[...] = target
         if want_grid:
             grad_grid[...] = partials.sum(axis=1).reshape(grad_grid.shape)
 

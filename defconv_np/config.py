@@ -17,10 +17,25 @@ column_budget_bytes = 8 * 2**20
 #: column buffer torchvision holds at (N=16, C=256, 64x64, 3x3) (604 MB).
 cuda_column_budget_bytes = 256 * 2**20
 
-#: Output pixels handled per tile by the CPU grid_sample kernels: the sampling
-#: weights of one tile are computed once and reused for every channel, and must
-#: stay in L1.
+#: Output pixels handled per tile by the CPU volume (5-D) and bicubic
+#: grid_sample kernels: the sampling weights of one tile are computed once and
+#: reused for every channel, and must stay in L1.
 cpu_tile_pixels = 256
+
+#: The same for the 2-D bilinear/nearest kernels, which copy the rows a tile's
+#: samples touch, channel by channel, into a padded scratch plane: large tiles
+#: copy each input row about once. 4096 (a 64x64 grid) measured fastest at
+#: (8, 64, 64, 64) with rotated affine grids on a 2-core machine.
+cpu_grid_tile_pixels = 4096
+
+#: Input planes of at most this many pixels are read by those kernels in bands,
+#: through a scratch plane per work item; larger ones, which a rotated or
+#: scattered grid would copy many times over, through one zero-padded copy of
+#: the input, in tiles of ``cpu_tile_pixels``. Measured on a 2-core machine
+#: (forward+backward, rotated and uniformly random grids): bands 1.8-1.9x
+#: faster at 128x128 and 256x256, as fast or faster at 512x512, 1.6-2.6x
+#: slower at 1024x1024.
+cpu_grid_band_pixels = 512 * 512
 
 #: Work items per Numba thread that the CPU grid_sample kernels aim for when
 #: they split images into pixel or channel blocks (load balance against

@@ -377,16 +377,26 @@ def test_work_split_changes_nothing(problem):
     out = sample(problem)
     grads = sample_backward(problem)
     config = dc.config
-    saved = config.cpu_tile_pixels, config.cpu_items_per_thread
+    saved = config.cpu_grid_tile_pixels, config.cpu_items_per_thread
     try:
         # tiny tiles and many work items: several tiles, channel and pixel blocks
-        config.cpu_tile_pixels, config.cpu_items_per_thread = 3, 64
+        config.cpu_grid_tile_pixels, config.cpu_items_per_thread = 3, 64
         np.testing.assert_array_equal(sample(problem), out)
         split = sample_backward(problem)
         grid_only = sample_backward(problem, needs=("grid",))
     finally:
-        config.cpu_tile_pixels, config.cpu_items_per_thread = saved
+        config.cpu_grid_tile_pixels, config.cpu_items_per_thread = saved
     np.testing.assert_array_equal(split.input, grads.input)
+    # large planes are read from a padded copy, not in bands: the same sums
+    saved = config.cpu_grid_band_pixels
+    try:
+        config.cpu_grid_band_pixels = 0
+        np.testing.assert_array_equal(sample(problem), out)
+        from_padded = sample_backward(problem)
+    finally:
+        config.cpu_grid_band_pixels = saved
+    np.testing.assert_array_equal(from_padded.input, grads.input)
+    np.testing.assert_array_equal(from_padded.grid, grads.grid)
     # channel blocks sum the grid gradient in another order
     assert_close(split.grid, grads.grid, dtype=problem.dtype)
     assert_close(grid_only.grid, grads.grid, dtype=problem.dtype)

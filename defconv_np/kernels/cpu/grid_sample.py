@@ -1,26 +1,38 @@
 """grid_sample on CPU: sampling, its input adjoint and its grid gradient.
 
-Planes are read from (and input gradients written to) zero-padded copies laid
-out as ``kernels.sampling`` describes: ``(N, C, (H + 3) * (W + 3))``, with
-``row_stride = W + 3``. The grid is flattened to ``(N, P, 2)`` with
-``P = Hg * Wg`` and x (width) first; outputs and output gradients are
-``(N, C, P)``. ``y_axis``, ``x_axis`` (``_planes.grid_axis``: size, size - 1,
-reflection bounds and window limit, each rounded once from exact integers)
-and ``one`` arrive as floats of the grid dtype, so that a sample position is formed in the input precision, as PyTorch
-forms it (in float32 this decides, as in PyTorch, which way a position that
-is a tie or a kink in exact arithmetic goes).
+The kernels read the input (N, C, H, W) and write the input gradient (same
+shape) in place, through a zero-padded scratch plane per work item laid out
+as ``kernels.sampling`` describes (``(H + 3) * (W + 3)``, ``row_stride = W +
+3``). The grid is flattened to ``(N, P, 2)`` with ``P = Hg * Wg`` and x
+(width) first; outputs and output gradients are ``(N, C, P)``. ``y_axis``,
+``x_axis`` (``_planes.grid_axis``: size, size - 1, reflection bounds and
+window limit, each rounded once from exact integers) and ``one`` arrive as
+floats of the grid dtype, so that a sample position is formed in the input
+precision, as PyTorch forms it (in float32 this decides, as in PyTorch, which
+way a position that is a tie or a kink in exact arithmetic goes).
 
 Work items are (image, channel block, pixel block). Each walks its pixels in
 tiles: the cell, weights and derivative factors of a tile are computed once
-and reused for every channel of the block. A sample outside the
-sampling window points at ``base = 0`` with weights (1, 0, 0, 0), i.e. at zero
-padding, so no loop over channels needs a bounds branch.
+and reused for every channel of the block. A sample outside the sampling
+window points at ``base = 0`` with weights (1, 0, 0, 0), i.e. at zero padding,
+so no loop over channels needs a bounds branch.
+
+For each channel, a tile copies the band of input rows its samples touch into
+the scratch plane (whose border stays zero) before reading it: the gathers
+then hit the L1 cache, where reading a rotated band straight from a large
+array waited on memory at each new cache line, and no padded copy of the
+whole input is made. The input gradient is scattered into a second scratch
+plane whose band is loaded from, and stored back to, the gradient array, so
+each gradient value is summed in pixel order whatever the tiling. Large
+planes, whose bands a rotated or scattered grid would copy many times over,
+come instead as one zero-padded copy of the input (``padded``), read in place,
+with the input gradient added to a zero-padded plane that the caller crops.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
-from ..sampling import PADDING_BORDER, PADDING_REFLECTION
+from ..sampling import PAD_AFTER, PAD_BEFORE, PADDING_BORDER, PADDING_REFLECTION
 from .device import (
     bilinear_coordinate_grads,
     bilinear_weights,
@@ -68,19 +80,71 @@ def _tile_taps(grid, n, p0, pn, y_axis, x_axis, row_stride, one, nearest, paddin
                                                                  row_stride, one)
 
 
+@njit(inline="always", cache=True, nogil=True)
+def _tile_cells(base, inside, pn, row_stride, height, ubase):
+    """``ubase`` = ``base`` as uint64, and the image rows ``lo .. hi - 1``
+    that the corners of the tile's inside samples touch (``lo >= hi``:
+    none). Padded rows are ``image row + 2``; ``base // row_stride`` is the
+    padded row of a cell's top corners (of the pixel, in nearest mode)."""
+    q_min = -1
+    q_max = -1
+    for t in range(pn):
+        ubase[t] = uint64(base[t])
+        if inside[t]:
+            if q_min < 0 or base[t] < q_min:
+                q_min = base[t]
+            if base[t] > q_max:
+                q_max = base[t]
+    if q_min < 0:
+        return 0, 0
+    lo = max(q_min // row_stride - PAD_BEFORE, 0)
+    hi = min(q_max // row_stride - PAD_BEFORE + 2, height)
+    return lo, hi
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _load_band(flat_src, plane_start, lo, hi, width, row_stride, flat_plane):
+    """Rows ``lo .. hi - 1`` of the (H, W) plane at ``plane_start`` into the
+    interior of the padded scratch plane."""
+    for r in range(lo, hi):
+        src = uint64(plane_start + r * width)
+        dst = uint64((r + PAD_BEFORE) * row_stride + PAD_BEFORE)
+        for i in range(uint64(width)):
+            flat_plane[dst + i] = flat_src[src + i]
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _store_band(flat_plane, lo, hi, width, row_stride, flat_dst, plane_start):
+    """The interior rows ``lo .. hi - 1`` of the scratch plane back into the
+    (H, W) plane at ``plane_start``."""
+    for r in range(lo, hi):
+        dst = uint64(plane_start + r * width)
+        src = uint64((r + PAD_BEFORE) * row_stride + PAD_BEFORE)
+        for i in range(uint64(width)):
+            flat_dst[dst + i] = flat_plane[src + i]
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def grid_sample(inp_pad, y_axis, x_axis, row_stride, one, grid, nearest, padding_mode,
+def grid_sample(inp, padded, y_axis, x_axis, row_stride, one, grid, nearest, padding_mode,
                 align_corners, pixel_blocks, tile, out):
-    """Fill ``out`` (N, C, P) with the samples of every channel at the grid."""
+    """Fill ``out`` (N, C, P) with the samples of every channel at the grid.
+    ``padded``: ``inp`` is already a zero-padded copy (N, C, H + 3, W + 3),
+    read in place."""
     nb, npix = grid.shape[0], grid.shape[1]
-    channels = inp_pad.shape[1]
+    channels, width = inp.shape[1], row_stride - PAD_BEFORE - PAD_AFTER
+    height = inp.shape[2] - (PAD_BEFORE + PAD_AFTER if padded else 0)
+    plane_size = (height + PAD_BEFORE + PAD_AFTER) * row_stride
+    flat_inp = inp.reshape(inp.size)
+    flat_out = out.reshape(out.size)
     per_block = (npix + pixel_blocks - 1) // pixel_blocks
-    rs = row_stride
+    rs = uint64(row_stride)
     for item in prange(nb * pixel_blocks):
         n = item // pixel_blocks
         p_lo = (item % pixel_blocks) * per_block
         p_hi = min(p_lo + per_block, npix)
+        plane = np.zeros(0 if padded else plane_size, inp.dtype)
         base = np.empty(tile, np.int64)
+        ubase = np.empty(tile, np.uint64)
         ly = np.empty(tile, np.float64)
         lx = np.empty(tile, np.float64)
         inside = np.empty(tile, np.bool_)
@@ -92,32 +156,41 @@ def grid_sample(inp_pad, y_axis, x_axis, row_stride, one, grid, nearest, padding
         w11 = np.empty(tile, out.dtype)
         for p0 in range(p_lo, p_hi, tile):
             pn = min(tile, p_hi - p0)
+            upn = uint64(pn)
             _tile_taps(grid, n, p0, pn, y_axis, x_axis, row_stride, one, nearest, padding_mode,
                        align_corners, base, ly, lx, inside, y_factor, x_factor)
-            if nearest:
-                for c in range(channels):
-                    plane = inp_pad[n, c]
-                    row = out[n, c]
-                    for t in range(pn):
-                        row[p0 + t] = plane[base[t]]
-            else:
+            lo, hi = _tile_cells(base, inside, pn, row_stride, height, ubase)
+            if not nearest:
                 for t in range(pn):
                     w00[t], w01[t], w10[t], w11[t] = bilinear_weights(ly[t], lx[t], 1.0)
-                for c in range(channels):
-                    plane = inp_pad[n, c]
-                    row = out[n, c]
-                    for t in range(pn):
-                        q = base[t]
-                        row[p0 + t] = (w00[t] * plane[q] + w01[t] * plane[q + 1]
-                                       + w10[t] * plane[q + rs] + w11[t] * plane[q + rs + 1])
+            for c in range(channels):
+                if padded:
+                    src, off = flat_inp, uint64((n * channels + c) * plane_size)
+                else:
+                    _load_band(flat_inp, (n * channels + c) * height * width, lo, hi, width,
+                               row_stride, plane)
+                    src, off = plane, uint64(0)
+                o = uint64((n * channels + c) * npix + p0)
+                if nearest:
+                    for t in range(upn):
+                        flat_out[o + t] = src[off + ubase[t]]
+                else:
+                    for t in range(upn):
+                        q = off + ubase[t]
+                        flat_out[o + t] = (w00[t] * src[q] + w01[t] * src[q + uint64(1)]
+                                           + w10[t] * src[q + rs]
+                                           + w11[t] * src[q + rs + uint64(1)])
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def grid_sample_backward(grad_out, inp_pad, y_axis, x_axis, row_stride, one, grid, nearest,
+def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one, grid, nearest,
                          padding_mode, align_corners, want_input, want_grid, channel_blocks,
-                         pixel_blocks, tile, grad_pad, grid_partials):
-    """Input gradient into ``grad_pad`` (N, C, padded plane) and grid gradient
-    shares into ``grid_partials`` (N, channel_blocks, P, 2), float64.
+                         pixel_blocks, tile, grad_inp, grid_partials):
+    """Input gradient into ``grad_inp`` (N, C, H, W), overwritten, and grid
+    gradient shares into ``grid_partials`` (N, channel_blocks, P, 2), float64.
+    ``padded``: ``inp`` and ``grad_inp`` are zero-padded (N, C, H + 3, W + 3)
+    planes, read and added to in place (the caller zeroes ``grad_inp`` and
+    crops it).
 
     The input gradient scatters each output gradient onto the corners that
     produced the sample (the exact adjoint of ``grid_sample``); a work item
@@ -125,13 +198,21 @@ def grid_sample_backward(grad_out, inp_pad, y_axis, x_axis, row_stride, one, gri
     pixel block when ``want_input``. Block ``b``'s channels contribute to
     ``grid_partials[:, b]``, which the caller sums in a fixed order: the result
     is deterministic. Nearest sampling has no grid gradient (it is left alone).
+
+    Both gradients come from one pass per channel and tile: the corners a
+    sample reads for the grid gradient are where its input gradient goes.
     """
     nb, npix = grid.shape[0], grid.shape[1]
-    channels = inp_pad.shape[1]
+    channels, width = inp.shape[1], row_stride - PAD_BEFORE - PAD_AFTER
+    height = inp.shape[2] - (PAD_BEFORE + PAD_AFTER if padded else 0)
+    flat_inp = inp.reshape(inp.size)
+    flat_grad = grad_inp.reshape(grad_inp.size)
+    flat_go = grad_out.reshape(grad_out.size)
     c_per_block = (channels + channel_blocks - 1) // channel_blocks
     p_per_block = (npix + pixel_blocks - 1) // pixel_blocks
-    rs = row_stride
+    rs = uint64(row_stride)
     grid_terms = want_grid and not nearest
+    plane_size = (height + PAD_BEFORE + PAD_AFTER) * row_stride
     for item in prange(nb * channel_blocks * pixel_blocks):
         n = item // (channel_blocks * pixel_blocks)
         cb = (item // pixel_blocks) % channel_blocks
@@ -139,7 +220,15 @@ def grid_sample_backward(grad_out, inp_pad, y_axis, x_axis, row_stride, one, gri
         c_hi = min(c_lo + c_per_block, channels)
         p_lo = (item % pixel_blocks) * p_per_block
         p_hi = min(p_lo + p_per_block, npix)
+        plane = np.zeros(0 if padded else plane_size, inp.dtype)
+        g_plane = np.zeros(0 if padded else plane_size, grad_inp.dtype)
+        if want_input and c_hi > c_lo and not padded:
+            # the bands loaded below add to these planes: start from zero
+            first = uint64((n * channels + c_lo) * height * width)
+            for i in range(uint64((c_hi - c_lo) * height * width)):
+                flat_grad[first + i] = 0.0
         base = np.empty(tile, np.int64)
+        ubase = np.empty(tile, np.uint64)
         ly = np.empty(tile, np.float64)
         lx = np.empty(tile, np.float64)
         inside = np.empty(tile, np.bool_)
@@ -153,37 +242,63 @@ def grid_sample_backward(grad_out, inp_pad, y_axis, x_axis, row_stride, one, gri
         acc_x = np.empty(tile, np.float64)
         for p0 in range(p_lo, p_hi, tile):
             pn = min(tile, p_hi - p0)
+            upn = uint64(pn)
             _tile_taps(grid, n, p0, pn, y_axis, x_axis, row_stride, one, nearest, padding_mode,
                        align_corners, base, ly, lx, inside, y_factor, x_factor)
+            lo, hi = _tile_cells(base, inside, pn, row_stride, height, ubase)
             for t in range(pn):
                 w00[t], w01[t], w10[t], w11[t] = bilinear_weights(ly[t], lx[t], 1.0)
-            acc_y[:pn] = 0.0
-            acc_x[:pn] = 0.0
+                acc_y[t] = 0.0
+                acc_x[t] = 0.0
             for c in range(c_lo, c_hi):
-                g_row = grad_out[n, c]
-                if want_input:
-                    # Outside samples land on padding, which the caller crops.
-                    g_plane = grad_pad[n, c]
-                    if nearest:
-                        for t in range(pn):
-                            g_plane[base[t]] += g_row[p0 + t]
-                    else:
-                        for t in range(pn):
-                            g = g_row[p0 + t]
-                            q = base[t]
-                            g_plane[q] += w00[t] * g
-                            g_plane[q + 1] += w01[t] * g
-                            g_plane[q + rs] += w10[t] * g
-                            g_plane[q + rs + 1] += w11[t] * g
-                if grid_terms:
-                    plane = inp_pad[n, c]
-                    for t in range(pn):
-                        q = base[t]
-                        dy, dx = bilinear_coordinate_grads(plane[q], plane[q + 1], plane[q + rs],
-                                                           plane[q + rs + 1], ly[t], lx[t], 1.0)
-                        g = g_row[p0 + t]
+                plane_start = (n * channels + c) * height * width
+                go = uint64((n * channels + c) * npix + p0)
+                # Outside samples and corners land on padding: the scratch
+                # border, never stored back, or the padded copy's, cropped.
+                if padded:
+                    src, dst, off = flat_inp, flat_grad, uint64((n * channels + c) * plane_size)
+                else:
+                    if grid_terms:
+                        _load_band(flat_inp, plane_start, lo, hi, width, row_stride, plane)
+                    if want_input:
+                        _load_band(flat_grad, plane_start, lo, hi, width, row_stride, g_plane)
+                    src, dst, off = plane, g_plane, uint64(0)
+                if nearest:
+                    if want_input:
+                        for t in range(upn):
+                            dst[off + ubase[t]] += flat_go[go + t]
+                elif want_input and grid_terms:
+                    for t in range(upn):
+                        q = off + ubase[t]
+                        g = flat_go[go + t]
+                        dy, dx = bilinear_coordinate_grads(
+                            src[q], src[q + uint64(1)], src[q + rs],
+                            src[q + rs + uint64(1)], ly[t], lx[t], 1.0)
                         acc_y[t] += g * dy
                         acc_x[t] += g * dx
+                        dst[q] += w00[t] * g
+                        dst[q + uint64(1)] += w01[t] * g
+                        dst[q + rs] += w10[t] * g
+                        dst[q + rs + uint64(1)] += w11[t] * g
+                elif want_input:
+                    for t in range(upn):
+                        q = off + ubase[t]
+                        g = flat_go[go + t]
+                        dst[q] += w00[t] * g
+                        dst[q + uint64(1)] += w01[t] * g
+                        dst[q + rs] += w10[t] * g
+                        dst[q + rs + uint64(1)] += w11[t] * g
+                elif grid_terms:
+                    for t in range(upn):
+                        q = off + ubase[t]
+                        g = flat_go[go + t]
+                        dy, dx = bilinear_coordinate_grads(
+                            src[q], src[q + uint64(1)], src[q + rs],
+                            src[q + rs + uint64(1)], ly[t], lx[t], 1.0)
+                        acc_y[t] += g * dy
+                        acc_x[t] += g * dx
+                if want_input and not padded:
+                    _store_band(g_plane, lo, hi, width, row_stride, flat_grad, plane_start)
             if grid_terms:
                 for t in range(pn):
                     if inside[t]:
