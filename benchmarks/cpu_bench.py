@@ -40,9 +40,16 @@ except ImportError:  # torch is optional: our numbers alone are still printed
     torch = None
 
 
+#: Seconds of rest before each timed call: a library's idle worker threads
+#: (torch's OpenMP pool, OpenBLAS's) spin for a while after a call and slow
+#: whatever runs next on the same cores.
+PAUSE = 0.05
+
+
 def side_by_side(fns, inputs, repeats):
     """Median ms of each function, called in turn round by round (inputs
-    rotated), so that machine noise hits them alike; None for a None entry."""
+    rotated, a pause before each call), so that machine noise hits them alike
+    and neither runs while the other's idle threads spin; None for a None entry."""
     live = [fn for fn in fns if fn is not None]
     for fn in live:
         fn(*inputs[0])  # warm-up (and JIT compile)
@@ -50,6 +57,7 @@ def side_by_side(fns, inputs, repeats):
     for r in range(repeats):
         args = inputs[r % len(inputs)]
         for fn in live:
+            time.sleep(PAUSE)
             t0 = time.perf_counter()
             fn(*args)
             times[id(fn)].append((time.perf_counter() - t0) * 1e3)

@@ -21,13 +21,22 @@ _BLOCK = 16
 def to_channels_last_padded(inp, n0, n1, top, left, row_stride, out):
     """Copy images ``n0:n1`` of ``inp`` (N, C, H, W) into the interior of
     ``out`` (N, Hp*Wp, C), rows ``row_stride`` = Wp pixels apart, pixel (0, 0)
-    at row ``top``, column ``left``. Its border must already be zero.
+    at row ``top``, column ``left``, and zero their border (``out`` may come
+    uninitialised: no separate zeroing pass over the whole buffer).
 
     Blocks of 16 channels x 16 pixels, flat unsigned indices: 0.29 ms per
     (64, 64, 64) float32 image on one core, against 0.65 ms for an
     element-by-element loop and 0.61 ms for NumPy's transposed copy."""
     _, channels, height, width = inp.shape
     plane = out.shape[1]
+    height_p = plane // row_stride
+    for n in range(n0, n1):
+        for y in range(height_p):
+            if y < top or y >= top + height:
+                out[n, y * row_stride:(y + 1) * row_stride] = 0
+            else:
+                out[n, y * row_stride:y * row_stride + left] = 0
+                out[n, y * row_stride + left + width:(y + 1) * row_stride] = 0
     flat_inp = inp.reshape(-1)
     flat_out = out.reshape(-1)
     for item in range(n0 * height, n1 * height):
