@@ -10,7 +10,7 @@ slower GEMM kernel than a user's machine gets; the JSON records the CPU, the
 BLAS kernel threadpoolctl reports and those variables)
 
 Times forward and forward+backward (median of --repeats runs after a warm-up,
-inputs rotated between runs; ours and torch's called in turn, round by round),
+inputs rotated between runs; ours and torch's in alternating blocks),
 side by side with torch.nn.functional.conv2d on the same shape when torch is
 installed: a dense conv does the same GEMM
 arithmetic and is the floor a deformable conv can reach. Peak extra memory of
@@ -40,27 +40,30 @@ except ImportError:  # torch is optional: our numbers alone are still printed
     torch = None
 
 
-#: Seconds of rest before each timed call: a library's idle worker threads
-#: (torch's OpenMP pool, OpenBLAS's) spin for a while after a call and slow
-#: whatever runs next on the same cores.
-PAUSE = 0.05
+#: Blocks per function: each function runs its calls in consecutive blocks
+#: (a library's worker threads stay warm within a block, as in a training
+#: loop), the functions' blocks alternating, the order reversed each round.
+#: Calls are not interleaved one by one: torch's OpenMP threads spin for a
+#: while after each call and slowed whatever ran next on the two cores (by up
+#: to 2x), and a pause before each call let the cores clock down instead.
+BLOCKS = 3
 
 
 def side_by_side(fns, inputs, repeats):
-    """Median ms of each function, called in turn round by round (inputs
-    rotated, a pause before each call), so that machine noise hits them alike
-    and neither runs while the other's idle threads spin; None for a None entry."""
+    """Median ms of each function over ``repeats`` calls (at least one per
+    block), in alternating blocks, inputs rotated; None for a None entry."""
     live = [fn for fn in fns if fn is not None]
     for fn in live:
         fn(*inputs[0])  # warm-up (and JIT compile)
     times = {id(fn): [] for fn in live}
-    for r in range(repeats):
-        args = inputs[r % len(inputs)]
-        for fn in live:
-            time.sleep(PAUSE)
-            t0 = time.perf_counter()
-            fn(*args)
-            times[id(fn)].append((time.perf_counter() - t0) * 1e3)
+    per_block = max(1, -(-repeats // BLOCKS))
+    for block in range(BLOCKS):
+        for fn in (live if block % 2 == 0 else live[::-1]):
+            for r in range(per_block):
+                args = inputs[(block * per_block + r) % len(inputs)]
+                t0 = time.perf_counter()
+                fn(*args)
+                times[id(fn)].append((time.perf_counter() - t0) * 1e3)
     return [None if fn is None else statistics.median(times[id(fn)]) for fn in fns]
 
 
