@@ -49,9 +49,15 @@ except ImportError:  # torch is optional: our numbers alone are still printed
 BLOCKS = 3
 
 
-def side_by_side(fns, inputs, repeats):
+#: Every peer time taken, by (op, config): the dense peer is timed beside
+#: each conv row, and the pooled median of its times is a steadier floor.
+PEER_SAMPLES = {}
+
+
+def side_by_side(fns, inputs, repeats, pool=None):
     """Median ms of each function over ``repeats`` calls (at least one per
-    block), in alternating blocks, inputs rotated; None for a None entry."""
+    block), in alternating blocks, inputs rotated; None for a None entry.
+    The last function's times (the peer's) are also kept under ``pool``."""
     live = [fn for fn in fns if fn is not None]
     for fn in live:
         fn(*inputs[0])  # warm-up (and JIT compile)
@@ -64,6 +70,8 @@ def side_by_side(fns, inputs, repeats):
                 t0 = time.perf_counter()
                 fn(*args)
                 times[id(fn)].append((time.perf_counter() - t0) * 1e3)
+    if pool is not None and fns[-1] is not None:
+        PEER_SAMPLES.setdefault(pool, []).extend(times[id(fns[-1])])
     return [None if fn is None else statistics.median(times[id(fn)]) for fn in fns]
 
 
@@ -169,8 +177,10 @@ def main():
         both = [(c, t) for c, t in zip(cases, tcases)]
         pair = lambda ours, peer: [  # noqa: E731
             (lambda c, t: ours(*c)), None if peer is None else (lambda c, t: peer(*t))]
-        conv_f, peer_f = side_by_side(pair(ours_conv, torch_conv), both, args.repeats)
-        conv_fb, peer_fb = side_by_side(pair(ours_conv_fb, torch_conv_fb), both, args.repeats)
+        conv_f, peer_f = side_by_side(pair(ours_conv, torch_conv), both, args.repeats,
+                                      pool=("forward", cfg))
+        conv_fb, peer_fb = side_by_side(pair(ours_conv_fb, torch_conv_fb), both, args.repeats,
+                                        pool=("fwd+bwd", cfg))
         record("conv2d forward", cfg, conv_f, peer_f, "torch conv2d",
                peak_mib(ours_conv, *cases[0]))
         record("conv2d forward+backward", cfg, conv_fb, peer_fb, "torch conv2d",
@@ -191,13 +201,26 @@ def main():
             dboth = [(d, t) for d, t in zip(dcases, tcases)]
             dpair = lambda ours, peer: [  # noqa: E731
                 (lambda d, t: ours(*d)), None if peer is None else (lambda d, t: peer(*t))]
-            def_f, dense_f = side_by_side(dpair(ours_deform, torch_conv), dboth, args.repeats)
+            def_f, dense_f = side_by_side(dpair(ours_deform, torch_conv), dboth, args.repeats,
+                                          pool=("forward", cfg))
             def_fb, dense_fb = side_by_side(dpair(ours_deform_fb, torch_conv_fb), dboth,
-                                            args.repeats)
+                                            args.repeats, pool=("fwd+bwd", cfg))
             record(f"{name} forward", cfg, def_f, dense_f, "torch conv2d (dense floor)",
                    peak_mib(ours_deform, *dcases[0]))
             record(f"{name} fwd+bwd", cfg, def_fb, dense_fb, "torch conv2d (dense floor)",
                    peak_mib(ours_deform_fb, *dcases[0]))
+
+    # The dense peer's times pooled over all rows of a config (conv and both
+    # deformable rows): ratios against that steadier floor, beside each row's own.
+    for row in rows:
+        kind = "fwd+bwd" if ("backward" in row["op"] or "bwd" in row["op"]) else "forward"
+        samples = PEER_SAMPLES.get((kind, row["config"]))
+        if samples:
+            pooled = statistics.median(samples)
+            row["peer_pooled_ms"] = round(pooled, 2)
+            row["ratio_pooled"] = round(row["ours_ms"] / pooled, 3)
+            print(f"{row['op']:34s} {row['config']:22s} against the pooled dense peer "
+                  f"{pooled:8.2f} ms: {row['ratio_pooled']:5.2f}x")
 
     # grid_sample at input (8, 64, 64, 64) with an affine grid of the same size.
     theta = np.stack([np.array([[np.cos(a) * z, -np.sin(a) * z, 0.1], [np.sin(a) * z, np.cos(a) * z, -0.05]])

@@ -2,7 +2,9 @@
 channels-last.
 
 The input is read from (and its gradient written to) a zero-padded
-channels-last copy ``(N, (H + 3) * (W + 3), C)`` laid out as
+channels-last copy of the chunk's images ``(nb, (H + 3) * (W + 3), C)``
+(``inp[b]`` is image ``n0 + b``; offsets and masks are indexed by ``n0 + b``)
+laid out as
 ``kernels.sampling`` describes (``row_stride = W + 3``), so the four corners of
 a sample are four contiguous channel vectors. Columns are pixels-first,
 ``cols[b, p, (gw*K + k)*Cg + cg]`` for weight group ``gw`` and its channel
@@ -123,9 +125,10 @@ def _run(g, gw, k, per_group, per_wgroup, n_k):
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def deform_im2col(inp, height, width, row_stride, offset, mask, use_mask, n0, r0, y_base, x_base,
                   weight_groups, cols):
-    """Fill pixels-first ``cols`` (nb, P, C*K) with bilinear samples times
-    their mask (``m * sample``; an outside sample reads the all-zero cell at
-    ``q = 0``, so it is ``m * 0``)."""
+    """Fill pixels-first ``cols`` (nb, P, C*K) of images ``n0 .. n0+nb`` with
+    bilinear samples times their mask (``m * sample``; an outside sample reads
+    the all-zero cell at ``q = 0``, so it is ``m * 0``). ``inp`` holds those
+    images only, ``inp[b]`` for image ``n0 + b``."""
     n_k = y_base.shape[1] * x_base.shape[1]
     plane, channels = inp.shape[1], inp.shape[2]
     groups = offset.shape[1] // (2 * n_k)
@@ -155,7 +158,7 @@ def deform_im2col(inp, height, width, row_stride, offset, mask, use_mask, n0, r0
                         for gw in range(g * per_group // per_wgroup,
                                         ((g + 1) * per_group - 1) // per_wgroup + 1):
                             lo, hi, dst = _run(g, gw, k, per_group, per_wgroup, n_k)
-                            i00, i01, i10, i11 = _corners(n, base[s, wo], lo, plane, channels, rs)
+                            i00, i01, i10, i11 = _corners(b, base[s, wo], lo, plane, channels, rs)
                             o = uint64(row + dst)
                             for i in range(uint64(hi - lo)):
                                 flat_cols[o + i] = m * (
@@ -175,7 +178,7 @@ def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use
 
     * ``grad_inp``: ``(mask * weight) * grad_cols`` scatter-added onto the
       corners, the exact adjoint of ``deform_im2col``, into the padded
-      channels-last gradient;
+      channels-last gradient (of the chunk's images only, as ``inp``);
     * ``grad_offset``: per sample, the sum over the channels of its offset
       group of ``(mask * d sample / dy) * grad_cols`` (and dx), the derivative
       taken in the floor cell (torchvision's rule and order,
@@ -231,7 +234,7 @@ def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use
                                             ((g + 1) * per_group - 1) // per_wgroup + 1):
                                 lo, hi, dst = _run(g, gw, k, per_group, per_wgroup, n_k)
                                 count = uint64(hi - lo)
-                                i00, i01, i10, i11 = _corners(n, base[s, wo], lo, plane,
+                                i00, i01, i10, i11 = _corners(b, base[s, wo], lo, plane,
                                                               channels, rs)
                                 o = uint64(row + dst)
                                 if want_input:
