@@ -289,16 +289,15 @@ class LaneImages:
     def begin(self, chunk):
         lane = self._lanes
         nb = chunk.n1 - chunk.n0
-        if getattr(lane, "buffer", None) is None or lane.buffer.shape[0] < nb:
-            lane.buffer = np.empty((nb, self.plane, self.input_shape[1]), self.source.dtype)
-            lane.grad_buffer = None
-        lane.images = lane.buffer[:nb]
+        if getattr(lane, "buffers", None) is None or lane.buffers.shape[1] < nb:
+            # the run's copy, and its input gradient in a backward pass
+            lane.buffers = np.empty((1 + (self.grad_input is not None), nb, self.plane,
+                                     self.input_shape[1]), self.source.dtype)
+        lane.images = lane.buffers[0, :nb]
         layout_kernels.to_channels_last_padded(self.source[chunk.n0:chunk.n1], 0, nb,
                                                *self.place, lane.images)
         if self.grad_input is not None:
-            if getattr(lane, "grad_buffer", None) is None:
-                lane.grad_buffer = np.empty_like(lane.buffer)
-            lane.grads = lane.grad_buffer[:nb]
+            lane.grads = lane.buffers[1, :nb]
             lane.grads[...] = 0
 
     def end(self, chunk):
@@ -336,13 +335,26 @@ def work_blocks(work_items, limit):
     return max(1, min(limit, -(-target // max(1, work_items))))
 
 
-class DenseColumns(_columns.SeparateBackward):
+class _LaneColumns:
+    """What the CPU column providers share: pixels-first columns whose GEMM
+    results are stored transposed, and images (and input gradients) handled
+    per run by ``LaneImages`` (``self.lanes``)."""
+
+    layout = _columns.PixelsFirst
+    store_transposed = staticmethod(layout_kernels.store_transposed)
+
+    def run_chunks(self, chunks, work, new_state):
+        return run_chunks(chunks, work, new_state, self.lanes.begin, self.lanes.end)
+
+    def input_grad(self):
+        return self.lanes.grad_input
+
+
+class DenseColumns(_LaneColumns, _columns.SeparateBackward):
     """im2col / col2im of a plain strided, dilated, padded conv2d, pixels-first
     from channels-last copies of the input padded by the conv's own padding
     (``LaneImages``): every tap of every output pixel is in bounds, and each
     is a contiguous channel vector."""
-
-    layout = _columns.PixelsFirst
 
     def __init__(self, input, kernel, stride, padding, dilation, out_w, weight_groups):
         _, _, h, w = input.shape
@@ -350,11 +362,6 @@ class DenseColumns(_columns.SeparateBackward):
         self.out_w = out_w
         self.padded_hw = (h + 2 * padding[0], w + 2 * padding[1])
         self.lanes = LaneImages(input, *padding, *self.padded_hw)
-
-    store_transposed = staticmethod(layout_kernels.store_transposed)
-
-    def run_chunks(self, chunks, work, new_state):
-        return run_chunks(chunks, work, new_state, self.lanes.begin, self.lanes.end)
 
     def _shaped(self, images):
         return images.reshape(images.shape[0], *self.padded_hw, images.shape[2])
@@ -370,15 +377,10 @@ class DenseColumns(_columns.SeparateBackward):
         im2col_kernels.col2im_channels_last(grad_cols, 0, chunk.r0, self.out_w, *self.geometry,
                                             self._shaped(self.lanes.grads()))
 
-    def input_grad(self):
-        return self.lanes.grad_input
 
-
-class DeformColumns:
+class DeformColumns(_LaneColumns):
     """Deformable im2col and its adjoints (input, offset, mask), channels-last
     (the images through ``LaneImages``, with the border of ``kernels.sampling``)."""
-
-    layout = _columns.PixelsFirst
 
     def __init__(self, input, offset, mask, kernel, stride, padding, dilation, weight_groups,
                  deterministic=False):
@@ -395,11 +397,6 @@ class DeformColumns:
         return (s.height, s.width, s.row_stride, s.offset, s.mask, s.use_mask, chunk.n0,
                 chunk.r0, s.y_base, s.x_base, self.weight_groups)
 
-    store_transposed = staticmethod(layout_kernels.store_transposed)
-
-    def run_chunks(self, chunks, work, new_state):
-        return run_chunks(chunks, work, new_state, self.lanes.begin, self.lanes.end)
-
     def fill(self, chunk, cols):
         deform_kernels.deform_im2col(self.lanes.images(), *self._common(chunk), cols)
 
@@ -412,8 +409,9 @@ class DeformColumns:
 
     def backward_chunk(self, chunk, cols, grad_cols):
         """Rebuild the columns into ``cols`` (if given; for the weight
-        gradient) and turn ``grad_cols`` (if given) into input, offset and mask
-        gradients, in one pass over the samples."""
+        gradient) with the forward kernel, then turn ``grad_cols`` (if given)
+        into input, offset and mask gradients in one pass over the samples (a
+        kernel fusing both measured slower)."""
         if cols is not None:
             self.fill(chunk, cols)
         if grad_cols is None:
@@ -428,9 +426,6 @@ class DeformColumns:
             want_mask, self.lanes.grads() if want_input else dummy3,
             self.grad_offset if want_offset else dummy4,
             self.grad_mask if want_mask else dummy4)
-
-    def input_grad(self):
-        return self.lanes.grad_input
 
 
 from .kernels.cpu import grid_sample as grid_sample_kernels  # noqa: E402
