@@ -124,6 +124,26 @@ def _store_band(flat_plane, lo, hi, width, row_stride, flat_dst, plane_start):
             flat_dst[dst + i] = flat_plane[src + i]
 
 
+@njit(inline="always", cache=True, nogil=True)
+def _scatter_corners(dst, q, rs, w00, w01, w10, w11, g):
+    """Add ``g`` times each corner's weight onto the cell at flat index ``q``
+    (uint64; ``rs`` the row stride) of ``dst``: the input-gradient scatter."""
+    dst[q] += w00 * g
+    dst[q + uint64(1)] += w01 * g
+    dst[q + rs] += w10 * g
+    dst[q + rs + uint64(1)] += w11 * g
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _add_grid_terms(src, q, rs, ly, lx, g, acc_y, acc_x, t):
+    """Add ``g`` times the floor-cell derivatives of the sample in the cell at
+    ``q`` of ``src`` to pixel ``t``'s grid-gradient sums."""
+    dy, dx = bilinear_coordinate_grads(src[q], src[q + uint64(1)], src[q + rs],
+                                       src[q + rs + uint64(1)], ly, lx, 1.0)
+    acc_y[t] += g * dy
+    acc_x[t] += g * dx
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def grid_sample(inp, padded, y_axis, x_axis, row_stride, one, grid, nearest, padding_mode,
                 align_corners, pixel_blocks, tile, out):
@@ -263,6 +283,7 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
                     if want_input:
                         _load_band(flat_grad, plane_start, lo, hi, width, row_stride, g_plane)
                     src, dst, off = plane, g_plane, uint64(0)
+                # one loop per combination of results, each without branches
                 if nearest:
                     if want_input:
                         for t in range(upn):
@@ -271,32 +292,18 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
                     for t in range(upn):
                         q = off + ubase[t]
                         g = flat_go[go + t]
-                        dy, dx = bilinear_coordinate_grads(
-                            src[q], src[q + uint64(1)], src[q + rs],
-                            src[q + rs + uint64(1)], ly[t], lx[t], 1.0)
-                        acc_y[t] += g * dy
-                        acc_x[t] += g * dx
-                        dst[q] += w00[t] * g
-                        dst[q + uint64(1)] += w01[t] * g
-                        dst[q + rs] += w10[t] * g
-                        dst[q + rs + uint64(1)] += w11[t] * g
+                        _add_grid_terms(src, q, rs, ly[t], lx[t], g, acc_y, acc_x, t)
+                        _scatter_corners(dst, q, rs, w00[t], w01[t], w10[t], w11[t], g)
                 elif want_input:
                     for t in range(upn):
                         q = off + ubase[t]
-                        g = flat_go[go + t]
-                        dst[q] += w00[t] * g
-                        dst[q + uint64(1)] += w01[t] * g
-                        dst[q + rs] += w10[t] * g
-                        dst[q + rs + uint64(1)] += w11[t] * g
+                        _scatter_corners(dst, q, rs, w00[t], w01[t], w10[t], w11[t],
+                                         flat_go[go + t])
                 elif grid_terms:
                     for t in range(upn):
                         q = off + ubase[t]
-                        g = flat_go[go + t]
-                        dy, dx = bilinear_coordinate_grads(
-                            src[q], src[q + uint64(1)], src[q + rs],
-                            src[q + rs + uint64(1)], ly[t], lx[t], 1.0)
-                        acc_y[t] += g * dy
-                        acc_x[t] += g * dx
+                        _add_grid_terms(src, q, rs, ly[t], lx[t], flat_go[go + t], acc_y, acc_x,
+                                        t)
                 if want_input and not padded:
                     _store_band(g_plane, lo, hi, width, row_stride, flat_grad, plane_start)
             if grid_terms:
