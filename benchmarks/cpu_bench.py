@@ -75,6 +75,13 @@ def side_by_side(fns, inputs, repeats, pool=None):
     return [None if fn is None else statistics.median(times[id(fn)]) for fn in fns]
 
 
+def _ours_and_peer(ours, peer):
+    """The two callables ``side_by_side`` times for one row: each takes
+    (our arrays, the peer's tensors) and calls its own function on its own."""
+    return [lambda arrays, tensors: ours(*arrays),
+            None if peer is None else (lambda arrays, tensors: peer(*tensors))]
+
+
 def machine():
     """What the numbers depend on: CPU, BLAS library and kernel, and the
     OpenBLAS variables that override the kernel choice."""
@@ -173,14 +180,12 @@ def main():
 
         else:
             tcases, torch_conv, torch_conv_fb = cases, None, None
-        # ours and torch's called in turn, on the same inputs as arrays/tensors
-        both = [(c, t) for c, t in zip(cases, tcases)]
-        pair = lambda ours, peer: [  # noqa: E731
-            (lambda c, t: ours(*c)), None if peer is None else (lambda c, t: peer(*t))]
-        conv_f, peer_f = side_by_side(pair(ours_conv, torch_conv), both, args.repeats,
-                                      pool=("forward", cfg))
-        conv_fb, peer_fb = side_by_side(pair(ours_conv_fb, torch_conv_fb), both, args.repeats,
-                                        pool=("fwd+bwd", cfg))
+        # ours and torch's timed side by side (alternating blocks), same inputs
+        both = list(zip(cases, tcases))
+        conv_f, peer_f = side_by_side(_ours_and_peer(ours_conv, torch_conv), both,
+                                      args.repeats, pool=("forward", cfg))
+        conv_fb, peer_fb = side_by_side(_ours_and_peer(ours_conv_fb, torch_conv_fb), both,
+                                        args.repeats, pool=("fwd+bwd", cfg))
         record("conv2d forward", cfg, conv_f, peer_f, "torch conv2d",
                peak_mib(ours_conv, *cases[0]))
         record("conv2d forward+backward", cfg, conv_fb, peer_fb, "torch conv2d",
@@ -197,13 +202,11 @@ def main():
                 return dc.deform_conv2d_backward(go, x, off, wt, padding=pad, dilation=dil, mask=m)
 
             name = "deform_conv2d v2 (mask)" if masked else "deform_conv2d v1"
-            # the dense peer timed again, in turn with this row
-            dboth = [(d, t) for d, t in zip(dcases, tcases)]
-            dpair = lambda ours, peer: [  # noqa: E731
-                (lambda d, t: ours(*d)), None if peer is None else (lambda d, t: peer(*t))]
-            def_f, dense_f = side_by_side(dpair(ours_deform, torch_conv), dboth, args.repeats,
-                                          pool=("forward", cfg))
-            def_fb, dense_fb = side_by_side(dpair(ours_deform_fb, torch_conv_fb), dboth,
+            # the dense peer timed again, beside this row
+            dboth = list(zip(dcases, tcases))
+            def_f, dense_f = side_by_side(_ours_and_peer(ours_deform, torch_conv), dboth,
+                                          args.repeats, pool=("forward", cfg))
+            def_fb, dense_fb = side_by_side(_ours_and_peer(ours_deform_fb, torch_conv_fb), dboth,
                                             args.repeats, pool=("fwd+bwd", cfg))
             record(f"{name} forward", cfg, def_f, dense_f, "torch conv2d (dense floor)",
                    peak_mib(ours_deform, *dcases[0]))
@@ -255,11 +258,10 @@ def main():
 
         else:
             tg, torch_gs, torch_gs_fb = gcases, None, None
-        gboth = [(c, t) for c, t in zip(gcases, tg)]
-        gpair = lambda ours, peer: [  # noqa: E731
-            (lambda c, t: ours(*c)), None if peer is None else (lambda c, t: peer(*t))]
-        gs_f, peer_f = side_by_side(gpair(ours_gs, torch_gs), gboth, args.repeats)
-        gs_fb, peer_fb = side_by_side(gpair(ours_gs_fb, torch_gs_fb), gboth, args.repeats)
+        gboth = list(zip(gcases, tg))
+        gs_f, peer_f = side_by_side(_ours_and_peer(ours_gs, torch_gs), gboth, args.repeats)
+        gs_fb, peer_fb = side_by_side(_ours_and_peer(ours_gs_fb, torch_gs_fb), gboth,
+                                      args.repeats)
         record("grid_sample forward", cfg, gs_f, peer_f, "torch grid_sample",
                peak_mib(ours_gs, *gcases[0]))
         record("grid_sample forward+backward", cfg, gs_fb, peer_fb, "torch grid_sample",
