@@ -48,6 +48,10 @@ def deform_tap(y, x, height, width, row_stride, one):
     torchvision's forward and input gradient treat -1 as outside; at -1 they
     agree with this rule, since every in-image corner has weight 0.
 
+    Written without branches (selects only), so that a CPU loop over samples
+    vectorises: an outside position is replaced by 0 before anything is
+    formed from it, then its results by the outside values.
+
     Returns
     -------
     base : int
@@ -56,13 +60,14 @@ def deform_tap(y, x, height, width, row_stride, one):
         Fractional position inside the cell (0 when outside).
     inside : bool
     """
-    if y >= -one and y < height and x >= -one and x < width:
-        y0 = math.floor(y)
-        x0 = math.floor(x)
-        base = (int(y0) + PAD_BEFORE) * row_stride + int(x0) + PAD_BEFORE
-        return base, y - y0, x - x0, True
     zero = one - one
-    return 0, zero, zero, False
+    inside = (y >= -one) & (y < height) & (x >= -one) & (x < width)
+    ys = y if inside else zero
+    xs = x if inside else zero
+    y0 = math.floor(ys)
+    x0 = math.floor(xs)
+    base = (int(y0) + PAD_BEFORE) * row_stride + int(x0) + PAD_BEFORE
+    return (base if inside else 0), ys - y0, xs - x0, inside
 
 
 def bilinear_weights(ly, lx, one):

@@ -58,68 +58,101 @@ _W00, _W01, _W10, _W11, _LY, _LX, _MASK = range(7)
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _row_taps(offset, mask, use_mask, n, ho, height, width, row_stride, y_base, x_base, base,
+def _row_taps(offset, mask, use_mask, n, ho, height, width, row_stride, y_base, x_rows, base,
               taps, inside):
     """Cell, corner weights, fractions and mask value of every sample of
     output row ``ho``: for sample ``s = g*K + k`` (offset group ``g``, kernel
     point ``k``) and column ``wo``, ``base[s, wo]``, ``inside[s, wo]`` and
-    ``taps[s, :, wo]`` (rows ``_W00`` .. ``_MASK``).
+    ``taps[s, :, wo]`` (rows ``_W00`` .. ``_MASK``). ``x_rows[j, wo]`` is the
+    undeformed column of kernel column ``j`` (``x_base`` transposed).
 
-    One pass over a row, before the channel loops, with the offsets read
-    along their contiguous last axis: the per-sample maths (in float64, then
-    stored in the input dtype, which keeps the channel loops in float32 for
-    float32 inputs) no longer interleaves with the channel loops. The weights
-    are unmasked: the mask multiplies the finished sample, as torchvision does.
+    One pass over a row, before the channel loops, along the contiguous last
+    axis of the offsets and of every table: the loop over ``wo`` has no
+    branches (``sampling.deform_tap`` selects) and vectorises. The maths runs
+    in float64 and is stored in the input dtype, which keeps the channel
+    loops in float32 for float32 inputs. The weights are unmasked: the mask
+    multiplies the finished sample, as torchvision does.
     """
-    kw = x_base.shape[1]
+    kw = x_rows.shape[0]
     n_k = y_base.shape[1] * kw
     n_s, out_w = base.shape
     for s in range(n_s):
         k = s % n_k
         ki = k // kw
-        kj = k - ki * kw
         y0 = y_base[ho, ki]
         dy = offset[n, 2 * s, ho]
         dx = offset[n, 2 * s + 1, ho]
+        x0 = x_rows[k - ki * kw]
+        cells, ok = base[s], inside[s]
+        t00, t01, t10, t11 = taps[s, _W00], taps[s, _W01], taps[s, _W10], taps[s, _W11]
+        t_ly, t_lx, t_m = taps[s, _LY], taps[s, _LX], taps[s, _MASK]
         for wo in range(out_w):
-            y = y0 + dy[wo]
-            x = x_base[wo, kj] + dx[wo]
-            q, ly, lx, ok = deform_tap(y, x, height, width, row_stride, 1.0)
+            q, ly, lx, is_in = deform_tap(y0 + dy[wo], x0[wo] + dx[wo], height, width,
+                                          row_stride, 1.0)
             w00, w01, w10, w11 = bilinear_weights(ly, lx, 1.0)
-            base[s, wo] = q
-            inside[s, wo] = ok
-            taps[s, _W00, wo] = w00
-            taps[s, _W01, wo] = w01
-            taps[s, _W10, wo] = w10
-            taps[s, _W11, wo] = w11
-            taps[s, _LY, wo] = ly
-            taps[s, _LX, wo] = lx
-            taps[s, _MASK, wo] = mask[n, s, ho, wo] if use_mask else 1.0
+            cells[wo] = q
+            ok[wo] = is_in
+            t00[wo] = w00
+            t01[wo] = w01
+            t10[wo] = w10
+            t11[wo] = w11
+            t_ly[wo] = ly
+            t_lx[wo] = lx
+        if use_mask:
+            m_row = mask[n, s, ho]
+            for wo in range(out_w):
+                t_m[wo] = m_row[wo]
+        else:
+            for wo in range(out_w):
+                t_m[wo] = 1.0
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _corners(n, q, lo, plane, channels, row_stride):
-    """Flat indices, as uint64, of channel ``lo`` of the four corner vectors
-    of the cell at ``q`` in image ``n`` of a (N, plane, C) array.
+def _channel_runs(groups, weight_groups, channels, n_k):
+    """The channel runs of each offset group: the channels one offset group
+    shares with one weight group. Run ``j`` of offset group ``g``
+    (``first[g] <= j < first[g + 1]``) covers channels ``lo[j] : lo[j] +
+    count[j]``, and its column entries for kernel point ``k`` start at
+    ``dst[j] + k * Cw`` (``cols[..., (gw*K + k)*Cw + c - gw*Cw]``, ``Cw`` the
+    channels of a weight group).
 
-    The channel loops index flat arrays with unsigned indices: a signed index
-    costs a wraparound check that blocks vectorisation, and a slice per corner
-    and sample costs Numba reference counting (atomic, and not always pruned
-    in branchy loops: the backward ran 3x slower per sample than the forward)."""
-    i00 = uint64((n * plane + q) * channels + lo)
-    i10 = i00 + uint64(row_stride * channels)
-    return i00, i00 + uint64(channels), i10, i10 + uint64(channels)
+    Formed once per kernel call: the divisions that find the runs would
+    otherwise cost more per sample than its channel loop. ``nested`` says
+    every offset group lies inside one weight group (one run each, run ``g``
+    for group ``g``), the usual case, which the kernels take without a loop
+    over runs."""
+    per_group = channels // groups
+    per_wgroup = channels // weight_groups
+    first = np.zeros(groups + 1, np.int64)
+    lo = np.empty(groups + weight_groups, np.int64)
+    count = np.empty(groups + weight_groups, np.uint64)
+    dst = np.empty(groups + weight_groups, np.int64)
+    j = 0
+    for g in range(groups):
+        first[g] = j
+        for gw in range(g * per_group // per_wgroup, ((g + 1) * per_group - 1) // per_wgroup + 1):
+            start = max(g * per_group, gw * per_wgroup)
+            stop = min((g + 1) * per_group, (gw + 1) * per_wgroup)
+            lo[j] = start
+            count[j] = stop - start
+            dst[j] = gw * (n_k - 1) * per_wgroup + start
+            j += 1
+    first[groups] = j
+    return first, lo, count, dst, per_wgroup, per_wgroup % per_group == 0
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _run(g, gw, k, per_group, per_wgroup, n_k):
-    """The channels ``lo:hi`` shared by offset group ``g`` and weight group
-    ``gw``, and where their column entries for kernel point ``k`` start
-    (``(gw*K + k)*Cg + (lo - gw*Cg)``). Loops then index from 0, which Numba
-    can vectorise (a possibly negative index costs a wraparound check)."""
-    lo = max(g * per_group, gw * per_wgroup)
-    hi = min((g + 1) * per_group, (gw + 1) * per_wgroup)
-    return lo, hi, (gw * (n_k - 1) + k) * per_wgroup + lo
+def _sample_run(flat_cols, o, flat_inp, i00, right, down, count, w00, w01, w10, w11, m):
+    """``count`` column entries from ``o`` on: the masked bilinear samples of
+    the corner vectors at ``i00``, ``+ right``, ``+ down``, ``+ down + right``.
+    Flat arrays and unsigned indices: a signed index costs a wraparound check
+    that blocks vectorisation, and a slice costs Numba reference counting."""
+    i01 = i00 + right
+    i10 = i00 + down
+    i11 = i10 + right
+    for i in range(count):
+        flat_cols[o + i] = m * (w00 * flat_inp[i00 + i] + w01 * flat_inp[i01 + i]
+                                + w10 * flat_inp[i10 + i] + w11 * flat_inp[i11 + i])
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -132,21 +165,21 @@ def deform_im2col(inp, height, width, row_stride, offset, mask, use_mask, n0, r0
     n_k = y_base.shape[1] * x_base.shape[1]
     plane, channels = inp.shape[1], inp.shape[2]
     groups = offset.shape[1] // (2 * n_k)
-    per_group = channels // groups
-    per_wgroup = channels // weight_groups
     out_w = offset.shape[3]
     nb, npix, rows_k = cols.shape
-    rs = row_stride
     flat_inp = inp.reshape(-1)
     flat_cols = cols.reshape(-1)
+    x_rows = np.ascontiguousarray(x_base.T)
     base = np.empty((groups * n_k, out_w), np.int64)
     taps = np.empty((groups * n_k, 7, out_w), cols.dtype)
     inside = np.empty((groups * n_k, out_w), np.bool_)
+    first, lo, count, dst, per_wgroup, nested = _channel_runs(groups, weight_groups, channels, n_k)
+    right, down = uint64(channels), uint64(row_stride * channels)
     for b in range(nb):
         n = n0 + b
         for r in range(npix // out_w):
-            _row_taps(offset, mask, use_mask, n, r0 + r, height, width, rs, y_base, x_base,
-                      base, taps, inside)
+            _row_taps(offset, mask, use_mask, n, r0 + r, height, width, row_stride, y_base,
+                      x_rows, base, taps, inside)
             for wo in range(out_w):
                 row = (b * npix + r * out_w + wo) * rows_k
                 for g in range(groups):
@@ -155,15 +188,47 @@ def deform_im2col(inp, height, width, row_stride, offset, mask, use_mask, n0, r0
                         w00, w01 = taps[s, _W00, wo], taps[s, _W01, wo]
                         w10, w11 = taps[s, _W10, wo], taps[s, _W11, wo]
                         m = taps[s, _MASK, wo]
-                        for gw in range(g * per_group // per_wgroup,
-                                        ((g + 1) * per_group - 1) // per_wgroup + 1):
-                            lo, hi, dst = _run(g, gw, k, per_group, per_wgroup, n_k)
-                            i00, i01, i10, i11 = _corners(b, base[s, wo], lo, plane, channels, rs)
-                            o = uint64(row + dst)
-                            for i in range(uint64(hi - lo)):
-                                flat_cols[o + i] = m * (
-                                    w00 * flat_inp[i00 + i] + w01 * flat_inp[i01 + i]
-                                    + w10 * flat_inp[i10 + i] + w11 * flat_inp[i11 + i])
+                        corner = (b * plane + base[s, wo]) * channels
+                        if nested:
+                            _sample_run(flat_cols, uint64(row + dst[g] + k * per_wgroup),
+                                        flat_inp, uint64(corner + lo[g]), right, down, count[g],
+                                        w00, w01, w10, w11, m)
+                        else:
+                            for j in range(first[g], first[g + 1]):
+                                _sample_run(flat_cols, uint64(row + dst[j] + k * per_wgroup),
+                                            flat_inp, uint64(corner + lo[j]), right, down,
+                                            count[j], w00, w01, w10, w11, m)
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _backward_run(flat_gcols, o, flat_inp, flat_grad, i00, right, down, count, mw00, mw01, mw10,
+                  mw11, ly, lx, m, want_input, want_terms, one, t_dy, t_dx, t_v):
+    """One run of one sample in the backward pass: scatter ``(m * w) * grad``
+    onto the four corner vectors (if ``want_input``), and form the run's
+    per-channel offset and mask terms into ``t_dy``, ``t_dx``, ``t_v`` (if
+    ``want_terms``), with the mask in each term (torchvision's order)."""
+    i01 = i00 + right
+    i10 = i00 + down
+    i11 = i10 + right
+    if want_input:
+        # a loop per corner: one store stream each
+        for i in range(count):
+            flat_grad[i00 + i] += mw00 * flat_gcols[o + i]
+        for i in range(count):
+            flat_grad[i01 + i] += mw01 * flat_gcols[o + i]
+        for i in range(count):
+            flat_grad[i10 + i] += mw10 * flat_gcols[o + i]
+        for i in range(count):
+            flat_grad[i11 + i] += mw11 * flat_gcols[o + i]
+    if want_terms:
+        for i in range(count):
+            a, bq = flat_inp[i00 + i], flat_inp[i01 + i]
+            cq, d = flat_inp[i10 + i], flat_inp[i11 + i]
+            gv = flat_gcols[o + i]
+            dy, dx = bilinear_coordinate_grads(a, bq, cq, d, ly, lx, one)
+            t_dy[i] = (m * dy) * gv
+            t_dx[i] = (m * dx) * gv
+            t_v[i] = gv * bilinear_value(a, bq, cq, d, ly, lx, one)
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -192,30 +257,31 @@ def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use
     n_k = y_base.shape[1] * x_base.shape[1]
     plane, channels = inp.shape[1], inp.shape[2]
     groups = offset.shape[1] // (2 * n_k)
-    per_group = channels // groups
-    per_wgroup = channels // weight_groups
     out_w = offset.shape[3]
     nb, npix, rows_k = grad_cols.shape
-    rs = row_stride
     dtype = grad_cols.dtype
     flat_inp = inp.reshape(-1)
     flat_grad = grad_inp.reshape(-1)
     flat_gcols = grad_cols.reshape(-1)
+    x_rows = np.ascontiguousarray(x_base.T)
     base = np.empty((groups * n_k, out_w), np.int64)
     taps = np.empty((groups * n_k, 7, out_w), dtype)
     inside = np.empty((groups * n_k, out_w), np.bool_)
+    first, lo, count, dst, per_wgroup, _ = _channel_runs(groups, weight_groups, channels, n_k)
+    right, down = uint64(channels), uint64(row_stride * channels)
     one = np.ones(1, dtype)[0]
+    want_terms = want_offset or want_mask
     # per-channel terms of the offset and mask sums, formed in the channel
     # loop with the mask in each term (torchvision's order), then summed by
     # ``_channel_sum``
-    terms = np.empty((3, per_group), dtype)
+    terms = np.empty((3, channels // groups), dtype)
     t_dy, t_dx, t_v = terms[0], terms[1], terms[2]
     for b in range(nb):
         n = n0 + b
         for r in range(npix // out_w):
             ho = r0 + r
-            _row_taps(offset, mask, use_mask, n, ho, height, width, rs, y_base, x_base, base,
-                      taps, inside)
+            _row_taps(offset, mask, use_mask, n, ho, height, width, row_stride, y_base, x_rows,
+                      base, taps, inside)
             for wo in range(out_w):
                 row = (b * npix + r * out_w + wo) * rows_k
                 for g in range(groups):
@@ -225,42 +291,21 @@ def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use
                         acc_dx = 0.0
                         acc_v = 0.0
                         if inside[s, wo]:
-                            w00, w01 = taps[s, _W00, wo], taps[s, _W01, wo]
-                            w10, w11 = taps[s, _W10, wo], taps[s, _W11, wo]
                             ly, lx = taps[s, _LY, wo], taps[s, _LX, wo]
                             m = taps[s, _MASK, wo]
-                            mw00, mw01, mw10, mw11 = m * w00, m * w01, m * w10, m * w11
-                            for gw in range(g * per_group // per_wgroup,
-                                            ((g + 1) * per_group - 1) // per_wgroup + 1):
-                                lo, hi, dst = _run(g, gw, k, per_group, per_wgroup, n_k)
-                                count = uint64(hi - lo)
-                                i00, i01, i10, i11 = _corners(b, base[s, wo], lo, plane,
-                                                              channels, rs)
-                                o = uint64(row + dst)
-                                if want_input:
-                                    # a loop per corner: one store stream each
-                                    for i in range(count):
-                                        flat_grad[i00 + i] += mw00 * flat_gcols[o + i]
-                                    for i in range(count):
-                                        flat_grad[i01 + i] += mw01 * flat_gcols[o + i]
-                                    for i in range(count):
-                                        flat_grad[i10 + i] += mw10 * flat_gcols[o + i]
-                                    for i in range(count):
-                                        flat_grad[i11 + i] += mw11 * flat_gcols[o + i]
-                                if want_offset or want_mask:
-                                    for i in range(count):
-                                        a, bq = flat_inp[i00 + i], flat_inp[i01 + i]
-                                        cq, d = flat_inp[i10 + i], flat_inp[i11 + i]
-                                        gv = flat_gcols[o + i]
-                                        dy, dx = bilinear_coordinate_grads(a, bq, cq, d, ly, lx, one)
-                                        t_dy[i] = (m * dy) * gv
-                                        t_dx[i] = (m * dx) * gv
-                                        t_v[i] = gv * bilinear_value(a, bq, cq, d, ly, lx, one)
-                                    if want_offset:
-                                        acc_dy += _channel_sum(t_dy, count)
-                                        acc_dx += _channel_sum(t_dx, count)
-                                    if want_mask:
-                                        acc_v += _channel_sum(t_v, count)
+                            mw00, mw01 = m * taps[s, _W00, wo], m * taps[s, _W01, wo]
+                            mw10, mw11 = m * taps[s, _W10, wo], m * taps[s, _W11, wo]
+                            corner = (b * plane + base[s, wo]) * channels
+                            for j in range(first[g], first[g + 1]):
+                                _backward_run(flat_gcols, uint64(row + dst[j] + k * per_wgroup),
+                                              flat_inp, flat_grad, uint64(corner + lo[j]), right,
+                                              down, count[j], mw00, mw01, mw10, mw11, ly, lx, m,
+                                              want_input, want_terms, one, t_dy, t_dx, t_v)
+                                if want_offset:
+                                    acc_dy += _channel_sum(t_dy, count[j])
+                                    acc_dx += _channel_sum(t_dx, count[j])
+                                if want_mask:
+                                    acc_v += _channel_sum(t_v, count[j])
                         if want_offset:
                             grad_offset[n, 2 * s, ho, wo] = acc_dy
                             grad_offset[n, 2 * s + 1, ho, wo] = acc_dx
