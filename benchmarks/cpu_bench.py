@@ -289,38 +289,48 @@ def main():
           f"({per_image_mib:.2f} MiB); column scratch stays under "
           f"{dc.config.column_budget_bytes / 2**20:.0f} MiB")
 
-    # The column budget: deform_conv2d v2 forward+backward at several budgets,
+    # The column budget per lane (``config.cpu_lane_column_bytes``):
+    # deform_conv2d v2 forward and forward+backward at several sizes,
     # interleaved round by round so that machine noise hits all alike.
-    budgets = [2, 4, 8, 16, 32]
-    scan = {b: [] for b in budgets}
-    default_budget = dc.config.column_budget_bytes
+    lane_mib = [0.5, 1, 2, 4, 8]
+    scan = {(b, kind): [] for b in lane_mib for kind in ("fwd", "fwd_bwd")}
+    defaults = dc.config.column_budget_bytes, dc.config.cpu_lane_column_bytes
     x, wt = cases[0]
     off = rng.uniform(-2, 2, (n, 2 * k * k, h, w)).astype(dtype)
     m = rng.uniform(0, 1, (n, k * k, h, w)).astype(dtype)
     gout = rng.standard_normal((n, o, h, w)).astype(dtype)
 
-    def deform_fb():
+    def deform_f():
         dc.deform_conv2d(x, off, wt, padding=1, mask=m)
+
+    def deform_fb():
+        deform_f()
         dc.deform_conv2d_backward(gout, x, off, wt, padding=1, mask=m)
 
     deform_fb()
-    for _ in range(args.repeats):
-        for b in budgets:
-            dc.config.column_budget_bytes = b * 2**20
-            t0 = time.perf_counter()
-            deform_fb()
-            scan[b].append((time.perf_counter() - t0) * 1e3)
-    dc.config.column_budget_bytes = default_budget
-    budget_scan = [{"budget_mib": b, "deform_v2_fwd_bwd_ms": round(statistics.median(v), 2)}
-                   for b, v in scan.items()]
-    print("column budget scan (deform_conv2d v2 fwd+bwd, median ms): "
-          + ", ".join(f"{r['budget_mib']} MiB {r['deform_v2_fwd_bwd_ms']}" for r in budget_scan))
+    for rnd in range(args.repeats):
+        for b in (lane_mib if rnd % 2 == 0 else lane_mib[::-1]):
+            dc.config.cpu_lane_column_bytes = int(b * 2**20)
+            dc.config.column_budget_bytes = threads * dc.config.cpu_lane_column_bytes
+            for kind, fn in (("fwd", deform_f), ("fwd_bwd", deform_fb)):
+                t0 = time.perf_counter()
+                fn()
+                scan[b, kind].append((time.perf_counter() - t0) * 1e3)
+    dc.config.column_budget_bytes, dc.config.cpu_lane_column_bytes = defaults
+    budget_scan = [{"lane_mib": b,
+                    "deform_v2_fwd_ms": round(statistics.median(scan[b, "fwd"]), 2),
+                    "deform_v2_fwd_bwd_ms": round(statistics.median(scan[b, "fwd_bwd"]), 2)}
+                   for b in lane_mib]
+    print("column bytes per lane (deform_conv2d v2, median ms fwd / fwd+bwd): "
+          + ", ".join(f"{r['lane_mib']} MiB {r['deform_v2_fwd_ms']} / {r['deform_v2_fwd_bwd_ms']}"
+                      for r in budget_scan))
 
     result = {"machine": machine(), "threads": threads,
               "numpy": np.__version__, "numba": numba.__version__,
               "torch": None if torch is None else torch.__version__, "dtype": "float32",
               "shape": {"N": n, "C": c, "O": o, "H": h, "W": w, "k": k},
-              "repeats": args.repeats, "column_budget_mib": default_budget / 2**20, "rows": rows,
+              "repeats": args.repeats, "column_budget_mib": defaults[0] / 2**20,
+              "lane_column_mib": defaults[1] / 2**20, "rows": rows,
               "memory_scaling": scaling, "budget_scan": budget_scan}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -25,17 +25,19 @@ def plan_chunks(batch, out_h, out_w, bytes_per_pixel, budget):
     """Split (batch, out_h) into chunks whose scratch fits in ``budget`` bytes.
 
     Whole images are grouped while they fit; an image that alone exceeds the
-    budget is split by output rows (at least one row per chunk, so a single
-    row wider than the budget still runs, at its own size).
+    budget is split by output rows into the fewest chunks that fit, of equal
+    heights to within one row (a last chunk of a few rows would run its GEMM
+    at a fraction of the rate of the others), at least one row per chunk, so
+    a single row wider than the budget still runs, at its own size.
     """
     per_row = out_w * bytes_per_pixel
     per_image = out_h * per_row
     if per_image <= budget:
         step = max(1, budget // per_image)
         return [Chunk(n0, min(batch, n0 + step), 0, out_h) for n0 in range(0, batch, step)]
-    rows = max(1, budget // per_row)
-    return [Chunk(n, n + 1, r0, min(out_h, r0 + rows))
-            for n in range(batch) for r0 in range(0, out_h, rows)]
+    count = -(-out_h // max(1, budget // per_row))
+    bounds = [out_h * i // count for i in range(count + 1)]
+    return [Chunk(n, n + 1, r0, r1) for n in range(batch) for r0, r1 in zip(bounds, bounds[1:])]
 
 
 def chunks_for(geom, dtype, buffers, backend):

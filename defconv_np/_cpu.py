@@ -61,8 +61,9 @@ _launch_lock = threading.Lock()
 
 
 def column_budget():
-    """Bytes of column scratch a conv may hold, over all its lanes."""
-    return config.column_budget_bytes
+    """Bytes of column scratch a conv may hold, over all its lanes: the
+    global budget, and at most ``config.cpu_lane_column_bytes`` per lane."""
+    return min(config.column_budget_bytes, column_lanes() * config.cpu_lane_column_bytes)
 
 
 def column_lanes():

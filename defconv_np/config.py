@@ -12,6 +12,13 @@ takes effect on the next call.
 #: 2-core machine with 32 MiB L3 (``budget_scan`` in benchmarks/results/cpu.json).
 column_budget_bytes = 8 * 2**20
 
+#: At most this many bytes of that budget per CPU lane. Columns a lane writes
+#: and its GEMM reads back then stay closer to its core: 2 MiB per lane
+#: (chunks of about 900 pixels at C*K = 576, float32) ran deform_conv2d's
+#: forward 5-8% faster than 4 MiB on 2 lanes and 25% faster than 8 MiB on one
+#: (``benchmarks/cpu_bench.py``'s budget scan; 2-core AMD EPYC, 1 MiB L2 per core).
+cpu_lane_column_bytes = 2 * 2**20
+
 #: The same bound for CuPy arrays. A GPU needs large chunks for cuBLAS to
 #: reach its GEMM rate and to amortise launches; 256 MiB is under half of the
 #: column buffer torchvision holds at (N=16, C=256, 64x64, 3x3) (604 MB).
