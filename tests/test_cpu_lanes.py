@@ -41,6 +41,31 @@ def test_one_lane_and_many_lanes_agree(monkeypatch):
         np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("out_h, rows_fit", [(64, 28), (64, 14), (7, 2), (5, 1), (9, 9), (1, 1)])
+def test_row_chunks_cover_the_image_in_equal_heights(out_h, rows_fit):
+    from defconv_np._columns import plan_chunks
+
+    chunks = plan_chunks(3, out_h, 4, 10, rows_fit * 4 * 10)
+    for n in range(3):
+        mine = [c for c in chunks if c.n0 == n]
+        assert all(c.n1 == n + 1 for c in mine)
+        assert [c.r0 for c in mine] == [0] + [c.r1 for c in mine[:-1]]
+        assert mine[-1].r1 == out_h
+        heights = [c.r1 - c.r0 for c in mine]
+        assert max(heights) <= rows_fit and max(heights) - min(heights) <= 1
+        assert len(mine) == -(-out_h // rows_fit)  # the fewest chunks that fit
+
+
+def test_cpu_column_bytes_per_lane_capped(monkeypatch):
+    from defconv_np import _cpu
+
+    monkeypatch.setattr(dc.config, "column_budget_bytes", 64 * 2**20)
+    monkeypatch.setattr(dc.config, "cpu_lane_column_bytes", 2**20)
+    assert _cpu.column_budget() == _cpu.column_lanes() * 2**20
+    monkeypatch.setattr(dc.config, "column_budget_bytes", 1000)
+    assert _cpu.column_budget() == 1000
+
+
 def test_blas_threads_restored_after_calls_and_errors(monkeypatch):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
