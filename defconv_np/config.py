@@ -8,15 +8,17 @@ takes effect on the next call.
 #: once (the column buffer, and in a backward pass its gradient too). Work is
 #: split over images, and over output rows of one image when a single image
 #: does not fit, so peak extra memory stays bounded for any batch size. On CPU
-#: the budget is shared by the worker lanes. 8 MiB measured fastest on a
-#: 2-core machine with 32 MiB L3 (``budget_scan`` in benchmarks/results/cpu.json).
+#: the budget is shared by the worker lanes, and each lane's share is capped
+#: by ``cpu_lane_column_bytes``.
 column_budget_bytes = 8 * 2**20
 
-#: At most this many bytes of that budget per CPU lane. Columns a lane writes
-#: and its GEMM reads back then stay closer to its core: 2 MiB per lane
-#: (chunks of about 900 pixels at C*K = 576, float32) ran deform_conv2d's
-#: forward 5-8% faster than 4 MiB on 2 lanes and 25% faster than 8 MiB on one
-#: (``benchmarks/cpu_bench.py``'s budget scan; 2-core AMD EPYC, 1 MiB L2 per core).
+#: At most this many bytes of that budget per CPU lane: the columns a lane
+#: writes and its GEMM reads back stay closer to its core. On a 2-core AMD
+#: EPYC (1 MiB L2 per core), deform_conv2d v2 forward / forward+backward at
+#: the benchmark shape took 14.8 / 54.4 ms with 2 MiB, 15.1 / 55.4 with 4 MiB,
+#: 15.8 / 59.6 with 8 MiB and 15.4 / 57.3 with 1 MiB (``budget_scan`` in
+#: benchmarks/results/cpu.json; a run before it: 17.1 / 64.2 against
+#: 19.4 / 72.3 and 19.7 / 72.0).
 cpu_lane_column_bytes = 2 * 2**20
 
 #: The same bound for CuPy arrays. A GPU needs large chunks for cuBLAS to
