@@ -41,11 +41,14 @@ def test_one_lane_and_many_lanes_agree(monkeypatch):
         np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("out_h, rows_fit", [(64, 28), (64, 14), (7, 2), (5, 1), (9, 9), (1, 1)])
+@pytest.mark.parametrize("out_h, rows_fit", [(64, 28), (64, 14), (7, 2), (5, 1), (9, 8), (2, 1),
+                                             (3, 0)])
 def test_row_chunks_cover_the_image_in_equal_heights(out_h, rows_fit):
     from defconv_np._columns import plan_chunks
 
-    chunks = plan_chunks(3, out_h, 4, 10, rows_fit * 4 * 10)
+    # rows_fit 0: a budget under one row still runs, a row per chunk
+    chunks = plan_chunks(3, out_h, 4, 10, rows_fit * 4 * 10 or 25)
+    rows_fit = max(1, rows_fit)
     for n in range(3):
         mine = [c for c in chunks if c.n0 == n]
         assert all(c.n1 == n + 1 for c in mine)
@@ -59,9 +62,10 @@ def test_row_chunks_cover_the_image_in_equal_heights(out_h, rows_fit):
 def test_cpu_column_bytes_per_lane_capped(monkeypatch):
     from defconv_np import _cpu
 
-    monkeypatch.setattr(dc.config, "column_budget_bytes", 64 * 2**20)
+    lanes = _cpu.column_lanes()
+    monkeypatch.setattr(dc.config, "column_budget_bytes", 4 * lanes * 2**20)
     monkeypatch.setattr(dc.config, "cpu_lane_column_bytes", 2**20)
-    assert _cpu.column_budget() == _cpu.column_lanes() * 2**20
+    assert _cpu.column_budget() == lanes * 2**20
     monkeypatch.setattr(dc.config, "column_budget_bytes", 1000)
     assert _cpu.column_budget() == 1000
 
