@@ -325,10 +325,6 @@ def kernel_operand(array):
     return array if array.flags.writeable else array.copy()
 
 
-
-
-
-
 def work_blocks(work_items, limit):
     """Blocks to split each of ``work_items`` into (at most ``limit``), so that
     every Numba thread gets ``config.cpu_items_per_thread`` items."""

@@ -20,22 +20,23 @@ pixels as its long, row-major side, which OpenBLAS runs fastest (see
 from numba import njit, uint64
 
 
-@njit(cache=True, nogil=True)
-def im2col_channels_last(inp, n0, r0, out_w, kernel, stride, dilation, weight_groups, cols):
-    """Fill pixels-first ``cols`` (nb, rows*Wo, C*K) from the channels-last
-    padded ``inp`` (N, Hp, Wp, C): ``cols[b, p, (gw*K + k)*Cg + cg]`` is
-    channel ``gw*Cg + cg`` of the tap ``k`` of pixel ``p`` (``_columns.PixelsFirst``).
+@njit(inline="always", cache=True, nogil=True)
+def _tap_copies(image, n0, r0, out_w, kernel, stride, dilation, weight_groups, cols, scatter):
+    """The loop nest both kernels share: every tap of every chunk pixel, a
+    contiguous channel vector of ``image`` (N, Hp, Wp, C) against its place in
+    ``cols`` (nb, rows*Wo, C*K). Copies image -> cols, or with ``scatter``
+    (a literal, so each kernel compiles one branch) adds cols onto the image.
 
-    Each tap copies contiguous channel vectors; flat unsigned indices keep
-    the copies free of wraparound checks and per-tap slices."""
+    Flat unsigned indices keep the copies free of wraparound checks and
+    per-tap slices."""
     kh, kw = kernel
     sh, sw = stride
     dh, dw = dilation
-    _, height_p, width_p, channels = inp.shape
+    _, height_p, width_p, channels = image.shape
     n_k = kh * kw
     per_group = channels // weight_groups
     nb, npix, rows_k = cols.shape
-    flat_inp = inp.reshape(-1)
+    flat_image = image.reshape(-1)
     flat_cols = cols.reshape(-1)
     count = uint64(per_group)
     for b in range(nb):
@@ -47,12 +48,24 @@ def im2col_channels_last(inp, n0, r0, out_w, kernel, stride, dilation, weight_gr
             for i in range(kh):
                 y = (r0 + r) * sh + i * dh
                 for j in range(kw):
-                    src = ((n * height_p + y) * width_p + wo * sw + j * dw) * channels
+                    at = ((n * height_p + y) * width_p + wo * sw + j * dw) * channels
                     for gw in range(weight_groups):
-                        s = uint64(src + gw * per_group)
+                        e = uint64(at + gw * per_group)
                         d = uint64(row * rows_k + (gw * n_k + i * kw + j) * per_group)
-                        for c in range(count):
-                            flat_cols[d + c] = flat_inp[s + c]
+                        if scatter:
+                            for c in range(count):
+                                flat_image[e + c] += flat_cols[d + c]
+                        else:
+                            for c in range(count):
+                                flat_cols[d + c] = flat_image[e + c]
+
+
+@njit(cache=True, nogil=True)
+def im2col_channels_last(inp, n0, r0, out_w, kernel, stride, dilation, weight_groups, cols):
+    """Fill pixels-first ``cols`` (nb, rows*Wo, C*K) from the channels-last
+    padded ``inp`` (N, Hp, Wp, C): ``cols[b, p, (gw*K + k)*Cg + cg]`` is
+    channel ``gw*Cg + cg`` of the tap ``k`` of pixel ``p`` (``_columns.PixelsFirst``)."""
+    _tap_copies(inp, n0, r0, out_w, kernel, stride, dilation, weight_groups, cols, False)
 
 
 @njit(cache=True, nogil=True)
@@ -62,28 +75,5 @@ def col2im_channels_last(grad_cols, n0, r0, out_w, kernel, stride, dilation, wei
     channels-last padded ``grad_inp`` (N, Hp, Wp, C): the adjoint of
     ``im2col_channels_last``. Serial within a chunk, in a fixed order, so the
     sums do not depend on scheduling."""
-    kh, kw = kernel
-    sh, sw = stride
-    dh, dw = dilation
-    _, height_p, width_p, channels = grad_inp.shape
-    n_k = kh * kw
-    per_group = channels // weight_groups
-    nb, npix, rows_k = grad_cols.shape
-    flat_grad = grad_inp.reshape(-1)
-    flat_cols = grad_cols.reshape(-1)
-    count = uint64(per_group)
-    for b in range(nb):
-        n = n0 + b
-        for p in range(npix):
-            r = p // out_w
-            wo = p - r * out_w
-            row = b * npix + p
-            for i in range(kh):
-                y = (r0 + r) * sh + i * dh
-                for j in range(kw):
-                    dst = ((n * height_p + y) * width_p + wo * sw + j * dw) * channels
-                    for gw in range(weight_groups):
-                        d = uint64(dst + gw * per_group)
-                        s = uint64(row * rows_k + (gw * n_k + i * kw + j) * per_group)
-                        for c in range(count):
-                            flat_grad[d + c] += flat_cols[s + c]
+    _tap_copies(grad_inp, n0, r0, out_w, kernel, stride, dilation, weight_groups, grad_cols,
+                True)
