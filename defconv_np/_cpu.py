@@ -489,3 +489,4 @@ class GridSampler:
 
 from ._cpu_active import ActiveColumns  # noqa: E402,F401  (imports this module's run_chunks)
 from ._cpu_volume import BicubicSampler, VolumeSampler  # noqa: E402,F401  (imports this module)
+from ._cpu_conv import implicit_conv2d_backward, implicit_conv2d_forward  # noqa: E402,F401

@@ -21,6 +21,18 @@ column_budget_bytes = 8 * 2**20
 #: 19.4 / 72.3 and 19.7 / 72.0).
 cpu_lane_column_bytes = 2 * 2**20
 
+#: Bytes of the band (padded input rows) and result a CPU lane holds at once
+#: in conv2d's implicit-GEMM path (stride 1, ``_cpu_conv``); an image whose
+#: band does not fit is split by output rows. conv2d forward at the benchmark
+#: shape (N=8, C=O=64, 64x64, 3x3, 2 lanes, Intel Xeon with 2 MiB L2 per
+#: core) took 12.2 / 11.5 / 11.3 / 11.2 / 11.1 ms with 1 / 2 / 4 / 8 / 16 MiB:
+#: fewer, longer GEMMs run faster, and 4 MiB holds one such image.
+cpu_conv_band_bytes = 4 * 2**20
+#: Narrowest group (input and output channels per group) conv2d runs as
+#: implicit GEMMs on CPU: each BLAS call costs microseconds of set-up, and
+#: kh*kw*groups of them per band cost more than the column copy they save
+#: when groups are thin (depthwise convs). Thinner groups take the column path.
+cpu_implicit_conv_min_channels = 16
 #: The same bound for CuPy arrays. A GPU needs large chunks for cuBLAS to
 #: reach its GEMM rate and to amortise launches; 256 MiB is under half of the
 #: column buffer torchvision holds at (N=16, C=256, 64x64, 3x3) (604 MB).

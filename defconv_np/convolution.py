@@ -67,10 +67,12 @@ def conv2d(input: Array, weight: Array, bias: Optional[Array] = None, stride: In
     check_padded_input(geom, dtype.itemsize)
     out = xp.empty(geom.out_shape, dtype)
     backend = launchers(xp)
-    chunks = _columns.chunks_for(geom, dtype, buffers=1, backend=backend)
-    columns = backend.DenseColumns(input, geom.kernel, geom.stride, geom.padding, geom.dilation,
-                                   geom.out_w, geom.groups)
-    _columns.forward(xp, out, weight, geom.groups, chunks, columns)
+    implicit = getattr(backend, "implicit_conv2d_forward", None)
+    if implicit is None or not implicit(input, weight, geom, out):
+        chunks = _columns.chunks_for(geom, dtype, buffers=1, backend=backend)
+        columns = backend.DenseColumns(input, geom.kernel, geom.stride, geom.padding,
+                                       geom.dilation, geom.out_w, geom.groups)
+        _columns.forward(xp, out, weight, geom.groups, chunks, columns)
     if bias is not None:
         out += bias.reshape(1, -1, 1, 1)
     return out
@@ -124,7 +126,12 @@ def conv2d_backward(grad_output: Array, input: Array, weight: Array, stride: Int
     grad_input = grad_weight = None
     backend = launchers(xp)
     chunks = _columns.chunks_for(geom, dtype, buffers=want_input + want_weight, backend=backend)
-    if want_input or want_weight:
+    implicit = getattr(backend, "implicit_conv2d_backward", None)
+    grads = None if implicit is None else implicit(grad_output, input, weight, geom,
+                                                   want_input, want_weight)
+    if grads is not None:
+        grad_input, grad_weight = grads
+    elif want_input or want_weight:
         # an empty batch has no chunks and comes out as zero gradients
         columns = backend.DenseColumns(input, geom.kernel, geom.stride, geom.padding,
                                        geom.dilation, geom.out_w, geom.groups)

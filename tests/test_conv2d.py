@@ -9,10 +9,27 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import defconv_np as dc
+from defconv_np import _cpu_blas, _cpu_conv
+from defconv_np._geometry import conv_geometry
 from tests.naive import assert_close, assert_same_up_to_summation_order, conv_output_size, naive_conv2d, pair
 from tests.strategies import FLOAT64_ONLY, conv2d_problems, layout_variants, numpy_generators
 
 ALL_GRADS = ("input", "weight", "bias")
+
+
+@pytest.fixture(autouse=True, scope="module", params=["implicit", "columns"])
+def cpu_conv_path(request):
+    """Every test here runs on both CPU paths of conv2d: stride-1 convs as
+    implicit GEMMs (forced for any group width, and through bands of a few
+    rows), and everything through the column path, as where NumPy's CBLAS
+    is not found."""
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "implicit":
+            patch.setattr(dc.config, "cpu_implicit_conv_min_channels", 1)
+            patch.setattr(dc.config, "cpu_conv_band_bytes", 512)
+        else:
+            patch.setattr(_cpu_conv, "gemm", lambda dtype: None)
+        yield request.param
 
 
 def scipy_conv2d(input, weight, bias, stride, padding, dilation, groups):
@@ -207,3 +224,24 @@ def test_unusual_layouts_give_the_same_results():
         assert_same_up_to_summation_order(dc.conv2d(vx, vw, None, **kwargs), out)
         for name, got, want in zip(ALL_GRADS, dc.conv2d_backward(vgo, vx, vw, **kwargs), grads):
             assert_same_up_to_summation_order(got, want, err_msg=name)
+
+
+
+def test_implicit_path_taken_where_it_applies(cpu_conv_path):
+    """NumPy's wheels ship a CBLAS the implicit path can call: it runs stride-1
+    convs (writing the conv's result) and declines strided ones, and declines
+    everything where that CBLAS is not found (the column path then runs)."""
+    assert _cpu_blas.gemm(np.float32) is not None and _cpu_blas.gemm(np.float64) is not None
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (2, 6, 7, 9))
+    w = rng.uniform(-1, 1, (4, 3, 3, 2))
+    for stride in (1, 2):
+        geom = conv_geometry(x, w, None, pair(stride), (1, 0), (1, 1), 2)
+        out = np.full(geom.out_shape, np.nan)
+        taken = _cpu_conv.implicit_conv2d_forward(x, w, geom, out)
+        assert taken == (cpu_conv_path == "implicit" and stride == 1)
+        if taken:
+            expected = naive_conv2d(x, w, None, stride, (1, 0), 1, 2)
+            assert_close(out, expected, dtype=np.float64)
+        else:
+            assert np.isnan(out).all()

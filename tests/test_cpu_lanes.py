@@ -21,8 +21,13 @@ def _case(seed=0):
 
 
 def _all_results(x, off, w, go):
-    return [dc.conv2d(x, w, padding=1), *dc.conv2d_backward(go, x, w, padding=1),
-            dc.deform_conv2d(x, off, w, padding=1),
+    """Every lane-run op: conv2d on its column path (4 channels), then on its
+    implicit-GEMM path, and deform_conv2d."""
+    dense = [dc.conv2d(x, w, padding=1), *dc.conv2d_backward(go, x, w, padding=1)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dc.config, "cpu_implicit_conv_min_channels", 1)
+        implicit = [dc.conv2d(x, w, padding=1), *dc.conv2d_backward(go, x, w, padding=1)]
+    return [*dense, *implicit, dc.deform_conv2d(x, off, w, padding=1),
             *[g for g in dc.deform_conv2d_backward(go, x, off, w, padding=1) if g is not None]]
 
 
@@ -30,6 +35,7 @@ def test_one_lane_and_many_lanes_agree(monkeypatch):
     args = _case()
     many = _all_results(*args)
     monkeypatch.setattr(dc.config, "column_budget_bytes", 3000)  # row chunks too
+    monkeypatch.setattr(dc.config, "cpu_conv_band_bytes", 600)
     chunked = _all_results(*args)
     numba.set_num_threads(1)
     try:

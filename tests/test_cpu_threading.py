@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import defconv_np as dc
-from defconv_np import _cpu
+from defconv_np import _cpu, _cpu_conv
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="fork and the threading "
                                 "layers are exercised on Linux only")
@@ -145,6 +145,8 @@ FORK_PRELUDE = """
     import numpy as np
     import defconv_np as dc
 
+    # conv2d on its implicit-GEMM path (CBLAS calls) even with 4 channels
+    dc.config.cpu_implicit_conv_min_channels = 1
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 4, 12, 11))
     off = rng.uniform(-2, 2, (4, 18, 12, 11))
@@ -265,8 +267,9 @@ def test_fork_while_another_thread_is_in_grid_sample(layer):
 # -- 4. single-threaded BLAS in the lanes, whatever thread calls --------------
 
 def _lane_blas_threads(monkeypatch):
-    """Record the BLAS thread counts seen inside the deformable kernels, which
-    run on the lanes between the lanes' GEMMs."""
+    """Record the BLAS thread counts seen inside the deformable kernels and
+    the implicit-GEMM conv's band copies, which run on the lanes between the
+    lanes' GEMMs."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     blas = threadpoolctl.ThreadpoolController().select(user_api="blas")
     seen = []
@@ -281,12 +284,15 @@ def _lane_blas_threads(monkeypatch):
                         recording(_cpu.deform_kernels.deform_im2col))
     monkeypatch.setattr(_cpu.deform_kernels, "deform_backward",
                         recording(_cpu.deform_kernels.deform_backward))
+    monkeypatch.setattr(_cpu_conv.layout_kernels, "padded_rows",
+                        recording(_cpu_conv.layout_kernels.padded_rows))
     return seen
 
 
 def test_lanes_use_one_blas_thread_from_any_calling_thread(monkeypatch):
-    """float32 deform_conv2d forward and backward, with GEMMs big enough for
-    BLAS to use threads: bitwise the same from the main thread and from another
+    """float32 deform_conv2d and conv2d (its implicit GEMMs, called through
+    CBLAS) forward and backward, with GEMMs big enough for BLAS to use
+    threads: bitwise the same from the main thread and from another
     thread, and BLAS on one thread inside the lanes either way."""
     if _cpu.column_lanes() < 2:
         pytest.skip("needs two or more Numba threads for the lanes")
@@ -299,7 +305,9 @@ def test_lanes_use_one_blas_thread_from_any_calling_thread(monkeypatch):
     def forward_backward():
         return [dc.deform_conv2d(x, off, w, padding=1),
                 *[g for g in dc.deform_conv2d_backward(go, x, off, w, padding=1)
-                  if g is not None]]
+                  if g is not None],
+                dc.conv2d(x, w, padding=1),
+                *dc.conv2d_backward(go, x, w, padding=1, needs=("input", "weight"))[:2]]
 
     seen = _lane_blas_threads(monkeypatch)
     on_main = forward_backward()

@@ -88,3 +88,40 @@ def store_transposed(prod, out):
                     dst = out[b, g * og + o, r]
                     for wo in range(out_w):
                         dst[wo] = block[wo, o]
+
+
+@njit(cache=True, nogil=True)
+def padded_rows(image, y0, left, slab):
+    """``slab[c, s, left + x] = image[c, y0 + s, x]`` (C, rows, Wp) where that
+    row exists, zero elsewhere: a band of an NCHW image padded by zeros
+    (rows above ``y0 = 0`` or past the last row, and ``left`` columns on the
+    left, the rest on the right)."""
+    channels, height, width = image.shape
+    rows, width_p = slab.shape[1], slab.shape[2]
+    for c in range(channels):
+        for s in range(rows):
+            dst = slab[c, s]
+            y = y0 + s
+            if y < 0 or y >= height:
+                dst[:] = 0
+                continue
+            src = image[c, y]
+            dst[:left] = 0
+            for x in range(width):
+                dst[left + x] = src[x]
+            dst[left + width:] = 0
+
+
+@njit(cache=True, nogil=True)
+def add_padded_rows(slab, y0, left, image):
+    """``image[c, y0 + s, x] += slab[c, s, left + x]`` for the rows of ``image``
+    (C, H, W) that exist: the adjoint of ``padded_rows``."""
+    channels, height, width = image.shape
+    for c in range(channels):
+        for s in range(slab.shape[1]):
+            y = y0 + s
+            if 0 <= y < height:
+                src = slab[c, s]
+                dst = image[c, y]
+                for x in range(width):
+                    dst[x] += src[left + x]
