@@ -151,14 +151,16 @@ def _gemm_for(input, weight, geom):
     return fn
 
 
-def implicit_conv2d_forward(input, weight, geom, out):
-    """Write conv2d of ``input`` by ``weight`` (no bias) into ``out`` as
-    implicit GEMMs and return True, or return False (nothing written) where
-    this path does not apply."""
+def implicit_conv2d_forward(input, weight, bias, geom, out):
+    """Write conv2d of ``input`` by ``weight`` plus ``bias`` (or None) into
+    ``out`` as implicit GEMMs and return True, or return False (nothing
+    written) where this path does not apply. The bias is added as the result
+    is copied out, not in a pass of its own."""
     fn = _gemm_for(input, weight, geom)
     if fn is None:
         return False
     bands = _Bands(input, weight, geom, fn)
+    bias = None if bias is None else np.asarray(bias).reshape(-1, 1, 1)
 
     def work(chunk, state):
         rows = chunk.r1 - chunk.r0
@@ -166,8 +168,11 @@ def implicit_conv2d_forward(input, weight, geom, out):
         for n in range(chunk.n0, chunk.n1):
             bands.load(n, chunk, band)
             bands.forward(band, result, rows)
-            out[n, :, chunk.r0:chunk.r1, :] = result.reshape(
-                bands.out_ch, rows, bands.width_p)[:, :, :bands.out_w]
+            rows_out = result.reshape(bands.out_ch, rows, bands.width_p)[:, :, :bands.out_w]
+            if bias is None:
+                out[n, :, chunk.r0:chunk.r1, :] = rows_out
+            else:
+                np.add(rows_out, bias, out=out[n, :, chunk.r0:chunk.r1, :])
 
     _cpu.run_chunks(bands.chunks, work, bands.new_state)
     return True

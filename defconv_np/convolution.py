@@ -68,13 +68,13 @@ def conv2d(input: Array, weight: Array, bias: Optional[Array] = None, stride: In
     out = xp.empty(geom.out_shape, dtype)
     backend = launchers(xp)
     implicit = getattr(backend, "implicit_conv2d_forward", None)
-    if implicit is None or not implicit(input, weight, geom, out):
+    if implicit is None or not implicit(input, weight, bias, geom, out):
         chunks = _columns.chunks_for(geom, dtype, buffers=1, backend=backend)
         columns = backend.DenseColumns(input, geom.kernel, geom.stride, geom.padding,
                                        geom.dilation, geom.out_w, geom.groups)
         _columns.forward(xp, out, weight, geom.groups, chunks, columns)
-    if bias is not None:
-        out += bias.reshape(1, -1, 1, 1)
+        if bias is not None:
+            out += bias.reshape(1, -1, 1, 1)
     return out
 
 

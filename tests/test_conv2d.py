@@ -238,10 +238,11 @@ def test_implicit_path_taken_where_it_applies(cpu_conv_path):
     for stride in (1, 2):
         geom = conv_geometry(x, w, None, pair(stride), (1, 0), (1, 1), 2)
         out = np.full(geom.out_shape, np.nan)
-        taken = _cpu_conv.implicit_conv2d_forward(x, w, geom, out)
+        bias = rng.uniform(-1, 1, 4)
+        taken = _cpu_conv.implicit_conv2d_forward(x, w, bias, geom, out)
         assert taken == (cpu_conv_path == "implicit" and stride == 1)
         if taken:
-            expected = naive_conv2d(x, w, None, stride, (1, 0), 1, 2)
+            expected = naive_conv2d(x, w, bias, stride, (1, 0), 1, 2)
             assert_close(out, expected, dtype=np.float64)
         else:
             assert np.isnan(out).all()
