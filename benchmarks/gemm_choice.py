@@ -11,11 +11,14 @@ The CPU convs multiply pixels-first column tiles (P x C*K) by the weight
 * SciPy's ``sgemm`` wrapper (SciPy's own OpenBLAS build), if installed;
 * BLIS through the ``blis`` package (cython-blis), if installed;
 * ``torch.mm`` (oneDNN/MKL-style kernels), if installed, as a reference only:
-  the library does not depend on torch.
+  the library does not depend on torch;
+* MKL's ``cblas_sgemm`` (sequential), if the ``mkl`` wheel is installed in
+  this environment (about 1.1 GB with its dependencies: a reference, not a
+  dependency).
 
 Run:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/gemm_choice.py
 (the workplace's OPENBLAS_CORETYPE=Haswell selects a slower kernel than a
-user's machine gets). Writes benchmarks/results/gemm_choice.json.
+user's machine gets). Writes benchmarks/results/gemm_choice.json (or --out).
 """
 
 import json
@@ -39,7 +42,32 @@ def gflops(fn, flop, repeats=40):
     return round(best * 1e3, 4), round(flop / best / 1e9, 1)
 
 
+def _mkl_sgemm():
+    """MKL's ``cblas_sgemm`` (LP64) from the ``mkl`` wheel's ``libmkl_rt``
+    in this environment, set to run sequentially, or None if not installed."""
+    import ctypes
+    import glob
+    import sys
+
+    paths = glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*"))
+    if not paths:
+        return None
+    lib = ctypes.CDLL(paths[0])
+    lib.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
+    lib.MKL_Set_Threading_Layer(1)  # MKL_THREADING_SEQUENTIAL
+    fn = lib.cblas_sgemm
+    i, p = ctypes.c_int, ctypes.c_void_p
+    fn.argtypes = [i, i, i, i, i, i, ctypes.c_float, p, i, p, i, ctypes.c_float, p, i]
+    return fn
+
+
 def main():
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                      "gemm_choice.json"))
+    args = parser.parse_args()
     limits = threadpoolctl.threadpool_limits(1)
     rng = np.random.default_rng(0)
     rows_k, out_ch = 576, 64
@@ -62,6 +90,7 @@ def main():
         optional["torch"] = torch
     except ImportError:
         pass
+    mkl_sgemm = _mkl_sgemm()
     for npix in (896, 1792, 4096):
         cols = rng.standard_normal((npix, rows_k)).astype(np.float32)
         go = rng.standard_normal((out_ch, npix)).astype(np.float32)
@@ -83,6 +112,11 @@ def main():
         if "torch" in optional:
             tc, tw = optional["torch"].from_numpy(cols), optional["torch"].from_numpy(w)
             rows["torch.mm cols @ w.T (reference)"] = lambda: tc @ tw.T
+        if mkl_sgemm is not None:
+            out_mkl = np.empty((npix, out_ch), np.float32)
+            rows["mkl cblas_sgemm cols @ w.T (sequential)"] = lambda: mkl_sgemm(
+                101, 111, 112, npix, out_ch, rows_k, 1.0, cols.ctypes.data, rows_k,
+                w.ctypes.data, rows_k, 0.0, out_mkl.ctypes.data, out_ch)
         for name, fn in rows.items():
             ms, rate = gflops(fn, flop)
             results.append({"pixels": npix, "gemm": name, "ms": ms, "gflops": rate})
@@ -93,7 +127,7 @@ def main():
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     print("BLAS:", blas)
     print("environment:", env)
-    out = os.path.join(os.path.dirname(__file__), "results", "gemm_choice.json")
+    out = args.out
     with open(out, "w") as f:
         json.dump({"machine": platform.machine(), "cpu": _cpu_name(), "threads": 1,
                    "dtype": "float32", "K": rows_k, "O": out_ch, "blas": blas,
