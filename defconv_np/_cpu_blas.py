@@ -10,8 +10,9 @@ Only interfaces whose integer width is known are used: the 64-bit-integer
 builds NumPy's wheels ship (symbols ``scipy_cblas_sgemm64_``, or
 ``cblas_sgemm64_`` in older wheels), and plain ``cblas_sgemm`` of an OpenBLAS
 whose configuration string says whether it was built with 64-bit integers.
-Anything else (an unknown BLAS, a NumPy built against Accelerate) makes
-``gemm`` return None, and the callers use ``numpy.matmul`` instead.
+Anything else (an unknown BLAS, a NumPy built against Accelerate or a
+system OpenBLAS outside NumPy's folders) makes ``gemm`` return None, and the
+callers take their ``numpy.matmul`` (column) path instead.
 """
 
 import ctypes
@@ -26,17 +27,25 @@ _lock = threading.Lock()
 _found = None  # (library path, {dtype char: function}) once looked up
 
 
+def _after_fork_in_child():
+    global _lock
+    _lock = threading.Lock()  # a parent thread may have held it mid-lookup
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _numpy_blas_path():
     """File path of the BLAS library NumPy's ``matmul`` calls, or None."""
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:
         return None
-    np_dir = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+    site = os.path.dirname(os.path.dirname(os.path.realpath(np.__file__)))
+    homes = [os.path.join(site, "numpy") + os.sep, os.path.join(site, "numpy.libs") + os.sep]
     for lib in ThreadpoolController().lib_controllers:
-        path = getattr(lib, "filepath", None) or ""
-        if lib.user_api == "blas" and os.path.abspath(path).startswith(
-                os.path.join(np_dir, "numpy")):
+        path = os.path.realpath(getattr(lib, "filepath", None) or "")
+        if lib.user_api == "blas" and any(path.startswith(home) for home in homes):
             return path
     return None
 
@@ -54,8 +63,8 @@ def _bind(lib, name, int_type, real_type):
 
 def _lookup(path):
     lib = ctypes.CDLL(path)
-    functions = {}
     for prefix in ("scipy_cblas_", "cblas_"):
+        functions = {}
         for char, real in (("f", ctypes.c_float), ("d", ctypes.c_double)):
             name = prefix + {"f": "s", "d": "d"}[char] + "gemm64_"
             fn = _bind(lib, name, ctypes.c_int64, real)
@@ -63,6 +72,7 @@ def _lookup(path):
                 functions[char] = fn
         if len(functions) == 2:
             return functions
+    functions = {}
     config = getattr(lib, "openblas_get_config", None) or getattr(
         lib, "openblas_get_config64_", None)
     if config is None:

@@ -21,7 +21,8 @@ gradient never exists either.
 The GEMMs go straight to the CBLAS of NumPy's own BLAS (``_cpu_blas``):
 ``numpy.matmul`` can neither accumulate nor start a matrix at an arbitrary
 element. Where that interface is not found, or groups are too narrow for
-GEMMs to pay, the entry points return False and the column path runs.
+GEMMs to pay, the entry points decline (False, None) and the column path
+runs.
 """
 
 import numpy as np
@@ -29,6 +30,7 @@ import numpy as np
 from . import _columns, config
 from ._cpu_blas import NO_TRANS, ROW_MAJOR, TRANS, fits, gemm
 from .kernels.cpu import layout as layout_kernels
+
 
 class _Bands:
     """Geometry of one implicit-GEMM conv: bands of output rows, the padded
@@ -79,13 +81,16 @@ class _Bands:
         size = self.out_ch * (chunk.r1 - chunk.r0) * self.width_p
         return state["result"][:size].reshape(self.out_ch, -1)
 
-    def load(self, n, chunk, band):
+    def load(self, n, chunk, band, check=False):
         """Fill ``band`` with the padded input rows that output rows
-        ``chunk.r0:chunk.r1`` of image ``n`` read."""
-        layout_kernels.padded_rows(self.input[n], chunk.r0 - self.pad_h, self.pad_w, band)
+        ``chunk.r0:chunk.r1`` of image ``n`` read; with ``check``, return
+        whether they are all finite."""
+        return layout_kernels.padded_rows(self.input[n], chunk.r0 - self.pad_h, self.pad_w,
+                                          band, check)
 
     def forward(self, band, result, rows):
-        """``result`` (O, rows*Wp) = the conv of ``band`` (nine GEMMs per group)."""
+        """``result`` (O, rows*Wp) = the conv of ``band`` (kh*kw GEMMs per group;
+        the unused columns are dropped, whatever they hold)."""
         isz, cg, og = self.itemsize, self.per_group, self.out_per_group
         m = self.result_width(rows)
         ld_band, ld_result = band.strides[0] // isz, result.strides[0] // isz
@@ -97,7 +102,6 @@ class _Bands:
                         b_base + (g * cg * ld_band + shift) * isz, ld_band,
                         0.0 if t == 0 else 1.0, c_base + g * og * ld_result * isz, ld_result)
 
-
     def grad_rows(self, grad_output, n, chunk, grad):
         """``grad_output`` rows ``chunk.r0:chunk.r1`` of image ``n`` as a result
         (O, rows*Wp), into ``grad``: the unused columns zero, so they add nothing."""
@@ -107,33 +111,45 @@ class _Bands:
         shaped[:, :, self.out_w:] = 0
         return grad
 
-    def weight_grad(self, band, grad, grad_weight):
+    def segments(self, rows, exact):
+        """(first column, columns) of the result spans the backward GEMMs run
+        over: all ``rows`` rows at once, unused columns included (they hold
+        zeros there), or with ``exact``, row by row without them. The unused
+        columns meet input values (weight gradient) and weights (input
+        gradient) that no tap of theirs reads, and ``0 * inf`` would turn
+        those into NaN: a band holding a non-finite input, or a non-finite
+        weight, is run row by row, as the column path would sum it."""
+        if exact:
+            return [(r * self.width_p, self.out_w) for r in range(rows)]
+        return [(0, self.result_width(rows))]
+
+    def weight_grad(self, band, grad, grad_weight, exact):
         """``grad_weight[t]`` += ``grad @ window_t(band)^T`` per group."""
         isz, cg, og = self.itemsize, self.per_group, self.out_per_group
-        m = self.result_width(grad.shape[1] // self.width_p)
         ld_band, ld_grad = band.strides[0] // isz, grad.strides[0] // isz
         b_base, g_base, w_base = band.ctypes.data, grad.ctypes.data, grad_weight.ctypes.data
-        for g in range(self.groups):
-            for t, shift in enumerate(self.taps):
-                self.fn(ROW_MAJOR, NO_TRANS, TRANS, og, cg, m, 1.0,
-                        g_base + g * og * ld_grad * isz, ld_grad,
-                        b_base + (g * cg * ld_band + shift) * isz, ld_band,
-                        1.0, w_base + (t * self.out_ch + g * og) * cg * isz, cg)
+        for first, m in self.segments(grad.shape[1] // self.width_p, exact):
+            for g in range(self.groups):
+                for t, shift in enumerate(self.taps):
+                    self.fn(ROW_MAJOR, NO_TRANS, TRANS, og, cg, m, 1.0,
+                            g_base + (g * og * ld_grad + first) * isz, ld_grad,
+                            b_base + (g * cg * ld_band + shift + first) * isz, ld_band,
+                            1.0, w_base + (t * self.out_ch + g * og) * cg * isz, cg)
 
-    def band_grad(self, grad, band_grad):
+    def band_grad(self, grad, band_grad, exact):
         """``band_grad`` (C, rows_in, Wp) = the adjoint of ``forward``: each
         tap's ``weight_t^T @ grad`` added onto its window."""
         isz, cg, og = self.itemsize, self.per_group, self.out_per_group
-        m = self.result_width(grad.shape[1] // self.width_p)
         ld_band, ld_grad = band_grad.strides[0] // isz, grad.strides[0] // isz
         s_base, g_base, w_base = band_grad.ctypes.data, grad.ctypes.data, self.weight.ctypes.data
         band_grad[...] = 0
-        for g in range(self.groups):
-            for t, shift in enumerate(self.taps):
-                self.fn(ROW_MAJOR, TRANS, NO_TRANS, cg, m, og, 1.0,
-                        w_base + (t * self.out_ch + g * og) * cg * isz, cg,
-                        g_base + g * og * ld_grad * isz, ld_grad,
-                        1.0, s_base + (g * cg * ld_band + shift) * isz, ld_band)
+        for first, m in self.segments(grad.shape[1] // self.width_p, exact):
+            for g in range(self.groups):
+                for t, shift in enumerate(self.taps):
+                    self.fn(ROW_MAJOR, TRANS, NO_TRANS, cg, m, og, 1.0,
+                            w_base + (t * self.out_ch + g * og) * cg * isz, cg,
+                            g_base + (g * og * ld_grad + first) * isz, ld_grad,
+                            1.0, s_base + (g * cg * ld_band + shift + first) * isz, ld_band)
 
 
 def _gemm_for(input, weight, geom):
@@ -187,8 +203,8 @@ def implicit_conv2d_backward(grad_output, input, weight, geom, want_input, want_
     if fn is None or not (want_input or want_weight):
         return None
     bands = _Bands(input, weight, geom, fn)
-    grad_output = np.ascontiguousarray(grad_output)
     grad_input = np.zeros(input.shape, input.dtype) if want_input else None
+    finite_weight = bool(np.isfinite(bands.weight).all())
 
     def new_state():
         state = bands.new_state()
@@ -200,11 +216,11 @@ def implicit_conv2d_backward(grad_output, input, weight, geom, want_input, want_
         for n in range(chunk.n0, chunk.n1):
             bands.grad_rows(grad_output, n, chunk, grad)
             if want_weight:
-                bands.load(n, chunk, band)
-                bands.weight_grad(band, grad, state["grad_weight"])
+                finite = bands.load(n, chunk, band, check=True)
+                bands.weight_grad(band, grad, state["grad_weight"], not finite)
             if want_input:
                 band_grad = band  # the band is read by then: reuse its buffer
-                bands.band_grad(grad, band_grad)
+                bands.band_grad(grad, band_grad, not finite_weight)
                 layout_kernels.add_padded_rows(band_grad, chunk.r0 - bands.pad_h,
                                                bands.pad_w, grad_input[n])
 

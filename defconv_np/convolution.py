@@ -125,7 +125,6 @@ def conv2d_backward(grad_output: Array, input: Array, weight: Array, stride: Int
     want_input, want_weight = "input" in wanted, "weight" in wanted
     grad_input = grad_weight = None
     backend = launchers(xp)
-    chunks = _columns.chunks_for(geom, dtype, buffers=want_input + want_weight, backend=backend)
     implicit = getattr(backend, "implicit_conv2d_backward", None)
     grads = None if implicit is None else implicit(grad_output, input, weight, geom,
                                                    want_input, want_weight)
@@ -133,6 +132,8 @@ def conv2d_backward(grad_output: Array, input: Array, weight: Array, stride: Int
         grad_input, grad_weight = grads
     elif want_input or want_weight:
         # an empty batch has no chunks and comes out as zero gradients
+        chunks = _columns.chunks_for(geom, dtype, buffers=want_input + want_weight,
+                                     backend=backend)
         columns = backend.DenseColumns(input, geom.kernel, geom.stride, geom.padding,
                                        geom.dilation, geom.out_w, geom.groups)
         columns.start_backward(want_input)

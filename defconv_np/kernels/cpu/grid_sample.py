@@ -167,7 +167,8 @@ def grid_sample(inp, padded, y_axis, x_axis, row_stride, one, grid, nearest, pad
         p_lo = (item % pixel_blocks) * per_block
         p_hi = min(p_lo + per_block, npix)
         plane = np.zeros(0 if padded else plane_size, inp.dtype)
-        planes = np.zeros((0 if padded or nearest else _CHANNELS, plane_size), inp.dtype)
+        planes = np.zeros((0 if padded or nearest or channels < _CHANNELS else _CHANNELS,
+                           plane_size), inp.dtype)
         base = np.empty(tile, np.int64)
         ubase = np.empty(tile, np.uint64)
         ly = np.empty(tile, np.float64)

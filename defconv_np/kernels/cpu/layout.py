@@ -9,6 +9,7 @@ GIL, so the launcher spreads images over its worker lanes (a parallel Numba
 region would leave its threads spinning into the conv's GEMMs).
 """
 
+import numpy as np
 from numba import njit, uint64
 
 
@@ -91,13 +92,15 @@ def store_transposed(prod, out):
 
 
 @njit(cache=True, nogil=True)
-def padded_rows(image, y0, left, slab):
-    """``slab[c, s, left + x] = image[c, y0 + s, x]`` (C, rows, Wp) where that
-    row exists, zero elsewhere: a band of an NCHW image padded by zeros
-    (rows above ``y0 = 0`` or past the last row, and ``left`` columns on the
-    left, the rest on the right)."""
+def padded_rows(image, y0, left, slab, check):
+    """``slab[c, s, left + x] = image[c, y0 + s, x]`` (C, rows, Wp) where image
+    row ``y0 + s`` exists, zero elsewhere: a band of an NCHW image with its
+    zero padding (rows before the first or past the last, ``left`` columns on
+    the left and the rest of each row on the right). With ``check``, returns
+    whether every value copied is finite (else True)."""
     channels, height, width = image.shape
     rows, width_p = slab.shape[1], slab.shape[2]
+    finite = True
     for c in range(channels):
         for s in range(rows):
             dst = slab[c, s]
@@ -110,6 +113,12 @@ def padded_rows(image, y0, left, slab):
             for x in range(width):
                 dst[left + x] = src[x]
             dst[left + width:] = 0
+            if check and finite:
+                for x in range(width):
+                    if not np.isfinite(src[x]):
+                        finite = False
+                        break
+    return finite
 
 
 @njit(cache=True, nogil=True)
