@@ -24,7 +24,9 @@ import numpy as np
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
 _lock = threading.Lock()
-_found = None  # (library path, {dtype char: function}) once looked up
+_found = None  # {dtype char: function}, once looked up
+#: (NumPy dtype char, BLAS letter, ctypes real) of the two GEMMs
+_KINDS = (("f", "s", ctypes.c_float), ("d", "d", ctypes.c_double))
 
 
 def _after_fork_in_child():
@@ -65,9 +67,8 @@ def _lookup(path):
     lib = ctypes.CDLL(path)
     for prefix in ("scipy_cblas_", "cblas_"):
         functions = {}
-        for char, real in (("f", ctypes.c_float), ("d", ctypes.c_double)):
-            name = prefix + {"f": "s", "d": "d"}[char] + "gemm64_"
-            fn = _bind(lib, name, ctypes.c_int64, real)
+        for char, letter, real in _KINDS:
+            fn = _bind(lib, prefix + letter + "gemm64_", ctypes.c_int64, real)
             if fn is not None:
                 functions[char] = fn
         if len(functions) == 2:
@@ -79,8 +80,8 @@ def _lookup(path):
         return {}
     config.restype = ctypes.c_char_p
     int_type = ctypes.c_int64 if b"USE64BITINT" in (config() or b"") else ctypes.c_int32
-    for char, real in (("f", ctypes.c_float), ("d", ctypes.c_double)):
-        fn = _bind(lib, "cblas_" + {"f": "s", "d": "d"}[char] + "gemm", int_type, real)
+    for char, letter, real in _KINDS:
+        fn = _bind(lib, "cblas_" + letter + "gemm", int_type, real)
         if fn is None:
             return {}
         functions[char] = fn
@@ -96,11 +97,10 @@ def gemm(dtype):
         if _found is None:
             path = _numpy_blas_path()
             try:
-                functions = _lookup(path) if path else {}
+                _found = _lookup(path) if path else {}
             except OSError:
-                functions = {}
-            _found = (path, functions)
-    return _found[1].get(np.dtype(dtype).char)
+                _found = {}
+    return _found.get(np.dtype(dtype).char)
 
 
 def fits(fn, *sizes):

@@ -198,13 +198,12 @@ def grid_sample(inp, padded, y_axis, x_axis, row_stride, one, grid, nearest, pad
                         _load_band(flat_inp, (n * channels + c_first + k) * height * width,
                                    lo, hi, width, row_stride, planes[k])
                     o = uint64((n * channels + c_first) * npix + p0)
-                    unpix = uint64(npix)
                     for t in range(upn):
                         q = ubase[t]
                         a, b, d, e = w00[t], w01[t], w10[t], w11[t]
                         for k in range(_CHANNELS):
                             src = planes[k]
-                            flat_out[o + uint64(k) * unpix + t] = (
+                            flat_out[o + uint64(k * npix) + t] = (
                                 a * src[q] + b * src[q + uint64(1)] + d * src[q + rs]
                                 + e * src[q + rs + uint64(1)])
                 c_first = channels - channels % _CHANNELS
