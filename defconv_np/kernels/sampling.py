@@ -150,8 +150,8 @@ def reflect_coordinate(x, low, span, one):
     ``low`` and ``span`` come as PyTorch forms them from its doubled integer
     bounds: ``twice_low / 2`` and ``(twice_high - twice_low) / 2``, the
     difference taken in integers and rounded once (``_planes.grid_axis``).
-    The remainder (``%`` of non-negative operands, i.e. ``fmod``) is exact for
-    any finite ``x``; infinities and NaN give NaN (derivative 0), which no
+    The remainder (``fmod`` of non-negative operands) is exact for any finite
+    ``x``; infinities and NaN give NaN (derivative 0), which no
     sampling window accepts.
     """
     zero = one - one
@@ -166,7 +166,16 @@ def reflect_coordinate(x, low, span, one):
         distance = -distance
     if distance - distance != zero:
         return distance - distance, zero
-    extra = distance % (span + span)
+    # distance mod 2*span; the remainder is exact, and so are the first two
+    # cases (the second by Sterbenz's lemma), which spare nearly every
+    # coordinate the slow ``fmod`` call
+    period = span + span
+    if distance < period:
+        extra = distance
+    elif distance < period + period:
+        extra = distance - period
+    else:
+        extra = distance % period
     if extra > span:
         return span + span - extra + low, -sign
     return extra + low, sign
