@@ -134,13 +134,11 @@ def clip_coordinate(x, size_m1, one):
     """
     zero = one - one
     high = size_m1
-    if x > zero and x < high:
-        return x, one
-    if x >= high:
-        return high, zero
-    if x <= zero:
-        return zero, zero
-    return x, zero
+    # selects, not branches, so that a CPU loop over coordinates vectorises;
+    # x >= high and x <= 0 hold together only when high is 0
+    clipped = high if x >= high else x
+    clipped = zero if x <= zero else clipped
+    return clipped, (one if (x > zero) & (x < high) else zero)
 
 
 def reflect_coordinate(x, low, span, one):
@@ -181,14 +179,34 @@ def reflect_coordinate(x, low, span, one):
     return extra + low, sign
 
 
+def reflect_near(x, low, span, one):
+    """``reflect_coordinate`` for ``|x - low| < 4 * span``, written with
+    selects so that a CPU loop over coordinates vectorises: returns the
+    reflected ``x``, its derivative and whether they are exact. Where they
+    are not (a coordinate further out, infinities, NaN, ``span == 0``) the
+    caller must use ``reflect_coordinate``."""
+    zero = one - one
+    distance = x - low
+    negative = distance < zero
+    distance = -distance if negative else distance
+    period = span + span
+    # within one period the remainder is the distance, within two it is one
+    # subtraction away, exact by Sterbenz's lemma
+    extra = distance if distance < period else distance - period
+    sign = -one if negative else one
+    flipped = extra > span
+    pixel = (span + span - extra + low) if flipped else extra + low
+    return pixel, (-sign if flipped else sign), distance < period + period
+
+
 def grid_bilinear_tap(y, x, height, width, row_stride, one):
     """Locate a grid_sample sample in a padded plane (PyTorch's rule).
 
     A sample is bilinear in the cell of ``floor(y), floor(x)`` when
     ``-1 <= y < height`` and ``-1 <= x < width``; corners outside the image are
-    zero padding. Unlike ``deform_tap`` the window includes -1 itself, where
-    the value is 0 but the derivative towards the image is not. Everything
-    else, NaN included, is outside and gets no index.
+    zero padding. As in ``deform_tap``, -1 itself is inside, where the value
+    is 0 but the derivative towards the image is not. Everything else, NaN
+    included, is outside and gets no index.
 
     Returns
     -------
@@ -198,14 +216,17 @@ def grid_bilinear_tap(y, x, height, width, row_stride, one):
     ly, lx : float
         Fractional position inside the cell (0 when outside).
     inside : bool
+
+    Written with selects, as ``deform_tap`` is, so that CPU loops vectorise.
     """
-    if y >= -one and y < height and x >= -one and x < width:
-        y0 = math.floor(y)
-        x0 = math.floor(x)
-        base = (int(y0) + PAD_BEFORE) * row_stride + int(x0) + PAD_BEFORE
-        return base, y - y0, x - x0, True
     zero = one - one
-    return 0, zero, zero, False
+    inside = (y >= -one) & (y < height) & (x >= -one) & (x < width)
+    ys = y if inside else zero
+    xs = x if inside else zero
+    y0 = math.floor(ys)
+    x0 = math.floor(xs)
+    base = (int(y0) + PAD_BEFORE) * row_stride + int(x0) + PAD_BEFORE
+    return (base if inside else 0), ys - y0, xs - x0, inside
 
 
 def grid_nearest_tap(y, x, height, width, row_stride, one):

@@ -41,6 +41,7 @@ from .device import (
     grid_nearest_tap,
     grid_unnormalize,
     reflect_coordinate,
+    reflect_near,
 )
 
 
@@ -67,21 +68,70 @@ def _source_coordinate(coord, axis, padding_mode, align_corners, one):
 
 
 @njit(inline="always", cache=True, nogil=True)
+def _tile_coordinates(pairs, start, pn, axis, padding_mode, align_corners, one, pixel, factor):
+    """``pixel[t], factor[t] = _source_coordinate(pairs[start + 2*t])`` for
+    the ``pn`` pixels of a tile: ``pairs`` are its (x, y) grid pairs, and
+    ``start`` 0 picks x, 1 picks y.
+
+    One loop per padding mode, each without branches, so that it vectorises;
+    reflection takes ``reflect_near`` and repeats the few coordinates it
+    cannot reflect exactly (further than two periods out, or not finite)
+    through ``reflect_coordinate``."""
+    size, size_m1, low, span, limit = axis
+    if padding_mode == PADDING_REFLECTION:
+        far = 0
+        for t in range(uint64(pn)):
+            p, f = grid_unnormalize(pairs[start + 2 * t], size, size_m1, align_corners, one)
+            p, reflect_factor, exact = reflect_near(p, low, span, one)
+            p, clip_factor = clip_coordinate(p, size_m1, one)
+            pixel[t] = p
+            factor[t] = f * (reflect_factor * clip_factor)
+            far += not exact
+        if far:
+            for t in range(uint64(pn)):
+                p, f = grid_unnormalize(pairs[start + 2 * t], size, size_m1, align_corners,
+                                        one)
+                if not reflect_near(p, low, span, one)[2]:
+                    pixel[t], factor[t] = _source_coordinate(pairs[start + 2 * t], axis,
+                                                             padding_mode, align_corners, one)
+    elif padding_mode == PADDING_BORDER:
+        for t in range(uint64(pn)):
+            p, f = grid_unnormalize(pairs[start + 2 * t], size, size_m1, align_corners, one)
+            p, clip_factor = clip_coordinate(p, size_m1, one)
+            pixel[t] = p
+            factor[t] = f * clip_factor
+    else:
+        for t in range(uint64(pn)):
+            pixel[t], factor[t] = grid_unnormalize(pairs[start + 2 * t], size, size_m1,
+                                                   align_corners, one)
+
+
+@njit(inline="always", cache=True, nogil=True)
 def _tile_taps(grid, n, p0, pn, y_axis, x_axis, row_stride, one, nearest, padding_mode,
-               align_corners, base, ly, lx, inside, y_factor, x_factor):
-    """Cell (or nearest pixel) and derivative factors of pixels p0 .. p0+pn."""
-    for t in range(pn):
-        x, x_factor[t] = _source_coordinate(grid[n, p0 + t, 0], x_axis, padding_mode,
-                                            align_corners, one)
-        y, y_factor[t] = _source_coordinate(grid[n, p0 + t, 1], y_axis, padding_mode,
-                                            align_corners, one)
-        if nearest:
-            base[t], inside[t] = grid_nearest_tap(y, x, y_axis[4], x_axis[4], row_stride, one)
+               align_corners, y_pixel, x_pixel, base, ly, lx, inside, y_factor, x_factor):
+    """Cell (or nearest pixel) and derivative factors of pixels p0 .. p0+pn,
+    through ``y_pixel``, ``x_pixel`` (scratch in the grid's dtype). Bilinear
+    taps are selects (``grid_bilinear_tap``) and vectorise; nearest taps
+    branch."""
+    # the tile's (x, y) pairs as a slice of their own: indexed from a
+    # constant start, the coordinate loops vectorise (from a variable one,
+    # the reflection loop did not: 7.2 against 2.5 ns a pixel)
+    start = (n * grid.shape[1] + p0) * 2
+    pairs = grid.reshape(grid.size)[start:start + 2 * pn]
+    _tile_coordinates(pairs, uint64(0), pn, x_axis, padding_mode, align_corners, one, x_pixel,
+                      x_factor)
+    _tile_coordinates(pairs, uint64(1), pn, y_axis, padding_mode, align_corners, one, y_pixel,
+                      y_factor)
+    if nearest:
+        for t in range(pn):
+            base[t], inside[t] = grid_nearest_tap(y_pixel[t], x_pixel[t], y_axis[4], x_axis[4],
+                                                  row_stride, one)
             ly[t] = 0.0
             lx[t] = 0.0
-        else:
-            base[t], ly[t], lx[t], inside[t] = grid_bilinear_tap(y, x, y_axis[4], x_axis[4],
-                                                                 row_stride, one)
+    else:
+        for t in range(uint64(pn)):
+            base[t], ly[t], lx[t], inside[t] = grid_bilinear_tap(
+                y_pixel[t], x_pixel[t], y_axis[4], x_axis[4], row_stride, one)
 
 
 @njit(inline="always", cache=True, nogil=True)
@@ -90,16 +140,16 @@ def _tile_cells(base, inside, pn, row_stride, height, ubase):
     that the corners of the tile's inside samples touch (``lo >= hi``:
     none). Padded rows are ``image row + 2``; ``base // row_stride`` is the
     padded row of a cell's top corners (of the pixel, in nearest mode)."""
-    q_min = -1
-    q_max = -1
-    for t in range(pn):
-        ubase[t] = uint64(base[t])
-        if inside[t]:
-            if q_min < 0 or base[t] < q_min:
-                q_min = base[t]
-            if base[t] > q_max:
-                q_max = base[t]
-    if q_min < 0:
+    # an outside sample's base is 0, an inside one's at least row_stride + 1:
+    # plain min/max reductions with selects, which vectorise
+    q_min = np.iinfo(np.int64).max
+    q_max = 0
+    for t in range(uint64(pn)):
+        b = base[t]
+        ubase[t] = uint64(b)
+        q_min = min(q_min, b if inside[t] else np.iinfo(np.int64).max)
+        q_max = max(q_max, b)
+    if q_max == 0:
         return 0, 0
     lo = max(q_min // row_stride - PAD_BEFORE, 0)
     hi = min(q_max // row_stride - PAD_BEFORE + 2, height)
@@ -169,6 +219,8 @@ def grid_sample(inp, padded, y_axis, x_axis, row_stride, one, grid, nearest, pad
         plane = np.zeros(0 if padded else plane_size, inp.dtype)
         planes = np.zeros((0 if padded or nearest or channels < _CHANNELS else _CHANNELS,
                            plane_size), inp.dtype)
+        y_pixel = np.empty(tile, grid.dtype)
+        x_pixel = np.empty(tile, grid.dtype)
         base = np.empty(tile, np.int64)
         ubase = np.empty(tile, np.uint64)
         ly = np.empty(tile, np.float64)
@@ -184,7 +236,7 @@ def grid_sample(inp, padded, y_axis, x_axis, row_stride, one, grid, nearest, pad
             pn = min(tile, p_hi - p0)
             upn = uint64(pn)
             _tile_taps(grid, n, p0, pn, y_axis, x_axis, row_stride, one, nearest, padding_mode,
-                       align_corners, base, ly, lx, inside, y_factor, x_factor)
+                       align_corners, y_pixel, x_pixel, base, ly, lx, inside, y_factor, x_factor)
             lo, hi = _tile_cells(base, inside, pn, row_stride, height, ubase)
             if not nearest:
                 for t in range(pn):
@@ -271,6 +323,8 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
             first = uint64((n * channels + c_lo) * height * width)
             for i in range(uint64((c_hi - c_lo) * height * width)):
                 flat_grad[first + i] = 0.0
+        y_pixel = np.empty(tile, grid.dtype)
+        x_pixel = np.empty(tile, grid.dtype)
         base = np.empty(tile, np.int64)
         ubase = np.empty(tile, np.uint64)
         ly = np.empty(tile, np.float64)
@@ -288,7 +342,7 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
             pn = min(tile, p_hi - p0)
             upn = uint64(pn)
             _tile_taps(grid, n, p0, pn, y_axis, x_axis, row_stride, one, nearest, padding_mode,
-                       align_corners, base, ly, lx, inside, y_factor, x_factor)
+                       align_corners, y_pixel, x_pixel, base, ly, lx, inside, y_factor, x_factor)
             lo, hi = _tile_cells(base, inside, pn, row_stride, height, ubase)
             for t in range(pn):
                 w00[t], w01[t], w10[t], w11[t] = bilinear_weights(ly[t], lx[t], 1.0)
