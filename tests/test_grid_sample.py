@@ -240,6 +240,38 @@ def test_grid_gradient_follows_pytorch_at_kinks_and_boundaries(padding_mode, pix
     np.testing.assert_allclose(grads.grid[0, 0, 0], [2 * slope(row), 0.0], atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reflection_is_exact_near_and_far(dtype):
+    """One tile mixing coordinates within two periods of the reflection (the
+    vectorised path) with coordinates further out (``fmod``): values and grid
+    gradients against a float64 reflection by ``np.mod``, at period
+    boundaries too."""
+    row = np.array([0.3, -0.7, 0.2, 0.9, -0.4])
+    # align_corners=True, W = 5: pixel x = (gx + 1) * 2, reflected about 0
+    # and 4 (period 8); H = 1, so y always lands on pixel 0
+    pixels = np.array([0.25, 3.75, 4.0, 5.5, 7.75, 8.0, 8.25, 12.5, 15.75, 16.0, 16.25, 23.5,
+                       24.0, 1e3 + 0.25, 2.0**20 + 0.5, -0.25, -4.0, -7.5, -8.0, -8.25, -15.75,
+                       -16.0, -17.5, -1e3 - 0.75])
+    grid = np.stack([pixels / 2 - 1, np.full_like(pixels, 0.25)], -1).reshape(1, 1, -1, 2)
+    grid = grid.astype(dtype)
+    x = grid[0, 0, :, 0].astype(np.float64)
+    distance = np.abs((x + 1) * 2)
+    extra = np.mod(distance, 8.0)
+    reflected = np.where(extra > 4, 8 - extra, extra)
+    left = np.minimum(np.floor(reflected), 3).astype(int)
+    frac = reflected - left
+    expected = row[left] * (1 - frac) + row[left + 1] * frac
+    slope = (row[left + 1] - row[left]) * np.where(extra > 4, -1.0, 1.0) * np.sign(x + 1)
+    on_kink = reflected == np.round(reflected)  # PyTorch's rules at kinks: tested above
+    input = row.reshape(1, 1, 1, 5).astype(dtype)
+    out = dc.grid_sample(input, grid, "bilinear", "reflection", True)
+    np.testing.assert_allclose(out[0, 0, 0], expected, rtol=tolerance(dtype), atol=1e-6)
+    grads = dc.grid_sample_backward(np.ones((1, 1, 1, pixels.size), dtype), input, grid,
+                                    "bilinear", "reflection", True)
+    np.testing.assert_allclose(grads.grid[0, 0, ~on_kink, 0], 2 * slope[~on_kink],
+                               rtol=tolerance(dtype), atol=1e-5)
+
+
 @given(case=affine_problems(dtypes=FLOAT64_ONLY, min_batch=1, max_size=3),
        shape=st.tuples(st.integers(1, 5), st.integers(1, 5)),
        padding_mode=st.sampled_from(GRID_PADDING_MODES), rng=numpy_generators())
