@@ -241,17 +241,47 @@ def test_grid_gradient_follows_pytorch_at_kinks_and_boundaries(padding_mode, pix
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reflect_near_is_reflect_coordinate_bit_for_bit_within_two_periods(dtype):
+    """The CPU tile loop's select-only reflection against the general one, on
+    period multiples, their neighbouring floats, random values and non-finite
+    ones: equal to the bit wherever it says ``within``, and not ``within``
+    for NaN, infinities, a single-pixel axis (``span == 0``) or further out."""
+    from defconv_np.kernels.sampling import reflect_coordinate, reflect_near
+
+    one, rng = dtype(1), np.random.default_rng(7)
+    for low, span in [(dtype(-0.5), dtype(64)), (dtype(0), dtype(4)), (dtype(0), dtype(0)),
+                      (dtype(-0.5), dtype(1)), (dtype(0), dtype(1000))]:
+        marks = low + span * np.arange(-9, 10, dtype=dtype)
+        xs = np.concatenate([marks, np.nextafter(marks, dtype(np.inf)),
+                             np.nextafter(marks, dtype(-np.inf)),
+                             rng.uniform(-9, 9, 400).astype(dtype) * max(span, one),
+                             np.array([np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0, -0.0],
+                                      dtype)])
+        for x in xs:
+            pixel, factor, within = reflect_near(x, low, span, one)
+            distance = abs(np.float64(x) - np.float64(low))
+            assert within == (span != 0 and distance < 4 * np.float64(span)), (x, low, span)
+            if within:
+                ref_pixel, ref_factor = reflect_coordinate(x, low, span, one)
+                assert np.array([pixel, factor], dtype).tobytes() == \
+                    np.array([ref_pixel, ref_factor], dtype).tobytes(), (x, low, span)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_reflection_is_exact_near_and_far(dtype):
-    """One tile mixing coordinates within two periods of the reflection (the
-    vectorised path) with coordinates further out (``fmod``): values and grid
-    gradients against a float64 reflection by ``np.mod``, at period
-    boundaries too."""
+    """Tiles mixing coordinates within two periods of the reflection (the
+    vectorised path) with coordinates further out (``fmod``), the list
+    repeated so that every pixel block of any thread count holds both:
+    values and grid gradients against a float64 reflection by ``np.mod``.
+    The grid's y axis has a single pixel (``span == 0``), which every y
+    coordinate reaches through the general path."""
     row = np.array([0.3, -0.7, 0.2, 0.9, -0.4])
     # align_corners=True, W = 5: pixel x = (gx + 1) * 2, reflected about 0
     # and 4 (period 8); H = 1, so y always lands on pixel 0
     pixels = np.array([0.25, 3.75, 4.0, 5.5, 7.75, 8.0, 8.25, 12.5, 15.75, 16.0, 16.25, 23.5,
                        24.0, 1e3 + 0.25, 2.0**20 + 0.5, -0.25, -4.0, -7.5, -8.0, -8.25, -15.75,
                        -16.0, -17.5, -1e3 - 0.75])
+    pixels = np.tile(pixels, 64)
     grid = np.stack([pixels / 2 - 1, np.full_like(pixels, 0.25)], -1).reshape(1, 1, -1, 2)
     grid = grid.astype(dtype)
     x = grid[0, 0, :, 0].astype(np.float64)

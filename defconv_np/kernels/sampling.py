@@ -180,11 +180,13 @@ def reflect_coordinate(x, low, span, one):
 
 
 def reflect_near(x, low, span, one):
-    """``reflect_coordinate`` for ``|x - low| < 4 * span``, written with
-    selects so that a CPU loop over coordinates vectorises: returns the
-    reflected ``x``, its derivative and whether they are exact. Where they
-    are not (a coordinate further out, infinities, NaN, ``span == 0``) the
-    caller must use ``reflect_coordinate``."""
+    """``reflect_coordinate`` for ``|x - low| < 4 * span`` (two periods),
+    written with selects so that a CPU loop over coordinates vectorises.
+
+    Returns the reflected ``x``, its derivative and ``within``: whether
+    ``x`` lies within two periods, where both equal ``reflect_coordinate``'s
+    bit for bit. Elsewhere (further out, infinities, NaN, ``span == 0``) they
+    are meaningless and the caller must use ``reflect_coordinate``."""
     zero = one - one
     distance = x - low
     negative = distance < zero
@@ -208,6 +210,10 @@ def grid_bilinear_tap(y, x, height, width, row_stride, one):
     is 0 but the derivative towards the image is not. Everything else, NaN
     included, is outside and gets no index.
 
+    Written with selects, so that CPU loops vectorise: the body is
+    ``deform_tap``'s, kept as a function of its own because the two rules
+    are documented (and may change) separately.
+
     Returns
     -------
     base : int
@@ -216,8 +222,6 @@ def grid_bilinear_tap(y, x, height, width, row_stride, one):
     ly, lx : float
         Fractional position inside the cell (0 when outside).
     inside : bool
-
-    Written with selects, as ``deform_tap`` is, so that CPU loops vectorise.
     """
     zero = one - one
     inside = (y >= -one) & (y < height) & (x >= -one) & (x < width)

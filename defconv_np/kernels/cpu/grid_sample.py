@@ -17,11 +17,12 @@ and reused for every channel of the block. A sample outside the sampling
 window points at ``base = 0`` with weights (1, 0, 0, 0), i.e. at zero padding,
 so no loop over channels needs a bounds branch.
 
-For each channel, a tile copies the band of input rows its samples touch into
-the scratch plane (whose border stays zero) before reading it: the gathers
-then hit the L1 cache, where reading a rotated band straight from a large
-array waited on memory at each new cache line, and no padded copy of the
-whole input is made. The input gradient is scattered into a second scratch
+For each channel (in the bilinear forward, four channels at a time, side by
+side in one interleaved plane), a tile copies the band of input rows its
+samples touch into the scratch plane (whose border stays zero) before
+reading it: the gathers then hit the L1 cache, where reading a rotated band
+straight from a large array waited on memory at each new cache line, and no
+padded copy of the whole input is made. The input gradient is scattered into a second scratch
 plane whose band is loaded from, and stored back to, the gradient array, so
 each gradient value is summed in pixel order whatever the tiling. Large
 planes, whose bands a rotated or scattered grid would copy many times over,
@@ -74,26 +75,26 @@ def _tile_coordinates(pairs, start, pn, axis, padding_mode, align_corners, one, 
     ``start`` 0 picks x, 1 picks y.
 
     One loop per padding mode, each without branches, so that it vectorises;
-    reflection takes ``reflect_near`` and repeats the few coordinates it
-    cannot reflect exactly (further than two periods out, or not finite)
-    through ``reflect_coordinate``."""
+    reflection takes ``reflect_near`` and redoes the few coordinates it does
+    not cover (further than two periods out, or not finite) through
+    ``reflect_coordinate``."""
     size, size_m1, low, span, limit = axis
     if padding_mode == PADDING_REFLECTION:
         far = 0
         for t in range(uint64(pn)):
             p, f = grid_unnormalize(pairs[start + 2 * t], size, size_m1, align_corners, one)
-            p, reflect_factor, exact = reflect_near(p, low, span, one)
+            p, reflect_factor, within = reflect_near(p, low, span, one)
             p, clip_factor = clip_coordinate(p, size_m1, one)
             pixel[t] = p
             factor[t] = f * (reflect_factor * clip_factor)
-            far += not exact
+            far += not within
         if far:
             for t in range(uint64(pn)):
-                p, f = grid_unnormalize(pairs[start + 2 * t], size, size_m1, align_corners,
-                                        one)
+                coord = pairs[start + 2 * t]
+                p = grid_unnormalize(coord, size, size_m1, align_corners, one)[0]
                 if not reflect_near(p, low, span, one)[2]:
-                    pixel[t], factor[t] = _source_coordinate(pairs[start + 2 * t], axis,
-                                                             padding_mode, align_corners, one)
+                    pixel[t], factor[t] = _source_coordinate(coord, axis, padding_mode,
+                                                             align_corners, one)
     elif padding_mode == PADDING_BORDER:
         for t in range(uint64(pn)):
             p, f = grid_unnormalize(pairs[start + 2 * t], size, size_m1, align_corners, one)
@@ -168,10 +169,10 @@ def _load_band(flat_src, plane_start, lo, hi, width, row_stride, flat_plane):
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _load_band_interleaved(flat_src, plane_start, plane_stride, lo, hi, width, row_stride,
+def _load_band_interleaved(flat_src, plane_start, channel_stride, lo, hi, width, row_stride,
                            flat_quad):
     """Rows ``lo .. hi - 1`` of ``_CHANNELS`` consecutive (H, W) planes, the
-    first at ``plane_start``, into the interior of the padded scratch plane
+    first at ``plane_start`` and the next ``channel_stride`` apart, into the interior of the padded scratch plane
     ``flat_quad`` with their channels interleaved: channel ``k`` of padded
     position ``q`` at ``q * _CHANNELS + k``."""
     for r in range(lo, hi):
@@ -180,7 +181,7 @@ def _load_band_interleaved(flat_src, plane_start, plane_stride, lo, hi, width, r
         for i in range(uint64(width)):
             for k in range(_CHANNELS):
                 flat_quad[dst + uint64(_CHANNELS) * i + uint64(k)] = flat_src[
-                    src + uint64(k * plane_stride) + i]
+                    src + uint64(k * channel_stride) + i]
 
 
 @njit(inline="always", cache=True, nogil=True)
