@@ -201,36 +201,14 @@ def reflect_near(x, low, span, one):
     return pixel, (-sign if flipped else sign), distance < period + period
 
 
-def grid_bilinear_tap(y, x, height, width, row_stride, one):
-    """Locate a grid_sample sample in a padded plane (PyTorch's rule).
-
-    A sample is bilinear in the cell of ``floor(y), floor(x)`` when
-    ``-1 <= y < height`` and ``-1 <= x < width``; corners outside the image are
-    zero padding. As in ``deform_tap``, -1 itself is inside, where the value
-    is 0 but the derivative towards the image is not. Everything else, NaN
-    included, is outside and gets no index.
-
-    Written with selects, so that CPU loops vectorise: the body is
-    ``deform_tap``'s, kept as a function of its own because the two rules
-    are documented (and may change) separately.
-
-    Returns
-    -------
-    base : int
-        Flat index of the top-left corner in the padded plane (0 when outside,
-        whose whole cell is padding).
-    ly, lx : float
-        Fractional position inside the cell (0 when outside).
-    inside : bool
-    """
-    zero = one - one
-    inside = (y >= -one) & (y < height) & (x >= -one) & (x < width)
-    ys = y if inside else zero
-    xs = x if inside else zero
-    y0 = math.floor(ys)
-    x0 = math.floor(xs)
-    base = (int(y0) + PAD_BEFORE) * row_stride + int(x0) + PAD_BEFORE
-    return (base if inside else 0), ys - y0, xs - x0, inside
+#: Locate a grid_sample sample in a padded plane (PyTorch's rule): bilinear in
+#: the cell of ``floor(y), floor(x)`` when ``-1 <= y < height`` and
+#: ``-1 <= x < width``, corners outside the image being zero padding; -1
+#: itself is inside, where the value is 0 but the derivative towards the image
+#: is not; everything else, NaN included, is outside and gets no index
+#: (``base = 0``, ``ly = lx = 0``). That is ``deform_tap``'s rule (and
+#: branch-free body), under the name the grid_sample kernels use.
+grid_bilinear_tap = deform_tap
 
 
 def grid_nearest_tap(y, x, height, width, row_stride, one):
