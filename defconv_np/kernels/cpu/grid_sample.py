@@ -22,12 +22,13 @@ side in one interleaved plane), a tile copies the band of input rows its
 samples touch into the scratch plane (whose border stays zero) before
 reading it: the gathers then hit the L1 cache, where reading a rotated band
 straight from a large array waited on memory at each new cache line, and no
-padded copy of the whole input is made. The input gradient is scattered into a second scratch
-plane whose band is loaded from, and stored back to, the gradient array, so
-each gradient value is summed in pixel order whatever the tiling. Large
-planes, whose bands a rotated or scattered grid would copy many times over,
-come instead as one zero-padded copy of the input (``padded``), read in place,
-with the input gradient added to a zero-padded plane that the caller crops.
+padded copy of the whole input is made. The input gradient is scattered into
+a second scratch plane whose band is loaded from, and stored back to, the
+gradient array, so each gradient value is summed in pixel order whatever the
+tiling. Large planes, whose bands a rotated or scattered grid would copy many
+times over, come instead as one zero-padded copy of the input (``padded``),
+read in place, with the input gradient added to a zero-padded plane that the
+caller crops.
 """
 
 import numpy as np
@@ -172,9 +173,10 @@ def _load_band(flat_src, plane_start, lo, hi, width, row_stride, flat_plane):
 def _load_band_interleaved(flat_src, plane_start, channel_stride, lo, hi, width, row_stride,
                            flat_quad):
     """Rows ``lo .. hi - 1`` of ``_CHANNELS`` consecutive (H, W) planes, the
-    first at ``plane_start`` and the next ``channel_stride`` apart, into the interior of the padded scratch plane
-    ``flat_quad`` with their channels interleaved: channel ``k`` of padded
-    position ``q`` at ``q * _CHANNELS + k``."""
+    first at ``plane_start`` and the next ``channel_stride`` apart, into the
+    interior of the padded scratch plane ``flat_quad`` with their channels
+    interleaved: channel ``k`` of padded position ``q`` at
+    ``q * _CHANNELS + k``."""
     for r in range(lo, hi):
         src = uint64(plane_start + r * width)
         dst = uint64(((r + PAD_BEFORE) * row_stride + PAD_BEFORE) * _CHANNELS)
