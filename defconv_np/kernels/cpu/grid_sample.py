@@ -70,20 +70,14 @@ def _source_coordinate(coord, axis, padding_mode, align_corners, one):
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _tile_coordinates(pairs, start, pn, axis, padding_mode, align_corners, one, pixel, factor):
-    """``pixel[t], factor[t] = _source_coordinate(pairs[start + 2*t])`` for
-    the ``pn`` pixels of a tile: ``pairs`` are its (x, y) grid pairs, and
-    ``start`` 0 picks x, 1 picks y.
-
-    One loop per padding mode, each without branches, so that it vectorises;
-    reflection takes ``reflect_near`` and redoes the few coordinates it does
-    not cover (further than two periods out, or not finite) through
-    ``reflect_coordinate``."""
+def _coordinate_loops(coords, pn, axis, padding_mode, align_corners, one, pixel, factor):
+    """The loops of ``_tile_coordinates``, inlined with ``align_corners``
+    constant."""
     size, size_m1, low, span, limit = axis
     if padding_mode == PADDING_REFLECTION:
         far = 0
         for t in range(uint64(pn)):
-            p, f = grid_unnormalize(pairs[start + 2 * t], size, size_m1, align_corners, one)
+            p, f = grid_unnormalize(coords[t], size, size_m1, align_corners, one)
             p, reflect_factor, within = reflect_near(p, low, span, one)
             p, clip_factor = clip_coordinate(p, size_m1, one)
             pixel[t] = p
@@ -91,39 +85,58 @@ def _tile_coordinates(pairs, start, pn, axis, padding_mode, align_corners, one, 
             far += not within
         if far:
             for t in range(uint64(pn)):
-                coord = pairs[start + 2 * t]
-                p = grid_unnormalize(coord, size, size_m1, align_corners, one)[0]
+                p = grid_unnormalize(coords[t], size, size_m1, align_corners, one)[0]
                 if not reflect_near(p, low, span, one)[2]:
-                    pixel[t], factor[t] = _source_coordinate(coord, axis, padding_mode,
+                    pixel[t], factor[t] = _source_coordinate(coords[t], axis, padding_mode,
                                                              align_corners, one)
     elif padding_mode == PADDING_BORDER:
         for t in range(uint64(pn)):
-            p, f = grid_unnormalize(pairs[start + 2 * t], size, size_m1, align_corners, one)
+            p, f = grid_unnormalize(coords[t], size, size_m1, align_corners, one)
             p, clip_factor = clip_coordinate(p, size_m1, one)
             pixel[t] = p
             factor[t] = f * clip_factor
     else:
         for t in range(uint64(pn)):
-            pixel[t], factor[t] = grid_unnormalize(pairs[start + 2 * t], size, size_m1,
-                                                   align_corners, one)
+            pixel[t], factor[t] = grid_unnormalize(coords[t], size, size_m1, align_corners, one)
+
+
+@njit(cache=True, nogil=True)
+def _tile_coordinates(coords, pn, axis, padding_mode, align_corners, one, pixel, factor):
+    """``pixel[t], factor[t] = _source_coordinate(coords[t])`` for the ``pn``
+    pixels of a tile (one coordinate of each grid pair, contiguous).
+
+    One loop per padding mode and ``align_corners``, each without branches, so
+    that it vectorises (with ``align_corners`` a variable, the reflection
+    loop did not); reflection takes ``reflect_near`` and redoes the few
+    coordinates it does not cover (further than two periods out, or not
+    finite) through ``reflect_coordinate``. A function of its own, compiled
+    once for both axes and both kernels (inlined, it doubled their compile
+    times)."""
+    if align_corners:
+        _coordinate_loops(coords, pn, axis, padding_mode, True, one, pixel, factor)
+    else:
+        _coordinate_loops(coords, pn, axis, padding_mode, False, one, pixel, factor)
 
 
 @njit(inline="always", cache=True, nogil=True)
 def _tile_taps(grid, n, p0, pn, y_axis, x_axis, row_stride, one, nearest, padding_mode,
-               align_corners, y_pixel, x_pixel, base, ly, lx, inside, y_factor, x_factor):
+               align_corners, coords, y_pixel, x_pixel, base, ly, lx, inside, y_factor,
+               x_factor):
     """Cell (or nearest pixel) and derivative factors of pixels p0 .. p0+pn,
-    through ``y_pixel``, ``x_pixel`` (scratch in the grid's dtype). Bilinear
-    taps are selects (``grid_bilinear_tap``) and vectorise; nearest taps
-    branch."""
-    # the tile's (x, y) pairs as a slice of their own: indexed from a
-    # constant start, the coordinate loops vectorise (from a variable one,
-    # the reflection loop did not: 7.2 against 2.5 ns a pixel)
+    through ``coords``, ``y_pixel`` and ``x_pixel`` (scratch in the grid's
+    dtype). Bilinear taps are selects (``grid_bilinear_tap``) and vectorise;
+    nearest taps branch."""
+    # each coordinate of the tile's (x, y) pairs copied to a contiguous run:
+    # read from a variable offset, the reflection loop did not vectorise
+    # (7.2 against 2.5 ns a pixel)
     start = (n * grid.shape[1] + p0) * 2
     pairs = grid.reshape(grid.size)[start:start + 2 * pn]
-    _tile_coordinates(pairs, uint64(0), pn, x_axis, padding_mode, align_corners, one, x_pixel,
-                      x_factor)
-    _tile_coordinates(pairs, uint64(1), pn, y_axis, padding_mode, align_corners, one, y_pixel,
-                      y_factor)
+    for t in range(uint64(pn)):
+        coords[t] = pairs[2 * t]
+    _tile_coordinates(coords, pn, x_axis, padding_mode, align_corners, one, x_pixel, x_factor)
+    for t in range(uint64(pn)):
+        coords[t] = pairs[2 * t + 1]
+    _tile_coordinates(coords, pn, y_axis, padding_mode, align_corners, one, y_pixel, y_factor)
     if nearest:
         for t in range(pn):
             base[t], inside[t] = grid_nearest_tap(y_pixel[t], x_pixel[t], y_axis[4], x_axis[4],
@@ -239,6 +252,7 @@ def grid_sample(inp, padded, y_axis, x_axis, row_stride, one, grid, nearest, pad
         plane = np.zeros(0 if padded else plane_size, inp.dtype)
         quad = np.zeros(0 if padded or nearest or channels < _CHANNELS
                         else _CHANNELS * plane_size, inp.dtype)
+        coords = np.empty(tile, grid.dtype)
         y_pixel = np.empty(tile, grid.dtype)
         x_pixel = np.empty(tile, grid.dtype)
         base = np.empty(tile, np.int64)
@@ -256,7 +270,8 @@ def grid_sample(inp, padded, y_axis, x_axis, row_stride, one, grid, nearest, pad
             pn = min(tile, p_hi - p0)
             upn = uint64(pn)
             _tile_taps(grid, n, p0, pn, y_axis, x_axis, row_stride, one, nearest, padding_mode,
-                       align_corners, y_pixel, x_pixel, base, ly, lx, inside, y_factor, x_factor)
+                       align_corners, coords, y_pixel, x_pixel, base, ly, lx, inside, y_factor,
+                       x_factor)
             lo, hi = _tile_cells(base, inside, pn, row_stride, height, ubase)
             if not nearest:
                 for t in range(pn):
@@ -345,6 +360,7 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
             first = uint64((n * channels + c_lo) * height * width)
             for i in range(uint64((c_hi - c_lo) * height * width)):
                 flat_grad[first + i] = 0.0
+        coords = np.empty(tile, grid.dtype)
         y_pixel = np.empty(tile, grid.dtype)
         x_pixel = np.empty(tile, grid.dtype)
         base = np.empty(tile, np.int64)
@@ -364,7 +380,8 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
             pn = min(tile, p_hi - p0)
             upn = uint64(pn)
             _tile_taps(grid, n, p0, pn, y_axis, x_axis, row_stride, one, nearest, padding_mode,
-                       align_corners, y_pixel, x_pixel, base, ly, lx, inside, y_factor, x_factor)
+                       align_corners, coords, y_pixel, x_pixel, base, ly, lx, inside, y_factor,
+                       x_factor)
             lo, hi = _tile_cells(base, inside, pn, row_stride, height, ubase)
             for t in range(pn):
                 w00[t], w01[t], w10[t], w11[t] = bilinear_weights(ly[t], lx[t], 1.0)
