@@ -13,7 +13,12 @@ Times forward and forward+backward (median of --repeats runs after a warm-up,
 inputs rotated between runs; ours and torch's in alternating blocks),
 side by side with torch.nn.functional.conv2d on the same shape when torch is
 installed: a dense conv does the same GEMM
-arithmetic and is the floor a deformable conv can reach. Peak extra memory of
+arithmetic and is the floor a deformable conv can reach. Where the ``mkl``
+wheel is installed (``pip install defconv_np[mkl]``), the conv rows also time
+ours with the lanes' GEMMs on MKL (``config.cpu_blas = "mkl"``), in the same
+alternating blocks, beside ours on NumPy's own BLAS (``"numpy"``). The
+deformable rows have no such variant: their column GEMMs always run on NumPy's
+BLAS (``_cpu_blas``). Peak extra memory of
 our calls is measured with tracemalloc (NumPy reports its allocations there),
 at two batch sizes to show that the column buffer is chunked.
 """
@@ -32,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import defconv_np as dc  # noqa: E402
+from defconv_np import _cpu_blas  # noqa: E402
 
 try:
     import torch
@@ -75,10 +81,25 @@ def side_by_side(fns, inputs, repeats, pool=None):
     return [None if fn is None else statistics.median(times[id(fn)]) for fn in fns]
 
 
-def _ours_and_peer(ours, peer):
-    """The two callables ``side_by_side`` times for one row: each takes
-    (our arrays, the peer's tensors) and calls its own function on its own."""
-    return [lambda arrays, tensors: ours(*arrays),
+#: The ``config.cpu_blas`` choices the conv rows time ours under (set in ``main``).
+BLASES = ["numpy"]
+
+
+def _under(blas, fn):
+    def call(*args):
+        dc.config.cpu_blas = blas
+        try:
+            return fn(*args)
+        finally:
+            dc.config.cpu_blas = "auto"
+    return call
+
+
+def _ours_and_peer(ours, peer, blases=("numpy",)):
+    """The callables ``side_by_side`` times for one row: ours under each of
+    ``blases``, then the peer. Each takes (our arrays, the peer's tensors) and
+    calls its own function on its own."""
+    return [*[(lambda arrays, tensors, f=_under(b, ours): f(*arrays)) for b in blases],
             None if peer is None else (lambda arrays, tensors: peer(*tensors))]
 
 
@@ -123,7 +144,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "cpu.json"))
+    parser.add_argument("--blas", choices=("numpy", "mkl", "both"), default=None,
+                        help="the lanes' GEMMs for the conv rows (default: both where the mkl "
+                             "wheel is installed, else numpy)")
     args = parser.parse_args()
+    have_mkl = _cpu_blas.mkl_gemm(np.float32) is not None
+    choice = args.blas or ("both" if have_mkl else "numpy")
+    BLASES[:] = ["numpy", "mkl"] if choice == "both" else [choice]
     threads = numba.get_num_threads()
     if torch is not None:
         torch.set_num_threads(threads)
@@ -133,16 +160,28 @@ def main():
     rows = []
 
     def record(op, config, ours, peer, peer_name, peak=None):
-        row = {"op": op, "config": config, "ours_ms": round(ours, 2),
+        """``ours``: ms, or {blas: ms} for the conv2d rows (the first of
+        ``BLASES`` is the row's ``ours_ms``; MKL's also gets ``ours_mkl_ms``)."""
+        by_blas = ours if isinstance(ours, dict) else {}
+        ours = by_blas[BLASES[0]] if by_blas else ours
+        row = {"op": op, "config": config, "lane_blas": BLASES[0] if by_blas else None,
+               "ours_ms": round(ours, 2),
                "peer": peer_name, "peer_ms": None if peer is None else round(peer, 2),
                "ratio": None if peer is None else round(ours / peer, 3),
                "peak_extra_mib": None if peak is None else round(peak, 1)}
+        if "mkl" in by_blas and BLASES[0] != "mkl":
+            row["ours_mkl_ms"] = round(by_blas["mkl"], 2)
+            row["ratio_mkl"] = None if peer is None else round(by_blas["mkl"] / peer, 3)
         rows.append(row)
         ratio = "" if peer is None else f"{peer:9.2f} {ours / peer:7.2f}x"
+        if "ours_mkl_ms" in row:
+            ratio += f"  mkl {row['ours_mkl_ms']:7.2f}" + (
+                "" if peer is None else f" {row['ratio_mkl']:5.2f}x")
         peak_s = "" if peak is None else f"  peak {peak:7.1f} MiB"
         print(f"{op:34s} {config:22s} {ours:9.2f} {ratio}{peak_s}", flush=True)
 
-    print(f"threads={threads} dtype=float32 shape N={n} C={c} O={o} {h}x{w} k={k} padding=1")
+    print(f"threads={threads} dtype=float32 shape N={n} C={c} O={o} {h}x{w} k={k} padding=1; "
+          f"conv rows on the lanes' BLAS: {', '.join(BLASES)}")
     print(f"machine: {machine()}")
     print(f"{'op':34s} {'config':22s} {'ours ms':>9s} {'torch ms':>9s} {'ratio':>8s}")
     cases = conv_cases((n, c, o, h, w, k), rng, dtype, rotations=3)
@@ -182,10 +221,11 @@ def main():
             tcases, torch_conv, torch_conv_fb = cases, None, None
         # ours and torch's timed side by side (alternating blocks), same inputs
         both = list(zip(cases, tcases))
-        conv_f, peer_f = side_by_side(_ours_and_peer(ours_conv, torch_conv), both,
-                                      args.repeats, pool=("forward", cfg))
-        conv_fb, peer_fb = side_by_side(_ours_and_peer(ours_conv_fb, torch_conv_fb), both,
-                                        args.repeats, pool=("fwd+bwd", cfg))
+        *conv_f, peer_f = side_by_side(_ours_and_peer(ours_conv, torch_conv, BLASES), both,
+                                       args.repeats, pool=("forward", cfg))
+        *conv_fb, peer_fb = side_by_side(_ours_and_peer(ours_conv_fb, torch_conv_fb, BLASES),
+                                         both, args.repeats, pool=("fwd+bwd", cfg))
+        conv_f, conv_fb = dict(zip(BLASES, conv_f)), dict(zip(BLASES, conv_fb))
         record("conv2d forward", cfg, conv_f, peer_f, "torch conv2d",
                peak_mib(ours_conv, *cases[0]))
         record("conv2d forward+backward", cfg, conv_fb, peer_fb, "torch conv2d",
@@ -222,8 +262,12 @@ def main():
             pooled = statistics.median(samples)
             row["peer_pooled_ms"] = round(pooled, 2)
             row["ratio_pooled"] = round(row["ours_ms"] / pooled, 3)
+            mkl = ""
+            if "ours_mkl_ms" in row:
+                row["ratio_mkl_pooled"] = round(row["ours_mkl_ms"] / pooled, 3)
+                mkl = f"  mkl {row['ratio_mkl_pooled']:5.2f}x"
             print(f"{row['op']:34s} {row['config']:22s} against the pooled dense peer "
-                  f"{pooled:8.2f} ms: {row['ratio_pooled']:5.2f}x")
+                  f"{pooled:8.2f} ms: {row['ratio_pooled']:5.2f}x{mkl}")
 
     # grid_sample at input (8, 64, 64, 64) with an affine grid of the same size.
     theta = np.stack([np.array([[np.cos(a) * z, -np.sin(a) * z, 0.1], [np.sin(a) * z, np.cos(a) * z, -0.05]])
@@ -329,7 +373,8 @@ def main():
               "numpy": np.__version__, "numba": numba.__version__,
               "torch": None if torch is None else torch.__version__, "dtype": "float32",
               "shape": {"N": n, "C": c, "O": o, "H": h, "W": w, "k": k},
-              "repeats": args.repeats, "column_budget_mib": defaults[0] / 2**20,
+              "repeats": args.repeats, "lane_blas": BLASES,
+              "column_budget_mib": defaults[0] / 2**20,
               "lane_column_mib": defaults[1] / 2**20, "rows": rows,
               "memory_scaling": scaling, "budget_scan": budget_scan}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

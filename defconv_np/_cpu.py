@@ -38,7 +38,7 @@ import threading
 import numba
 import numpy as np
 
-from . import _columns, config
+from . import _columns, _cpu_blas, config
 from ._planes import SAMPLING_PAD, cropped, deform_sampling, grid_geometry, zero_padded
 from .kernels import sampling
 from .kernels.cpu import deform as deform_kernels
@@ -259,9 +259,19 @@ def run_chunks(chunks, work, new_state, begin_run=None, end_run=None):
         return [state]
     states = [new_state() for _ in range(lanes)]
     with single_threaded_blas():
-        _run_on_lanes([functools.partial(run_all, runs[i::lanes], states[i])
+        _run_on_lanes([functools.partial(_as_lane, run_all, runs[i::lanes], states[i])
                        for i in range(lanes)])
     return states
+
+
+def _as_lane(run_all, runs, state):
+    """``run_all(runs, state)`` with this thread marked as a worker lane, whose
+    GEMMs go to ``config.cpu_blas``'s choice (``_cpu_blas.lane_gemm``)."""
+    _cpu_blas.in_lane.active = True
+    try:
+        run_all(runs, state)
+    finally:
+        _cpu_blas.in_lane.active = False
 
 
 class LaneImages:

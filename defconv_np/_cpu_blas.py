@@ -13,13 +13,34 @@ whose configuration string says whether it was built with 64-bit integers.
 Anything else (an unknown BLAS, a NumPy built against Accelerate or a
 system OpenBLAS outside NumPy's folders) makes ``gemm`` return None, and the
 callers take their ``numpy.matmul`` (column) path instead.
+
+The implicit-GEMM conv's lanes can run their GEMMs on a second library
+instead: Intel MKL from the ``mkl`` wheel (``pip install defconv_np[mkl]``),
+chosen by ``config.cpu_blas``, loaded with its sequential threading layer.
+Only the lanes use it: they run one GEMM per core, which suits a sequential
+library, whereas a call that runs on the caller's thread alone (one image, or
+one lane) keeps NumPy's BLAS with all its threads. ``current_gemm`` gives the
+lanes' choice on a lane and NumPy's elsewhere.
+
+The column path (deformable and strided convs) stays on ``numpy.matmul``: its
+GEMMs read columns just written by the sampling kernels, and there MKL was no
+faster (``benchmarks/gemm_choice.py``: on a 2-core Xeon, a freshly written
+832 x 576 tile times a 576 x 64 weight on both cores at once ran 79 GFLOP/s
+per core on MKL against 98 on NumPy's OpenBLAS, whereas the same GEMM on data
+already in cache ran 126 against 122, and the whole image's 4096 x 576, 148
+against 122).
 """
 
 import ctypes
+import glob
 import os
+import sys
 import threading
+from importlib import metadata
 
 import numpy as np
+
+from . import config
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
@@ -27,6 +48,16 @@ _lock = threading.Lock()
 _found = None  # {dtype char: function}, once looked up
 #: (NumPy dtype char, BLAS letter, ctypes real) of the two GEMMs
 _KINDS = (("f", "s", ctypes.c_float), ("d", "d", ctypes.c_double))
+
+
+_mkl = None  # {dtype char: function} of MKL, once looked up ({} if unusable)
+#: ``in_lane.active`` is True on a worker lane while it runs a conv's chunks
+in_lane = threading.local()
+#: MKL's constants: sequential threading layer, and conditional numerical
+#: reproducibility for the code path of this CPU (results independent of the
+#: arrays' alignment)
+_MKL_THREADING_SEQUENTIAL, _MKL_CBWR_AUTO = 1, 2
+CHOICES = ("auto", "numpy", "mkl")
 
 
 def _after_fork_in_child():
@@ -101,6 +132,90 @@ def gemm(dtype):
             except OSError:
                 _found = {}
     return _found.get(np.dtype(dtype).char)
+
+
+def _mkl_paths():
+    """Candidate paths of ``libmkl_rt`` from the ``mkl`` wheel: the files its
+    distribution lists, then this environment's ``lib`` folder."""
+    paths = []
+    try:
+        files = metadata.distribution("mkl").files or []
+    except metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        if os.path.basename(str(file)).startswith("libmkl_rt.so"):
+            paths.append(str(file.locate()))
+    paths += sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")))
+    return [path for path in paths if os.path.exists(path)]
+
+
+def _mkl_loaded_already():
+    """Whether some ``libmkl_rt`` is already in this process (a NumPy built on
+    MKL, say): its threading layer is then its owner's, and not ours to set."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return "libmkl_rt" in maps.read()
+    except OSError:
+        return False
+
+
+def _lookup_mkl():
+    """MKL's CBLAS GEMMs, set to run sequentially, or {} when the ``mkl``
+    wheel is not installed (or MKL was loaded by someone else)."""
+    paths = _mkl_paths()
+    if not paths or _mkl_loaded_already():
+        return {}
+    lib = ctypes.CDLL(paths[0])
+    lib.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
+    lib.MKL_CBWR_Set.argtypes = [ctypes.c_int]
+    lib.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL)
+    lib.MKL_CBWR_Set(_MKL_CBWR_AUTO)
+    for suffix, int_type in (("_64", ctypes.c_int64), ("", ctypes.c_int32)):
+        functions = {}
+        for char, letter, real in _KINDS:
+            fn = _bind(lib, "cblas_" + letter + "gemm" + suffix, int_type, real)
+            if fn is not None:
+                functions[char] = fn
+        if len(functions) == 2:
+            return functions
+    return {}
+
+
+def mkl_gemm(dtype):
+    """MKL's sequential CBLAS ``?gemm`` for ``dtype`` (called as ``gemm``'s), or
+    None when the ``mkl`` wheel is not installed."""
+    global _mkl
+    with _lock:
+        if _mkl is None:
+            try:
+                _mkl = _lookup_mkl()
+            except (OSError, AttributeError):
+                _mkl = {}
+    return _mkl.get(np.dtype(dtype).char)
+
+
+def lane_gemm(dtype):
+    """The GEMM the worker lanes call for ``dtype``, as ``config.cpu_blas``
+    chooses: ``"mkl"`` MKL (a ValueError if the ``mkl`` wheel is missing),
+    ``"numpy"`` NumPy's own (``gemm``), ``"auto"`` MKL where installed and
+    NumPy's otherwise. None where neither is found."""
+    choice = config.cpu_blas
+    if choice not in CHOICES:
+        raise ValueError(f"config.cpu_blas must be one of {CHOICES}, got {choice!r}")
+    if choice != "numpy":
+        fn = mkl_gemm(dtype)
+        if fn is not None:
+            return fn
+        if choice == "mkl":
+            raise ValueError("config.cpu_blas is 'mkl', but MKL's libmkl_rt was not found "
+                             "(pip install defconv_np[mkl]), or another library had loaded it")
+    return gemm(dtype)
+
+
+def current_gemm(dtype):
+    """The GEMM for ``dtype`` on this thread: the lanes' choice on a worker
+    lane, NumPy's own elsewhere."""
+    return lane_gemm(dtype) if getattr(in_lane, "active", False) else gemm(dtype)
 
 
 def fits(fn, *sizes):

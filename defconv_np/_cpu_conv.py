@@ -18,7 +18,8 @@ transposing store (0.2).
 The backward runs the same band GEMMs the other way round: the column
 gradient never exists either.
 
-The GEMMs go straight to the CBLAS of NumPy's own BLAS (``_cpu_blas``):
+The GEMMs go straight to a CBLAS (``_cpu_blas``): NumPy's own BLAS, or on
+the worker lanes the one ``config.cpu_blas`` chooses (MKL where installed).
 ``numpy.matmul`` can neither accumulate nor start a matrix at an arbitrary
 element. Where that interface is not found, or groups are too narrow for
 GEMMs to pay, the entry points decline (False, None) and the column path
@@ -28,7 +29,7 @@ runs.
 import numpy as np
 
 from . import _columns, config
-from ._cpu_blas import NO_TRANS, ROW_MAJOR, TRANS, fits, gemm
+from ._cpu_blas import NO_TRANS, ROW_MAJOR, TRANS, current_gemm, fits, gemm, lane_gemm
 from .kernels.cpu import layout as layout_kernels
 
 
@@ -36,8 +37,7 @@ class _Bands:
     """Geometry of one implicit-GEMM conv: bands of output rows, the padded
     input rows each reads, and the taps' offsets into them."""
 
-    def __init__(self, input, weight, geom, fn):
-        self.fn = fn
+    def __init__(self, input, weight, geom):
         self.input = _cpu.kernel_operand(input)
         n, self.channels, h, w = input.shape
         self.out_ch, self.per_group, kh, kw = weight.shape
@@ -91,16 +91,17 @@ class _Bands:
     def forward(self, band, result, rows):
         """``result`` (O, rows*Wp) = the conv of ``band`` (kh*kw GEMMs per group;
         the unused columns are dropped, whatever they hold)."""
+        fn = current_gemm(self.input.dtype)
         isz, cg, og = self.itemsize, self.per_group, self.out_per_group
         m = self.result_width(rows)
         ld_band, ld_result = band.strides[0] // isz, result.strides[0] // isz
         b_base, c_base, w_base = band.ctypes.data, result.ctypes.data, self.weight.ctypes.data
         for g in range(self.groups):
             for t, shift in enumerate(self.taps):
-                self.fn(ROW_MAJOR, NO_TRANS, NO_TRANS, og, m, cg, 1.0,
-                        w_base + (t * self.out_ch + g * og) * cg * isz, cg,
-                        b_base + (g * cg * ld_band + shift) * isz, ld_band,
-                        0.0 if t == 0 else 1.0, c_base + g * og * ld_result * isz, ld_result)
+                fn(ROW_MAJOR, NO_TRANS, NO_TRANS, og, m, cg, 1.0,
+                   w_base + (t * self.out_ch + g * og) * cg * isz, cg,
+                   b_base + (g * cg * ld_band + shift) * isz, ld_band,
+                   0.0 if t == 0 else 1.0, c_base + g * og * ld_result * isz, ld_result)
 
     def grad_rows(self, grad_output, n, chunk, grad):
         """``grad_output`` rows ``chunk.r0:chunk.r1`` of image ``n`` as a result
@@ -125,20 +126,22 @@ class _Bands:
 
     def weight_grad(self, band, grad, grad_weight, exact):
         """``grad_weight[t]`` += ``grad @ window_t(band)^T`` per group."""
+        fn = current_gemm(self.input.dtype)
         isz, cg, og = self.itemsize, self.per_group, self.out_per_group
         ld_band, ld_grad = band.strides[0] // isz, grad.strides[0] // isz
         b_base, g_base, w_base = band.ctypes.data, grad.ctypes.data, grad_weight.ctypes.data
         for first, m in self.segments(grad.shape[1] // self.width_p, exact):
             for g in range(self.groups):
                 for t, shift in enumerate(self.taps):
-                    self.fn(ROW_MAJOR, NO_TRANS, TRANS, og, cg, m, 1.0,
-                            g_base + (g * og * ld_grad + first) * isz, ld_grad,
-                            b_base + (g * cg * ld_band + shift + first) * isz, ld_band,
-                            1.0, w_base + (t * self.out_ch + g * og) * cg * isz, cg)
+                    fn(ROW_MAJOR, NO_TRANS, TRANS, og, cg, m, 1.0,
+                       g_base + (g * og * ld_grad + first) * isz, ld_grad,
+                       b_base + (g * cg * ld_band + shift + first) * isz, ld_band,
+                       1.0, w_base + (t * self.out_ch + g * og) * cg * isz, cg)
 
     def band_grad(self, grad, band_grad, exact):
         """``band_grad`` (C, rows_in, Wp) = the adjoint of ``forward``: each
         tap's ``weight_t^T @ grad`` added onto its window."""
+        fn = current_gemm(self.input.dtype)
         isz, cg, og = self.itemsize, self.per_group, self.out_per_group
         ld_band, ld_grad = band_grad.strides[0] // isz, grad.strides[0] // isz
         s_base, g_base, w_base = band_grad.ctypes.data, grad.ctypes.data, self.weight.ctypes.data
@@ -146,25 +149,25 @@ class _Bands:
         for first, m in self.segments(grad.shape[1] // self.width_p, exact):
             for g in range(self.groups):
                 for t, shift in enumerate(self.taps):
-                    self.fn(ROW_MAJOR, TRANS, NO_TRANS, cg, m, og, 1.0,
-                            w_base + (t * self.out_ch + g * og) * cg * isz, cg,
-                            g_base + (g * og * ld_grad + first) * isz, ld_grad,
-                            1.0, s_base + (g * cg * ld_band + shift + first) * isz, ld_band)
+                    fn(ROW_MAJOR, TRANS, NO_TRANS, cg, m, og, 1.0,
+                       w_base + (t * self.out_ch + g * og) * cg * isz, cg,
+                       g_base + (g * og * ld_grad + first) * isz, ld_grad,
+                       1.0, s_base + (g * cg * ld_band + shift + first) * isz, ld_band)
 
 
-def _gemm_for(input, weight, geom):
-    """The CBLAS GEMM to run this conv with, or None where the implicit path
-    does not apply."""
-    fn = gemm(input.dtype)
-    if fn is None or geom.stride != (1, 1) or input.shape[0] == 0:
-        return None
+def _applies(input, weight, geom):
+    """Whether the implicit path runs this conv: stride 1, groups wide
+    enough, and a CBLAS GEMM (NumPy's, and the lanes' choice) whose integers
+    hold its sizes."""
+    if geom.stride != (1, 1) or input.shape[0] == 0:
+        return False
     narrowest = min(weight.shape[1], weight.shape[0] // geom.groups)
     if narrowest < config.cpu_implicit_conv_min_channels:
-        return None
+        return False
     h, w = input.shape[2] + 2 * geom.padding[0], input.shape[3] + 2 * geom.padding[1]
-    if not fits(fn, h * w * max(input.shape[1], weight.shape[0])):
-        return None
-    return fn
+    size = h * w * max(input.shape[1], weight.shape[0])
+    fns = (gemm(input.dtype), lane_gemm(input.dtype))
+    return all(fn is not None and fits(fn, size) for fn in fns)
 
 
 def implicit_conv2d_forward(input, weight, bias, geom, out):
@@ -172,10 +175,9 @@ def implicit_conv2d_forward(input, weight, bias, geom, out):
     ``out`` as implicit GEMMs and return True, or return False (nothing
     written) where this path does not apply. The bias is added as the result
     is copied out, not in a pass of its own."""
-    fn = _gemm_for(input, weight, geom)
-    if fn is None:
+    if not _applies(input, weight, geom):
         return False
-    bands = _Bands(input, weight, geom, fn)
+    bands = _Bands(input, weight, geom)
     bias = None if bias is None else np.asarray(bias).reshape(-1, 1, 1)
 
     def work(chunk, state):
@@ -199,10 +201,9 @@ def implicit_conv2d_backward(grad_output, input, weight, geom, want_input, want_
     not wanted), or None where this path does not apply. Each lane sums the
     weight gradient of its images; the lanes' sums are added in lane order,
     so the result does not depend on scheduling."""
-    fn = _gemm_for(input, weight, geom)
-    if fn is None or not (want_input or want_weight):
+    if not (want_input or want_weight) or not _applies(input, weight, geom):
         return None
-    bands = _Bands(input, weight, geom, fn)
+    bands = _Bands(input, weight, geom)
     grad_input = np.zeros(input.shape, input.dtype) if want_input else None
     finite_weight = bool(np.isfinite(bands.weight).all())
 

@@ -33,6 +33,16 @@ cpu_conv_band_bytes = 4 * 2**20
 #: kh*kw*groups of them per band cost more than the column copy they save
 #: when groups are thin (depthwise convs). Thinner groups take the column path.
 cpu_implicit_conv_min_channels = 16
+
+#: The BLAS the CPU worker lanes run their GEMMs on (``_cpu_blas``): ``"auto"``
+#: takes Intel MKL, sequential, where the ``mkl`` wheel is installed (``pip
+#: install defconv_np[mkl]``) and NumPy's own BLAS otherwise; ``"numpy"`` and
+#: ``"mkl"`` choose one (``"mkl"`` without the wheel is a ValueError). A call
+#: that runs on one thread (a single image, or ``numba.set_num_threads(1)``)
+#: keeps NumPy's BLAS, multithreaded. On a 2-core Xeon (SkylakeX kernel in
+#: NumPy's OpenBLAS) MKL ran the lanes' GEMMs 1.2-1.7x faster
+#: (``benchmarks/gemm_choice.py``).
+cpu_blas = "auto"
 #: The same bound for CuPy arrays. A GPU needs large chunks for cuBLAS to
 #: reach its GEMM rate and to amortise launches; 256 MiB is under half of the
 #: column buffer torchvision holds at (N=16, C=256, 64x64, 3x3) (604 MB).

@@ -1,0 +1,153 @@
+"""Which BLAS the implicit-GEMM conv's lanes call (``config.cpu_blas``): the
+choice is checked, honoured on the lanes only, and MKL, where the ``mkl``
+extra is installed, gives the numbers NumPy's BLAS gives."""
+
+import multiprocessing
+import os
+
+import numba
+import numpy as np
+import pytest
+
+import defconv_np as dc
+from defconv_np import _cpu_blas
+
+needs_two_lanes = pytest.mark.skipif(
+    numba.config.NUMBA_NUM_THREADS < 2,
+    reason="the lanes need two Numba threads; this machine has one core")
+
+
+def _case(dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((4, 16, 9, 8)).astype(dtype)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(dtype)
+    go = rng.standard_normal((4, 16, 9, 8)).astype(dtype)
+    return x, w, go
+
+
+def _conv_results(x, w, go):
+    return [dc.conv2d(x, w, padding=1), *dc.conv2d_backward(go, x, w, padding=1)]
+
+
+@pytest.fixture
+def numpy_gemm_posing_as_mkl(monkeypatch):
+    """MKL's slot filled with NumPy's own GEMM behind a counter, so that the
+    lanes' routing is tested where the mkl wheel is not installed."""
+    calls = {"f": 0, "d": 0}
+
+    def fake_mkl_gemm(dtype):
+        char = np.dtype(dtype).char
+        fn = _cpu_blas.gemm(dtype)
+
+        def counted(*args):
+            calls[char] += 1
+            return fn(*args)
+
+        counted.argtypes = fn.argtypes
+        return counted
+
+    monkeypatch.setattr(_cpu_blas, "mkl_gemm", fake_mkl_gemm)
+    if _cpu_blas.gemm(np.float64) is None:
+        pytest.skip("this NumPy's BLAS has no CBLAS the implicit path can call")
+    return calls
+
+
+@pytest.mark.parametrize("choice", ["openblas", "MKL", "", None])
+def test_an_unknown_choice_is_a_value_error(monkeypatch, choice):
+    monkeypatch.setattr(dc.config, "cpu_blas", choice)
+    x, w, _ = _case()
+    with pytest.raises(ValueError, match=r"config\.cpu_blas must be one of"):
+        dc.conv2d(x, w, padding=1)
+
+
+def test_mkl_asked_for_but_missing_is_a_value_error(monkeypatch):
+    monkeypatch.setattr(_cpu_blas, "_mkl", {})  # as if the wheel were not installed
+    monkeypatch.setattr(dc.config, "cpu_blas", "mkl")
+    x, w, _ = _case()
+    with pytest.raises(ValueError, match=r"pip install defconv_np\[mkl\]"):
+        dc.conv2d(x, w, padding=1)
+    monkeypatch.setattr(dc.config, "cpu_blas", "auto")  # auto falls back to NumPy's BLAS
+    np.testing.assert_array_equal(dc.conv2d(x, w, padding=1),
+                                  dc.conv2d(x, w, padding=1, stride=1))
+
+
+@needs_two_lanes
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_lanes_call_the_chosen_gemm_and_one_thread_keeps_numpys(
+        monkeypatch, numpy_gemm_posing_as_mkl, dtype):
+    calls = numpy_gemm_posing_as_mkl
+    args = _case(dtype)
+    monkeypatch.setattr(dc.config, "cpu_blas", "numpy")
+    reference = _conv_results(*args)
+    assert calls == {"f": 0, "d": 0}
+    monkeypatch.setattr(dc.config, "cpu_blas", "mkl")
+    routed = _conv_results(*args)
+    char = np.dtype(dtype).char
+    # 4 images on 2 lanes: 9 GEMMs per image forward, 18 backward
+    assert calls[char] == 4 * 27
+    numba.set_num_threads(1)
+    try:
+        before = dict(calls)
+        alone = _conv_results(*args)
+        assert calls == before  # one lane: NumPy's (multithreaded) BLAS
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    # the same GEMM on the same lanes: the same bits; one lane sums the
+    # images' weight gradients in another order
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b, c in zip(reference, routed, alone):
+        np.testing.assert_array_equal(b, a)
+        np.testing.assert_allclose(c, a, rtol=0, atol=tol * np.abs(a).max())
+
+
+def _mkl_installed():
+    if _cpu_blas.mkl_gemm(np.float64) is not None:
+        return True
+    if os.environ.get("DEFCONV_NP_EXPECT_MKL") == "1":
+        pytest.fail("DEFCONV_NP_EXPECT_MKL=1 but MKL's libmkl_rt was not found or not usable")
+    pytest.skip("the mkl extra is not installed (pip install defconv_np[mkl]); "
+                "tox -e mkl runs this")
+
+
+def _conv_in_child(queue):
+    x, w, go = _case()
+    queue.put([np.asarray(r) for r in _conv_results(x, w, go)])
+
+
+@needs_two_lanes
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_mkl_gives_numpys_numbers(monkeypatch, dtype, rtol):
+    _mkl_installed()
+    args = _case(dtype, seed=1)
+    monkeypatch.setattr(dc.config, "cpu_blas", "numpy")
+    reference = _conv_results(*args)
+    calls = []
+    real = _cpu_blas.mkl_gemm
+
+    def spy(d):
+        calls.append(d)
+        return real(d)
+
+    monkeypatch.setattr(_cpu_blas, "mkl_gemm", spy)
+    monkeypatch.setattr(dc.config, "cpu_blas", "mkl")
+    on_mkl = _conv_results(*args)
+    assert calls, "the lanes did not ask for MKL"
+    for a, b in zip(reference, on_mkl):
+        scale = np.abs(a).max()
+        np.testing.assert_allclose(b, a, rtol=0, atol=rtol * scale)
+
+
+@needs_two_lanes
+def test_mkl_lanes_work_in_a_forked_child():
+    _mkl_installed()
+    x, w, go = _case()
+    expected = _conv_results(x, w, go)  # MKL loaded and used in the parent first
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_conv_in_child, args=(queue,))
+    child.start()
+    got = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(b, a)
