@@ -13,8 +13,12 @@ The CPU convs multiply pixels-first column tiles (P x C*K) by the weight
 * ``torch.mm`` (oneDNN/MKL-style kernels), if installed, as a reference only:
   the library does not depend on torch;
 * MKL's ``cblas_sgemm`` (sequential), if the ``mkl`` wheel is installed in
-  this environment (about 1.1 GB with its dependencies: a reference, not a
-  dependency).
+  this environment (``pip install defconv_np[mkl]``, about 1 GB with its
+  dependencies; ``config.cpu_blas``);
+
+and then NumPy's CBLAS and MKL's on both cores at once, as the conv lanes call
+them, on column tiles kept in cache and on tiles rewritten before each call
+(as the deformable sampling writes them).
 
 Run:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/gemm_choice.py
 (the workplace's OPENBLAS_CORETYPE=Haswell selects a slower kernel than a
@@ -25,10 +29,15 @@ import json
 import os
 import platform
 import statistics
+import sys
+import threading
 import time
 
 import numpy as np
 import threadpoolctl
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from defconv_np import _cpu_blas  # noqa: E402
 
 
 def gflops(fn, flop, repeats=40):
@@ -43,22 +52,52 @@ def gflops(fn, flop, repeats=40):
 
 
 def _mkl_sgemm():
-    """MKL's ``cblas_sgemm`` (LP64) from the ``mkl`` wheel's ``libmkl_rt``
-    in this environment, set to run sequentially, or None if not installed."""
-    import ctypes
-    import glob
-    import sys
+    """MKL's sequential ``cblas_sgemm`` from the ``mkl`` wheel, as the library
+    loads it (``_cpu_blas.mkl_gemm``), or None if not installed."""
+    return _cpu_blas.mkl_gemm(np.float32)
 
-    paths = glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*"))
-    if not paths:
-        return None
-    lib = ctypes.CDLL(paths[0])
-    lib.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
-    lib.MKL_Set_Threading_Layer(1)  # MKL_THREADING_SEQUENTIAL
-    fn = lib.cblas_sgemm
-    i, p = ctypes.c_int, ctypes.c_void_p
-    fn.argtypes = [i, i, i, i, i, i, ctypes.c_float, p, i, p, i, ctypes.c_float, p, i]
-    return fn
+
+def concurrent_rows(fns, rows_k, out_ch, repeats=60):
+    """Each CBLAS ``fn`` on both cores at once, one thread each, as the conv
+    lanes run it: the same (P x K) @ (K x O) GEMM per thread, on a tile kept
+    in cache ("warm") and on one rewritten just before each call, as the
+    deformable sampling writes its columns ("fresh", four tiles in turn)."""
+    results = []
+    for npix in (832, 4096):
+        for fresh in (False, True):
+            for name, fn in fns.items():
+                rates = []
+
+                def lane(seed):
+                    local = np.random.default_rng(seed)  # a Generator per thread
+                    tiles = [local.standard_normal((npix, rows_k)).astype(np.float32)
+                             for _ in range(4 if fresh else 1)]
+                    w = local.standard_normal((out_ch, rows_k)).astype(np.float32)
+                    c = np.empty((npix, out_ch), np.float32)
+                    spent = 0.0
+                    for r in range(repeats + 1):
+                        a = tiles[r % len(tiles)]
+                        if fresh:
+                            a += 0  # rewritten: its lines dirty, as after a fill
+                        t0 = time.perf_counter()
+                        fn(101, 111, 112, npix, out_ch, rows_k, 1.0, a.ctypes.data, rows_k,
+                           w.ctypes.data, rows_k, 0.0, c.ctypes.data, out_ch)
+                        if r:
+                            spent += time.perf_counter() - t0
+                    rates.append(2 * npix * rows_k * out_ch * repeats / spent / 1e9)
+
+                threads = [threading.Thread(target=lane, args=(seed,)) for seed in range(2)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                row = {"pixels": npix, "gemm": f"{name} cols @ w.T, two cores at once, "
+                       + ("fresh columns" if fresh else "warm columns"),
+                       "gflops_per_core": round(min(rates), 1)}
+                results.append(row)
+                print(f"P={npix:5d} {row['gemm']:62s} {row['gflops_per_core']:7.1f} "
+                      "GFLOP/s per core", flush=True)
+    return results
 
 
 def main():
@@ -121,6 +160,11 @@ def main():
             ms, rate = gflops(fn, flop)
             results.append({"pixels": npix, "gemm": name, "ms": ms, "gflops": rate})
             print(f"P={npix:5d} {name:44s} {ms:8.3f} ms {rate:7.1f} GFLOP/s", flush=True)
+    lane_fns = {"numpy's cblas_sgemm": _cpu_blas.gemm(np.float32)}
+    if mkl_sgemm is not None:
+        lane_fns["mkl cblas_sgemm (sequential)"] = mkl_sgemm
+    results += concurrent_rows({k: v for k, v in lane_fns.items() if v is not None},
+                               rows_k, out_ch)
     blas = [{k: lib.get(k) for k in ("internal_api", "version", "architecture", "filepath")}
             for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
     limits.restore_original_limits()

@@ -1,4 +1,4 @@
-"""Direct calls into the BLAS NumPy itself uses, through its CBLAS interface.
+"""Direct calls into the BLAS NumPy itself uses (and Intel MKL, where installed), through CBLAS.
 
 ``numpy.matmul`` cannot accumulate into its output (``beta = 1``) nor take a
 matrix whose rows are a strided window of a larger array at an arbitrary
@@ -22,13 +22,16 @@ library, whereas a call that runs on the caller's thread alone (one image, or
 one lane) keeps NumPy's BLAS with all its threads. ``current_gemm`` gives the
 lanes' choice on a lane and NumPy's elsewhere.
 
-The column path (deformable and strided convs) stays on ``numpy.matmul``: its
-GEMMs read columns just written by the sampling kernels, and there MKL was no
-faster (``benchmarks/gemm_choice.py``: on a 2-core Xeon, a freshly written
-832 x 576 tile times a 576 x 64 weight on both cores at once ran 79 GFLOP/s
-per core on MKL against 98 on NumPy's OpenBLAS, whereas the same GEMM on data
-already in cache ran 126 against 122, and the whole image's 4096 x 576, 148
-against 122).
+The column path (deformable and strided convs) stays on ``numpy.matmul``.
+A trial that sent its GEMMs to MKL as well (at the benchmark shape, on a
+2-core Xeon: ``benchmarks/results/cpu_mkl_columns_trial_2026-12-02.json``)
+gave the deformable rows 2.23-2.49x torch's dense conv forward against
+2.24-2.49x on NumPy's BLAS, and 2.00-2.13x against 1.92-2.20x forward and
+backward: no gain to show for a second code path. There the GEMMs read
+columns the sampling kernels have just written, while the other core
+samples; MKL's lead at the GEMM alone (``benchmarks/gemm_choice.py``: 148-160
+against 117-122 GFLOP/s per core with both cores busy) shrank to 115 against
+97 on rewritten whole-image tiles, and one earlier run had it behind.
 """
 
 import ctypes

@@ -13,13 +13,19 @@ takes effect on the next call.
 column_budget_bytes = 8 * 2**20
 
 #: At most this many bytes of that budget per CPU lane: the columns a lane
-#: writes and its GEMM reads back stay closer to its core. On a 2-core AMD
-#: EPYC (1 MiB L2 per core), deform_conv2d v2 forward / forward+backward at
-#: the benchmark shape took 14.8 / 54.4 ms with 2 MiB, 15.1 / 55.4 with 4 MiB,
-#: 15.8 / 59.6 with 8 MiB and 15.4 / 57.3 with 1 MiB (``budget_scan`` in
-#: benchmarks/results/cpu.json; a run before it: 17.1 / 64.2 against
-#: 19.4 / 72.3 and 19.7 / 72.0).
-cpu_lane_column_bytes = 2 * 2**20
+#: writes and its GEMM reads back stay closer to its core. A backward pass
+#: holds two buffers (columns and their gradient) in it, so its chunks have
+#: half the pixels of the forward's. On a 2-core Intel Xeon (2 MiB L2 per
+#: core), three runs of ``benchmarks/cpu_bench.py``'s ``budget_scan``
+#: (deform_conv2d v2 at the benchmark shape, forward / forward+backward, ms)
+#: gave 18.1-19.8 / 67.6-74.2 with 2 MiB, 18.0-19.7 / 64.0-69.9 with 4 MiB and
+#: 17.8-19.6 / 62.6-67.4 with 8 MiB (``cpu_before_mkl_2026-12-02.json``,
+#: ``cpu_run10.json``, ``cpu_run11.json``): 4 MiB took 3.0-4.3 ms off the
+#: forward+backward of 2 MiB in each run; 8 MiB per lane would need twice the
+#: total budget. On a 2-core AMD EPYC (1 MiB L2 per core) the earlier scan
+#: gave 14.8 / 54.4 with 2 MiB, 15.1 / 55.4 with 4 MiB and 15.8 / 59.6 with
+#: 8 MiB.
+cpu_lane_column_bytes = 4 * 2**20
 
 #: Bytes of the band (padded input rows) and result a CPU lane holds at once
 #: in conv2d's implicit-GEMM path (stride 1, ``_cpu_conv``); an image whose
