@@ -19,8 +19,9 @@ instead: Intel MKL from the ``mkl`` wheel (``pip install defconv_np[mkl]``),
 chosen by ``config.cpu_blas``, loaded with its sequential threading layer.
 Only the lanes use it: they run one GEMM per core, which suits a sequential
 library, whereas a call that runs on the caller's thread alone (one image, or
-one lane) keeps NumPy's BLAS with all its threads. ``current_gemm`` gives the
-lanes' choice on a lane and NumPy's elsewhere.
+one lane) keeps NumPy's BLAS with all its threads. A conv resolves both
+GEMMs once, at its start (``lane_gemm`` and ``gemm``), and each thread takes
+its own by ``in_lane``.
 
 The column path (deformable and strided convs) stays on ``numpy.matmul``.
 A trial that sent its GEMMs to MKL as well (at the benchmark shape, on a
@@ -35,9 +36,7 @@ against 117-122 GFLOP/s per core with both cores busy) shrank to 115 against
 """
 
 import ctypes
-import glob
 import os
-import sys
 import threading
 from importlib import metadata
 
@@ -59,7 +58,10 @@ in_lane = threading.local()
 #: MKL's constants: sequential threading layer, and conditional numerical
 #: reproducibility for the code path of this CPU (results independent of the
 #: arrays' alignment)
-_MKL_THREADING_SEQUENTIAL, _MKL_CBWR_AUTO = 1, 2
+_MKL_THREADING_SEQUENTIAL, _MKL_CBWR_AUTO, _MKL_CBWR_SUCCESS = 1, 2, 0
+#: Whether ``_lookup_mkl`` loaded ``libmkl_rt`` (so that a lookup redone in a
+#: forked child does not take our own copy for someone else's)
+_mkl_loaded_by_us = False
 CHOICES = ("auto", "numpy", "mkl")
 
 
@@ -138,55 +140,65 @@ def gemm(dtype):
 
 
 def _mkl_paths():
-    """Candidate paths of ``libmkl_rt`` from the ``mkl`` wheel: the files its
-    distribution lists, then this environment's ``lib`` folder."""
-    paths = []
+    """Paths of ``libmkl_rt`` among the files the ``mkl`` wheel installed."""
     try:
         files = metadata.distribution("mkl").files or []
     except metadata.PackageNotFoundError:
-        files = []
-    for file in files:
-        if os.path.basename(str(file)).startswith("libmkl_rt.so"):
-            paths.append(str(file.locate()))
-    paths += sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")))
+        return []
+    paths = [str(file.locate()) for file in files
+             if os.path.basename(str(file)).startswith("libmkl_rt.so")]
     return [path for path in paths if os.path.exists(path)]
 
 
 def _mkl_loaded_already():
-    """Whether some ``libmkl_rt`` is already in this process (a NumPy built on
-    MKL, say): its threading layer is then its owner's, and not ours to set."""
+    """Whether MKL is already in this process (a NumPy built on MKL, say, as
+    ``libmkl_rt`` or as separate ``libmkl_core`` and interface libraries): its
+    threading layer is then its owner's, and not ours to set."""
     try:
         with open("/proc/self/maps") as maps:
-            return "libmkl_rt" in maps.read()
+            text = maps.read()
     except OSError:
         return False
+    return "libmkl_rt" in text or "libmkl_core" in text
 
 
 def _lookup_mkl():
-    """MKL's CBLAS GEMMs, set to run sequentially, or {} when the ``mkl``
-    wheel is not installed (or MKL was loaded by someone else)."""
+    """MKL's CBLAS GEMMs, set to run sequentially, or {} when the ``mkl`` wheel
+    is not installed, MKL was already loaded by someone else, or this MKL
+    lacks what is needed: the 64-bit-integer symbols ``cblas_?gemm_64`` (the
+    plain ones take the integer width of ``MKL_INTERFACE_LAYER``, which a
+    user may set), and the sequential layer and reproducible mode accepted.
+
+    Both settings are process-wide: any later user of this ``libmkl_rt`` gets
+    them too (a NumPy or SciPy built on MKL would have loaded it first, and
+    then it is left alone)."""
+    global _mkl_loaded_by_us
     paths = _mkl_paths()
-    if not paths or _mkl_loaded_already():
+    if not paths or (_mkl_loaded_already() and not _mkl_loaded_by_us):
         return {}
     lib = ctypes.CDLL(paths[0])
+    _mkl_loaded_by_us = True
+    functions = {}
+    for char, letter, real in _KINDS:
+        fn = _bind(lib, "cblas_" + letter + "gemm_64", ctypes.c_int64, real)
+        if fn is None:
+            return {}
+        functions[char] = fn
     lib.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
+    lib.MKL_Set_Threading_Layer.restype = ctypes.c_int
     lib.MKL_CBWR_Set.argtypes = [ctypes.c_int]
-    lib.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL)
-    lib.MKL_CBWR_Set(_MKL_CBWR_AUTO)
-    for suffix, int_type in (("_64", ctypes.c_int64), ("", ctypes.c_int32)):
-        functions = {}
-        for char, letter, real in _KINDS:
-            fn = _bind(lib, "cblas_" + letter + "gemm" + suffix, int_type, real)
-            if fn is not None:
-                functions[char] = fn
-        if len(functions) == 2:
-            return functions
-    return {}
+    lib.MKL_CBWR_Set.restype = ctypes.c_int
+    if lib.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL) != _MKL_THREADING_SEQUENTIAL:
+        return {}
+    if lib.MKL_CBWR_Set(_MKL_CBWR_AUTO) != _MKL_CBWR_SUCCESS:
+        return {}
+    return functions
 
 
 def mkl_gemm(dtype):
-    """MKL's sequential CBLAS ``?gemm`` for ``dtype`` (called as ``gemm``'s), or
-    None when the ``mkl`` wheel is not installed."""
+    """MKL's sequential CBLAS ``?gemm`` for ``dtype`` (called as ``gemm``'s,
+    64-bit integers), or None when ``_lookup_mkl`` finds it unusable (the
+    ``mkl`` wheel not installed, MKL loaded by someone else, or too old)."""
     global _mkl
     with _lock:
         if _mkl is None:
@@ -210,15 +222,10 @@ def lane_gemm(dtype):
         if fn is not None:
             return fn
         if choice == "mkl":
-            raise ValueError("config.cpu_blas is 'mkl', but MKL's libmkl_rt was not found "
-                             "(pip install defconv_np[mkl]), or another library had loaded it")
+            raise ValueError("config.cpu_blas is 'mkl', but no usable MKL was found: "
+                             "install it with pip install defconv_np[mkl] (MKL loaded by "
+                             "another library first, or without cblas_?gemm_64, is not used)")
     return gemm(dtype)
-
-
-def current_gemm(dtype):
-    """The GEMM for ``dtype`` on this thread: the lanes' choice on a worker
-    lane, NumPy's own elsewhere."""
-    return lane_gemm(dtype) if getattr(in_lane, "active", False) else gemm(dtype)
 
 
 def fits(fn, *sizes):

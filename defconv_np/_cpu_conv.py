@@ -29,7 +29,7 @@ runs.
 import numpy as np
 
 from . import _columns, config
-from ._cpu_blas import NO_TRANS, ROW_MAJOR, TRANS, current_gemm, fits, gemm, lane_gemm
+from ._cpu_blas import NO_TRANS, ROW_MAJOR, TRANS, fits, gemm, in_lane, lane_gemm
 from .kernels.cpu import layout as layout_kernels
 
 
@@ -37,7 +37,9 @@ class _Bands:
     """Geometry of one implicit-GEMM conv: bands of output rows, the padded
     input rows each reads, and the taps' offsets into them."""
 
-    def __init__(self, input, weight, geom):
+    def __init__(self, input, weight, geom, fns):
+        # (NumPy's GEMM, the lanes' GEMM), resolved once for the whole call
+        self.fns = fns
         self.input = _cpu.kernel_operand(input)
         n, self.channels, h, w = input.shape
         self.out_ch, self.per_group, kh, kw = weight.shape
@@ -91,7 +93,7 @@ class _Bands:
     def forward(self, band, result, rows):
         """``result`` (O, rows*Wp) = the conv of ``band`` (kh*kw GEMMs per group;
         the unused columns are dropped, whatever they hold)."""
-        fn = current_gemm(self.input.dtype)
+        fn = self.fns[1] if getattr(in_lane, "active", False) else self.fns[0]
         isz, cg, og = self.itemsize, self.per_group, self.out_per_group
         m = self.result_width(rows)
         ld_band, ld_result = band.strides[0] // isz, result.strides[0] // isz
@@ -126,7 +128,7 @@ class _Bands:
 
     def weight_grad(self, band, grad, grad_weight, exact):
         """``grad_weight[t]`` += ``grad @ window_t(band)^T`` per group."""
-        fn = current_gemm(self.input.dtype)
+        fn = self.fns[1] if getattr(in_lane, "active", False) else self.fns[0]
         isz, cg, og = self.itemsize, self.per_group, self.out_per_group
         ld_band, ld_grad = band.strides[0] // isz, grad.strides[0] // isz
         b_base, g_base, w_base = band.ctypes.data, grad.ctypes.data, grad_weight.ctypes.data
@@ -141,7 +143,7 @@ class _Bands:
     def band_grad(self, grad, band_grad, exact):
         """``band_grad`` (C, rows_in, Wp) = the adjoint of ``forward``: each
         tap's ``weight_t^T @ grad`` added onto its window."""
-        fn = current_gemm(self.input.dtype)
+        fn = self.fns[1] if getattr(in_lane, "active", False) else self.fns[0]
         isz, cg, og = self.itemsize, self.per_group, self.out_per_group
         ld_band, ld_grad = band_grad.strides[0] // isz, grad.strides[0] // isz
         s_base, g_base, w_base = band_grad.ctypes.data, grad.ctypes.data, self.weight.ctypes.data
@@ -155,19 +157,22 @@ class _Bands:
                        1.0, s_base + (g * cg * ld_band + shift + first) * isz, ld_band)
 
 
-def _applies(input, weight, geom):
-    """Whether the implicit path runs this conv: stride 1, groups wide
-    enough, and a CBLAS GEMM (NumPy's, and the lanes' choice) whose integers
-    hold its sizes."""
+def _gemms_for(input, weight, geom):
+    """(NumPy's GEMM, the lanes' GEMM) to run this conv with, both resolved
+    now for the whole call, or None where the implicit path does not apply
+    (stride other than 1, groups too thin, or a GEMM missing or too narrow
+    in its integers for the sizes)."""
     if geom.stride != (1, 1) or input.shape[0] == 0:
-        return False
+        return None
     narrowest = min(weight.shape[1], weight.shape[0] // geom.groups)
     if narrowest < config.cpu_implicit_conv_min_channels:
-        return False
+        return None
     h, w = input.shape[2] + 2 * geom.padding[0], input.shape[3] + 2 * geom.padding[1]
     size = h * w * max(input.shape[1], weight.shape[0])
     fns = (gemm(input.dtype), lane_gemm(input.dtype))
-    return all(fn is not None and fits(fn, size) for fn in fns)
+    if all(fn is not None and fits(fn, size) for fn in fns):
+        return fns
+    return None
 
 
 def implicit_conv2d_forward(input, weight, bias, geom, out):
@@ -175,9 +180,10 @@ def implicit_conv2d_forward(input, weight, bias, geom, out):
     ``out`` as implicit GEMMs and return True, or return False (nothing
     written) where this path does not apply. The bias is added as the result
     is copied out, not in a pass of its own."""
-    if not _applies(input, weight, geom):
+    fns = _gemms_for(input, weight, geom)
+    if fns is None:
         return False
-    bands = _Bands(input, weight, geom)
+    bands = _Bands(input, weight, geom, fns)
     bias = None if bias is None else np.asarray(bias).reshape(-1, 1, 1)
 
     def work(chunk, state):
@@ -201,9 +207,10 @@ def implicit_conv2d_backward(grad_output, input, weight, geom, want_input, want_
     not wanted), or None where this path does not apply. Each lane sums the
     weight gradient of its images; the lanes' sums are added in lane order,
     so the result does not depend on scheduling."""
-    if not (want_input or want_weight) or not _applies(input, weight, geom):
+    fns = _gemms_for(input, weight, geom) if (want_input or want_weight) else None
+    if fns is None:
         return None
-    bands = _Bands(input, weight, geom)
+    bands = _Bands(input, weight, geom, fns)
     grad_input = np.zeros(input.shape, input.dtype) if want_input else None
     finite_weight = bool(np.isfinite(bands.weight).all())
 

@@ -4,6 +4,7 @@ extra is installed, gives the numbers NumPy's BLAS gives."""
 
 import multiprocessing
 import os
+import threading
 
 import numba
 import numpy as np
@@ -13,8 +14,23 @@ import defconv_np as dc
 from defconv_np import _cpu_blas
 
 needs_two_lanes = pytest.mark.skipif(
-    numba.config.NUMBA_NUM_THREADS < 2,
+    numba.get_num_threads() < 2,
     reason="the lanes need two Numba threads; this machine has one core")
+
+#: GEMMs of ``_conv_results`` on 4 images: 9 per image forward, 18 backward
+GEMMS = 4 * 27
+
+
+def _counting(fn, counts, key):
+    """``fn`` (a ctypes GEMM) behind a counter of the calls made on the
+    conv's worker lanes (threads named ``defconv_np-lane...``)."""
+    def counted(*args):
+        if threading.current_thread().name.startswith("defconv_np-lane"):
+            counts[key] += 1
+        return fn(*args)
+
+    counted.argtypes = fn.argtypes
+    return counted
 
 
 def _case(dtype=np.float64, seed=0):
@@ -36,15 +52,7 @@ def numpy_gemm_posing_as_mkl(monkeypatch):
     calls = {"f": 0, "d": 0}
 
     def fake_mkl_gemm(dtype):
-        char = np.dtype(dtype).char
-        fn = _cpu_blas.gemm(dtype)
-
-        def counted(*args):
-            calls[char] += 1
-            return fn(*args)
-
-        counted.argtypes = fn.argtypes
-        return counted
+        return _counting(_cpu_blas.gemm(dtype), calls, np.dtype(dtype).char)
 
     monkeypatch.setattr(_cpu_blas, "mkl_gemm", fake_mkl_gemm)
     if _cpu_blas.gemm(np.float64) is None:
@@ -67,8 +75,9 @@ def test_mkl_asked_for_but_missing_is_a_value_error(monkeypatch):
     with pytest.raises(ValueError, match=r"pip install defconv_np\[mkl\]"):
         dc.conv2d(x, w, padding=1)
     monkeypatch.setattr(dc.config, "cpu_blas", "auto")  # auto falls back to NumPy's BLAS
-    np.testing.assert_array_equal(dc.conv2d(x, w, padding=1),
-                                  dc.conv2d(x, w, padding=1, stride=1))
+    auto = dc.conv2d(x, w, padding=1)
+    monkeypatch.setattr(dc.config, "cpu_blas", "numpy")
+    np.testing.assert_array_equal(auto, dc.conv2d(x, w, padding=1))
 
 
 @needs_two_lanes
@@ -83,21 +92,34 @@ def test_the_lanes_call_the_chosen_gemm_and_one_thread_keeps_numpys(
     monkeypatch.setattr(dc.config, "cpu_blas", "mkl")
     routed = _conv_results(*args)
     char = np.dtype(dtype).char
-    # 4 images on 2 lanes: 9 GEMMs per image forward, 18 backward
-    assert calls[char] == 4 * 27
+    assert calls[char] == GEMMS
+    threads = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
         before = dict(calls)
         alone = _conv_results(*args)
         assert calls == before  # one lane: NumPy's (multithreaded) BLAS
     finally:
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        numba.set_num_threads(threads)
     # the same GEMM on the same lanes: the same bits; one lane sums the
     # images' weight gradients in another order
     tol = 1e-5 if dtype == np.float32 else 1e-12
     for a, b, c in zip(reference, routed, alone):
         np.testing.assert_array_equal(b, a)
         np.testing.assert_allclose(c, a, rtol=0, atol=tol * np.abs(a).max())
+
+
+def _spy_on_mkl(monkeypatch):
+    """Count the lanes' calls into real MKL (``counts["f"]``, ``["d"]``)."""
+    counts = {"f": 0, "d": 0}
+    real = _cpu_blas.mkl_gemm
+
+    def spy(dtype):
+        fn = real(dtype)
+        return None if fn is None else _counting(fn, counts, np.dtype(dtype).char)
+
+    monkeypatch.setattr(_cpu_blas, "mkl_gemm", spy)
+    return counts
 
 
 def _mkl_installed():
@@ -109,9 +131,10 @@ def _mkl_installed():
                 "tox -e mkl runs this")
 
 
-def _conv_in_child(queue):
+def _conv_in_child(queue, counts):
     x, w, go = _case()
-    queue.put([np.asarray(r) for r in _conv_results(x, w, go)])
+    results = [np.asarray(r) for r in _conv_results(x, w, go)]
+    queue.put((results, dict(counts)))
 
 
 @needs_two_lanes
@@ -121,33 +144,53 @@ def test_mkl_gives_numpys_numbers(monkeypatch, dtype, rtol):
     args = _case(dtype, seed=1)
     monkeypatch.setattr(dc.config, "cpu_blas", "numpy")
     reference = _conv_results(*args)
-    calls = []
-    real = _cpu_blas.mkl_gemm
-
-    def spy(d):
-        calls.append(d)
-        return real(d)
-
-    monkeypatch.setattr(_cpu_blas, "mkl_gemm", spy)
+    counts = _spy_on_mkl(monkeypatch)
     monkeypatch.setattr(dc.config, "cpu_blas", "mkl")
     on_mkl = _conv_results(*args)
-    assert calls, "the lanes did not ask for MKL"
+    assert counts[np.dtype(dtype).char] == GEMMS, "the lanes' GEMMs did not all run on MKL"
     for a, b in zip(reference, on_mkl):
         scale = np.abs(a).max()
         np.testing.assert_allclose(b, a, rtol=0, atol=rtol * scale)
 
 
 @needs_two_lanes
-def test_mkl_lanes_work_in_a_forked_child():
+def test_mkl_lanes_work_in_a_forked_child(monkeypatch):
     _mkl_installed()
+    counts = _spy_on_mkl(monkeypatch)
+    monkeypatch.setattr(dc.config, "cpu_blas", "mkl")
     x, w, go = _case()
     expected = _conv_results(x, w, go)  # MKL loaded and used in the parent first
+    assert counts["d"] == GEMMS
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    child = ctx.Process(target=_conv_in_child, args=(queue,))
+    child = ctx.Process(target=_conv_in_child, args=(queue, counts))
     child.start()
-    got = queue.get(timeout=120)
+    got, child_counts = queue.get(timeout=120)
     child.join(timeout=60)
     assert child.exitcode == 0
+    assert child_counts["d"] == 2 * GEMMS  # the parent's count, then the child's own
     for a, b in zip(expected, got):
         np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mkl_gemm_reads_windows_and_accumulates_as_cblas_says(dtype):
+    """MKL's GEMM on its own, no lanes: row-major windows at an element offset
+    with leading dimensions wider than the rows, a transposed operand, and
+    ``beta = 1``, against NumPy."""
+    _mkl_installed()
+    fn = _cpu_blas.mkl_gemm(dtype)
+    rng = np.random.default_rng(2)
+    big_a = rng.standard_normal((20, 40)).astype(dtype)
+    big_b = rng.standard_normal((30, 25)).astype(dtype)
+    c = rng.standard_normal((7, 50)).astype(dtype)
+    m, n, k = 7, 11, 13
+    a = big_a[3:3 + m, 5:5 + k]  # (m, k), ld 40
+    b_t = big_b[2:2 + n, 4:4 + k]  # B^T stored (n, k), ld 25
+    expected = c[:, 6:6 + n] + 2.0 * (a @ b_t.T)
+    isz = big_a.itemsize
+    fn(_cpu_blas.ROW_MAJOR, _cpu_blas.NO_TRANS, _cpu_blas.TRANS, m, n, k, 2.0,
+       big_a.ctypes.data + (3 * 40 + 5) * isz, 40, big_b.ctypes.data + (2 * 25 + 4) * isz, 25,
+       1.0, c.ctypes.data + 6 * isz, 50)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(c[:, 6:6 + n], expected, rtol=tol, atol=tol)
