@@ -16,9 +16,7 @@ installed: a dense conv does the same GEMM
 arithmetic and is the floor a deformable conv can reach. Where the ``mkl``
 wheel is installed (``pip install defconv_np[mkl]``), the conv rows also time
 ours with the lanes' GEMMs on MKL (``config.cpu_blas = "mkl"``), in the same
-alternating blocks, beside ours on NumPy's own BLAS (``"numpy"``). The
-deformable rows have no such variant: their column GEMMs always run on NumPy's
-BLAS (``_cpu_blas``). Peak extra memory of
+alternating blocks, beside ours on NumPy's own BLAS (``"numpy"``). Peak extra memory of
 our calls is measured with tracemalloc (NumPy reports its allocations there),
 at two batch sizes to show that the column buffer is chunked.
 """
@@ -160,7 +158,7 @@ def main():
     rows = []
 
     def record(op, config, ours, peer, peer_name, peak=None):
-        """``ours``: ms, or {blas: ms} for the conv2d rows (the first of
+        """``ours``: ms, or {blas: ms} for the conv rows (the first of
         ``BLASES`` is the row's ``ours_ms``; MKL's also gets ``ours_mkl_ms``)."""
         by_blas = ours if isinstance(ours, dict) else {}
         ours = by_blas[BLASES[0]] if by_blas else ours
@@ -244,10 +242,12 @@ def main():
             name = "deform_conv2d v2 (mask)" if masked else "deform_conv2d v1"
             # the dense peer timed again, beside this row
             dboth = list(zip(dcases, tcases))
-            def_f, dense_f = side_by_side(_ours_and_peer(ours_deform, torch_conv), dboth,
-                                          args.repeats, pool=("forward", cfg))
-            def_fb, dense_fb = side_by_side(_ours_and_peer(ours_deform_fb, torch_conv_fb), dboth,
-                                            args.repeats, pool=("fwd+bwd", cfg))
+            *def_f, dense_f = side_by_side(_ours_and_peer(ours_deform, torch_conv, BLASES),
+                                           dboth, args.repeats, pool=("forward", cfg))
+            *def_fb, dense_fb = side_by_side(
+                _ours_and_peer(ours_deform_fb, torch_conv_fb, BLASES), dboth, args.repeats,
+                pool=("fwd+bwd", cfg))
+            def_f, def_fb = dict(zip(BLASES, def_f)), dict(zip(BLASES, def_fb))
             record(f"{name} forward", cfg, def_f, dense_f, "torch conv2d (dense floor)",
                    peak_mib(ours_deform, *dcases[0]))
             record(f"{name} fwd+bwd", cfg, def_fb, dense_fb, "torch conv2d (dense floor)",

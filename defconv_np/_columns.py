@@ -3,8 +3,10 @@
 A backend supplies a columns provider (kernels that fill a chunk's column
 buffer and consume its gradient, a column ``layout``, and a way to run chunks),
 plus a column budget and a number of concurrent lanes. This module splits the
-batch into chunks under that budget and runs the GEMMs through the array module
-(NumPy's BLAS, or cuBLAS through CuPy). The two layouts, ``ChannelsFirst``
+batch into chunks under that budget and runs the GEMMs through the array
+module's ``matmul`` (NumPy's BLAS, or cuBLAS through CuPy), or through the
+provider's ``matmul_for(dtype)`` where it has one (the CPU lanes' choice of
+BLAS, ``_cpu_blas.lane_matmul``). The two layouts, ``ChannelsFirst``
 (torchvision's) and ``PixelsFirst`` (channels-last), each say how the weight
 multiplies their columns, group by group.
 """
@@ -97,27 +99,27 @@ class ChannelsFirst:
         return matrix.reshape(shape)
 
     @staticmethod
-    def product(xp, w, cols, groups, out=None):
+    def product(matmul, w, cols, groups, out=None):
         """``w @ cols`` per group, as (nb, groups, O/groups, P); written into
         ``out`` (C-contiguous, that shape) when given."""
-        return xp.matmul(w, ChannelsFirst.logical(cols, groups), out=out)
+        return matmul(w, ChannelsFirst.logical(cols, groups), out=out)
 
     @staticmethod
-    def write_product(xp, w, cols, groups, target, store_transposed):
+    def write_product(matmul, w, cols, groups, target, store_transposed):
         """``target`` (nb, O, rows, Wo) = ``w @ cols`` per group; the GEMM
         writes in place when ``target`` is C-contiguous (whole images)."""
         nb, n_out = target.shape[:2]
         npix = cols.shape[2]
         if target.flags.c_contiguous:
-            ChannelsFirst.product(xp, w, cols, groups,
+            ChannelsFirst.product(matmul, w, cols, groups,
                                   out=target.reshape(nb, groups, n_out // groups, npix))
         else:
-            target[...] = ChannelsFirst.product(xp, w, cols, groups).reshape(target.shape)
+            target[...] = ChannelsFirst.product(matmul, w, cols, groups).reshape(target.shape)
 
     @staticmethod
-    def column_grads(xp, w, go, grad_cols, groups):
+    def column_grads(matmul, w, go, grad_cols, groups):
         """grad_cols = w^T @ go, per group."""
-        xp.matmul(w.transpose(0, 2, 1), go, out=ChannelsFirst.logical(grad_cols, groups))
+        matmul(w.transpose(0, 2, 1), go, out=ChannelsFirst.logical(grad_cols, groups))
 
 
 class PixelsFirst:
@@ -145,7 +147,7 @@ class PixelsFirst:
         return matrix.reshape(out_ch, kh, kw, per_group).transpose(0, 3, 1, 2)
 
     @staticmethod
-    def write_product(xp, w, cols, groups, target, store_transposed):
+    def write_product(matmul, w, cols, groups, target, store_transposed):
         """``target`` (nb, O, rows, Wo) = ``w @ cols`` per group, formed as
         ``cols^T @ w^T`` (nb, groups, P, O/groups) and written into the NCHW
         rows by ``store_transposed`` (the backend's transposing copy). BLAS runs
@@ -153,14 +155,20 @@ class PixelsFirst:
         for a 1024-pixel, 64x576 tile on one core (OpenBLAS SkylakeX kernel)."""
         nb, npix, rows_k = cols.shape
         rows = cols.reshape(nb, npix, groups, rows_k // groups).transpose(0, 2, 1, 3)
-        store_transposed(xp.matmul(rows, w.transpose(0, 2, 1)), target)
+        store_transposed(matmul(rows, w.transpose(0, 2, 1)), target)
 
     @staticmethod
-    def column_grads(xp, w, go, grad_cols, groups):
+    def column_grads(matmul, w, go, grad_cols, groups):
         """grad_cols^T = go^T @ w, per group, written in place (row-major output)."""
         nb, npix, rows_k = grad_cols.shape
         out = grad_cols.reshape(nb, npix, groups, rows_k // groups).transpose(0, 2, 1, 3)
-        xp.matmul(go.transpose(0, 1, 3, 2), w, out=out)
+        matmul(go.transpose(0, 1, 3, 2), w, out=out)
+
+
+def _matmul_for(xp, columns, dtype):
+    """The provider's ``matmul`` for this call (``matmul_for``), else ``xp``'s."""
+    chooser = getattr(columns, "matmul_for", None)
+    return xp.matmul if chooser is None else chooser(dtype)
 
 
 def forward(xp, out, weight, groups, chunks, columns):
@@ -170,6 +178,7 @@ def forward(xp, out, weight, groups, chunks, columns):
     ``columns.run_chunks`` decides how chunks are spread over workers.
     """
     layout = columns.layout
+    matmul = _matmul_for(xp, columns, out.dtype)
     out_w = out.shape[3]
     w = xp.ascontiguousarray(layout.weight_matrix(weight, groups))
     rows_k = groups * w.shape[2]
@@ -179,7 +188,7 @@ def forward(xp, out, weight, groups, chunks, columns):
         nb, npix = chunk.n1 - chunk.n0, (chunk.r1 - chunk.r0) * out_w
         cols = layout.physical(scratch, nb, rows_k, npix)
         columns.fill(chunk, cols)
-        layout.write_product(xp, w, cols, groups,
+        layout.write_product(matmul, w, cols, groups,
                              out[chunk.n0:chunk.n1, :, chunk.r0:chunk.r1, :],
                              getattr(columns, "store_transposed", None))
 
@@ -199,6 +208,7 @@ def backward(xp, grad_output, weight, groups, chunks, columns, want_weight, want
     the result does not depend on scheduling. Returns the weight gradient (or None).
     """
     layout = columns.layout
+    matmul = _matmul_for(xp, columns, grad_output.dtype)
     n_out, out_w = grad_output.shape[1], grad_output.shape[3]
     w = xp.ascontiguousarray(layout.weight_matrix(weight, groups))
     rows_k = groups * w.shape[2]
@@ -217,12 +227,12 @@ def backward(xp, grad_output, weight, groups, chunks, columns, want_weight, want
         cols = grad_cols = None
         if want_columns:
             grad_cols = layout.physical(state["grad_cols"], nb, rows_k, npix)
-            layout.column_grads(xp, w, go, grad_cols, groups)
+            layout.column_grads(matmul, w, go, grad_cols, groups)
         if want_weight:
             cols = layout.physical(state["cols"], nb, rows_k, npix)
         columns.backward_chunk(chunk, cols, grad_cols)
         if want_weight:
-            state["grad_w"] += xp.matmul(
+            state["grad_w"] += matmul(
                 go, layout.logical(cols, groups).transpose(0, 1, 3, 2)).sum(axis=0)
 
     states = columns.run_chunks(chunks, work, new_state)

@@ -349,6 +349,7 @@ class _LaneColumns:
 
     layout = _columns.PixelsFirst
     store_transposed = staticmethod(layout_kernels.store_transposed)
+    matmul_for = staticmethod(_cpu_blas.lane_matmul)
 
     def run_chunks(self, chunks, work, new_state):
         return run_chunks(chunks, work, new_state, self.lanes.begin, self.lanes.end)

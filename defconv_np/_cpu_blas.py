@@ -14,25 +14,21 @@ Anything else (an unknown BLAS, a NumPy built against Accelerate or a
 system OpenBLAS outside NumPy's folders) makes ``gemm`` return None, and the
 callers take their ``numpy.matmul`` (column) path instead.
 
-The implicit-GEMM conv's lanes can run their GEMMs on a second library
-instead: Intel MKL from the ``mkl`` wheel (``pip install defconv_np[mkl]``),
-chosen by ``config.cpu_blas``, loaded with its sequential threading layer.
-Only the lanes use it: they run one GEMM per core, which suits a sequential
-library, whereas a call that runs on the caller's thread alone (one image, or
-one lane) keeps NumPy's BLAS with all its threads. A conv resolves both
-GEMMs once, at its start (``lane_gemm`` and ``gemm``), and each thread takes
-its own by ``in_lane``.
+The CPU convs' worker lanes can run their GEMMs on a second library instead:
+Intel MKL from the ``mkl`` wheel (``pip install defconv_np[mkl]``), chosen by
+``config.cpu_blas``, loaded with its sequential threading layer. The
+implicit-GEMM conv calls it directly; the column paths (deformable and
+strided convs) through ``lane_matmul``, a ``numpy.matmul`` whose products run
+on MKL on a lane. Only the lanes use it: they run one GEMM per core, which
+suits a sequential library, whereas a call that runs on the caller's thread
+alone (one image, or one lane) keeps NumPy's BLAS with all its threads. A
+conv resolves both GEMMs once, at its start (``lane_gemm`` and ``gemm``), and
+each thread takes its own by ``in_lane``.
 
-The column path (deformable and strided convs) stays on ``numpy.matmul``.
-A trial that sent its GEMMs to MKL as well (at the benchmark shape, on a
-2-core Xeon: ``benchmarks/results/cpu_mkl_columns_trial_2026-12-02.json``)
-gave the deformable rows 2.23-2.49x torch's dense conv forward against
-2.24-2.49x on NumPy's BLAS, and 2.00-2.13x against 1.92-2.20x forward and
-backward: no gain to show for a second code path. There the GEMMs read
-columns the sampling kernels have just written, while the other core
-samples; MKL's lead at the GEMM alone (``benchmarks/gemm_choice.py``: 148-160
-against 117-122 GFLOP/s per core with both cores busy) shrank to 115 against
-97 on rewritten whole-image tiles, and one earlier run had it behind.
+Measured on a 2-core Xeon (``benchmarks/gemm_choice.py``): with both cores
+busy, MKL's ``cblas_sgemm`` ran 148-160 GFLOP/s per core at the convs'
+shapes against 117-122 for NumPy's OpenBLAS (SkylakeX kernel), and 115
+against 97 on whole-image column tiles rewritten before each call.
 """
 
 import ctypes
@@ -233,3 +229,101 @@ def fits(fn, *sizes):
     integer type (32-bit for some OpenBLAS builds)."""
     limit = 2**63 - 1 if fn.argtypes[3] is ctypes.c_int64 else 2**31 - 1
     return all(0 <= size <= limit for size in sizes)
+
+
+def lane_matmul(dtype):
+    """``numpy.matmul`` for the column GEMMs of one conv call, with the lanes'
+    GEMM for ``dtype`` resolved now (``lane_gemm``): on a worker lane, a
+    product goes to that GEMM when it is not NumPy's own (MKL), elsewhere and
+    otherwise to ``numpy.matmul``."""
+    lane = lane_gemm(dtype)
+    if lane is None or lane is gemm(dtype):
+        return np.matmul
+
+    def product(a, b, out=None):
+        if getattr(in_lane, "active", False):
+            return matmul(a, b, out, lane)
+        return np.matmul(a, b, out=out)
+
+    return product
+
+
+def _operand(x):
+    """(trans, leading dimension) under which CBLAS reads the 2-D matrix ``x``
+    in place, or None if its strides do not allow it."""
+    rows, cols = x.shape
+    step_r, step_c = x.strides
+    isz = x.itemsize
+    if step_r % isz or step_c % isz:
+        return None
+    if cols == 1 or step_c == isz:
+        ld = step_r // isz if rows > 1 else max(1, cols)
+        if ld >= max(1, cols):
+            return NO_TRANS, ld
+    if rows == 1 or step_r == isz:
+        ld = step_c // isz if cols > 1 else max(1, rows)
+        if ld >= max(1, rows):
+            return TRANS, ld
+    return None
+
+
+def _row_major(c):
+    """Whether CBLAS can write the 2-D matrix ``c`` in place (row-major)."""
+    rows, cols = c.shape
+    isz = c.itemsize
+    return ((cols <= 1 or c.strides[1] == isz)
+            and (rows <= 1 or (c.strides[0] % isz == 0 and c.strides[0] >= cols * isz)))
+
+
+def _gemm_2d(fn, a, b, c):
+    """``c = a @ b`` for 2-D ``a``, ``b`` and a row-major ``c``."""
+    m, k = a.shape
+    n = b.shape[1]
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        c[...] = 0
+        return
+    ops = []
+    for x in (a, b):
+        op = _operand(x)
+        if op is None:
+            x = np.ascontiguousarray(x)
+            op = (NO_TRANS, max(1, x.shape[1]))
+        ops.append((x, op))
+    (a, (ta, lda)), (b, (tb, ldb)) = ops
+    ldc = c.strides[0] // c.itemsize if m > 1 else max(1, n)
+    if not fits(fn, m, n, k, lda, ldb, ldc):
+        c[...] = np.matmul(a, b)
+        return
+    fn(ROW_MAJOR, ta, tb, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb, 0.0,
+       c.ctypes.data, ldc)
+
+
+def matmul(a, b, out, fn):
+    """``numpy.matmul(a, b, out=out)`` through the CBLAS GEMM ``fn``, one
+    matrix of the broadcast batch at a time, reading strided operands in
+    place, for float32/float64 arrays of two or more dimensions (anything
+    else goes to ``numpy.matmul``). ``out`` must not overlap ``a`` or ``b``
+    (the convs' buffers never do)."""
+    if (a.ndim < 2 or b.ndim < 2 or a.dtype != b.dtype or a.dtype.char not in "fd"
+            or a.shape[-1] != b.shape[-2]):
+        return np.matmul(a, b, out=out)
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    shape = batch + (a.shape[-2], b.shape[-1])
+    if out is not None and (out.shape != shape or out.dtype != a.dtype):
+        return np.matmul(a, b, out=out)
+    if all(d == 1 for d in batch):  # the convs' usual case: one matrix each
+        pairs = [(a[(0,) * (a.ndim - 2)], b[(0,) * (b.ndim - 2)], (0,) * len(batch))]
+    else:
+        a = np.broadcast_to(a, batch + a.shape[-2:])
+        b = np.broadcast_to(b, batch + b.shape[-2:])
+        pairs = [(a[i], b[i], i) for i in np.ndindex(*batch)]
+    direct = out is not None and all(_row_major(out[i]) for _, _, i in pairs)
+    result = out if direct else np.empty(shape, a.dtype)
+    for a_i, b_i, i in pairs:
+        _gemm_2d(fn, a_i, b_i, result[i])
+    if out is not None and not direct:
+        out[...] = result
+        return out
+    return result

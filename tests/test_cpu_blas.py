@@ -1,6 +1,7 @@
-"""Which BLAS the implicit-GEMM conv's lanes call (``config.cpu_blas``): the
-choice is checked, honoured on the lanes only, and MKL, where the ``mkl``
-extra is installed, gives the numbers NumPy's BLAS gives."""
+"""Which BLAS the CPU convs' lanes call (``config.cpu_blas``): the choice is
+checked, honoured on the lanes only (implicit GEMMs and column GEMMs), the
+column GEMMs' ``matmul`` through CBLAS is ``numpy.matmul``, and MKL, where the
+``mkl`` extra is installed, gives the numbers NumPy's BLAS gives."""
 
 import multiprocessing
 import os
@@ -194,3 +195,82 @@ def test_mkl_gemm_reads_windows_and_accumulates_as_cblas_says(dtype):
        1.0, c.ctypes.data + 6 * isz, 50)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(c[:, 6:6 + n], expected, rtol=tol, atol=tol)
+
+
+def _views(rng, dtype):
+    """Operands in the layouts the column GEMMs use, and a few they do not:
+    transposed, strided windows, broadcast batches, single rows/columns."""
+    def make(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    big = make(3, 12, 40)
+    yield make(5, 7), make(7, 4)
+    yield make(7, 5).T, make(4, 7).T
+    yield big[:, 2:9, 5:18], make(13, 6)
+    yield make(2, 3, 6, 5), make(3, 5, 4)
+    yield make(6, 1, 5, 3).transpose(1, 0, 2, 3)[0], make(6, 4, 3).transpose(0, 2, 1)
+    yield make(1, 9), make(9, 1)
+    yield make(4, 0), make(0, 3)
+    yield make(0, 5), make(5, 3)
+    yield big[:, ::2, ::3], make(14, 2)  # no unit stride: copied first
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_through_cblas_is_numpys_matmul(dtype):
+    fn = _cpu_blas.gemm(dtype)
+    if fn is None:
+        pytest.skip("this NumPy's BLAS has no CBLAS to call")
+    rng = np.random.default_rng(3)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b in _views(rng, dtype):
+        expected = np.matmul(a, b)
+        a_before, b_before = a.copy(), b.copy()
+        got = _cpu_blas.matmul(a, b, None, fn)
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
+        # into a given output: contiguous, and a transposed view (no unit stride
+        # along its rows), which is filled through a temporary
+        for out in (np.full(expected.shape, np.nan, dtype),
+                    np.full(expected.shape[::-1], np.nan, dtype).T):
+            if out.ndim > 2:
+                continue
+            assert _cpu_blas.matmul(a, b, out, fn) is out
+            np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
+        np.testing.assert_array_equal(a, a_before)
+        np.testing.assert_array_equal(b, b_before)
+
+
+@needs_two_lanes
+def test_the_column_paths_call_the_chosen_gemm_on_the_lanes(monkeypatch, numpy_gemm_posing_as_mkl):
+    """deform_conv2d and strided conv2d (the column paths) run their GEMMs on
+    the lanes' choice too, and get the numbers of ``numpy.matmul``."""
+    calls = numpy_gemm_posing_as_mkl
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 8, 9, 8))
+    off = rng.uniform(-2, 2, (4, 18, 9, 8))
+    w = rng.standard_normal((6, 8, 3, 3))
+    go = rng.standard_normal((4, 6, 9, 8))
+    go_s = rng.standard_normal((4, 6, 5, 4))
+
+    def deform():
+        return [dc.deform_conv2d(x, off, w, padding=1),
+                *[g for g in dc.deform_conv2d_backward(go, x, off, w, padding=1)
+                  if g is not None]]
+
+    def strided():
+        return [dc.conv2d(x, w, padding=1, stride=2),
+                *dc.conv2d_backward(go_s, x, w, padding=1, stride=2)]
+
+    # small column budgets: a chunk per image or less, so that both lanes run
+    monkeypatch.setattr(dc.config, "cpu_lane_column_bytes", 20000)
+    monkeypatch.setattr(dc.config, "column_budget_bytes", 40000)
+    for op in (deform, strided):
+        monkeypatch.setattr(dc.config, "cpu_blas", "numpy")
+        reference = op()
+        assert calls["d"] == 0
+        monkeypatch.setattr(dc.config, "cpu_blas", "mkl")
+        routed = op()
+        assert calls["d"] > 0, f"{op.__name__}: no GEMM ran on the lanes' choice"
+        calls["d"] = 0
+        for a, b in zip(reference, routed):
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * np.abs(a).max())
