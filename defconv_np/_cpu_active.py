@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from . import _columns
+from . import _columns, _cpu_blas
 from ._cpu import run_chunks
 from ._planes import cropped, zero_padded
 from .kernels.cpu import active as active_kernels
@@ -14,6 +14,7 @@ class ActiveColumns:
 
     layout = _columns.ChannelsFirst
     run_chunks = staticmethod(run_chunks)
+    matmul_for = staticmethod(_cpu_blas.lane_matmul)
 
     def __init__(self, input, stencil, n_k, stride, out_w):
         self.input_shape = input.shape

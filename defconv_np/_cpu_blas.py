@@ -17,8 +17,8 @@ callers take their ``numpy.matmul`` (column) path instead.
 The CPU convs' worker lanes can run their GEMMs on a second library instead:
 Intel MKL from the ``mkl`` wheel (``pip install defconv_np[mkl]``), chosen by
 ``config.cpu_blas``, loaded with its sequential threading layer. The
-implicit-GEMM conv calls it directly; the column paths (deformable and
-strided convs) through ``lane_matmul``, a ``numpy.matmul`` whose products run
+implicit-GEMM conv calls it directly; the column paths (deformable, active
+and strided convs) through ``lane_matmul``, a ``numpy.matmul`` whose products run
 on MKL on a lane. Only the lanes use it: they run one GEMM per core, which
 suits a sequential library, whereas a call that runs on the caller's thread
 alone (one image, or one lane) keeps NumPy's BLAS with all its threads. A

@@ -41,8 +41,8 @@ cpu_conv_band_bytes = 4 * 2**20
 cpu_implicit_conv_min_channels = 16
 
 #: The BLAS on which the CPU worker lanes run the convs' GEMMs (``_cpu_blas``:
-#: conv2d's implicit GEMMs, and the column GEMMs of deform_conv2d and strided
-#: conv2d): ``"auto"`` takes Intel MKL, sequential, where the ``mkl`` wheel is
+#: conv2d's implicit GEMMs, and the column GEMMs of deform_conv2d,
+#: active_conv2d and strided conv2d): ``"auto"`` takes Intel MKL, sequential, where the ``mkl`` wheel is
 #: installed (``pip install defconv_np[mkl]``) and NumPy's own BLAS otherwise;
 #: ``"numpy"`` and ``"mkl"`` choose one. It is read when a CPU conv starts:
 #: another value, or ``"mkl"`` without a usable MKL, is a ValueError there.

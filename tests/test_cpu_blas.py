@@ -242,8 +242,9 @@ def test_matmul_through_cblas_is_numpys_matmul(dtype):
 
 @needs_two_lanes
 def test_the_column_paths_call_the_chosen_gemm_on_the_lanes(monkeypatch, numpy_gemm_posing_as_mkl):
-    """deform_conv2d and strided conv2d (the column paths) run their GEMMs on
-    the lanes' choice too, and get the numbers of ``numpy.matmul``."""
+    """deform_conv2d, strided conv2d and active_conv2d (the column paths) run
+    their GEMMs on the lanes' choice too, and get the numbers of
+    ``numpy.matmul``."""
     calls = numpy_gemm_posing_as_mkl
     rng = np.random.default_rng(4)
     x = rng.standard_normal((4, 8, 9, 8))
@@ -261,10 +262,17 @@ def test_the_column_paths_call_the_chosen_gemm_on_the_lanes(monkeypatch, numpy_g
         return [dc.conv2d(x, w, padding=1, stride=2),
                 *dc.conv2d_backward(go_s, x, w, padding=1, stride=2)]
 
+    shared = rng.uniform(-1, 1, 18)
+
+    def active():
+        return [dc.active_conv2d(x, shared, w, padding=1),
+                *[g for g in dc.active_conv2d_backward(go, x, shared, w, padding=1)
+                  if g is not None]]
+
     # small column budgets: a chunk per image or less, so that both lanes run
     monkeypatch.setattr(dc.config, "cpu_lane_column_bytes", 20000)
     monkeypatch.setattr(dc.config, "column_budget_bytes", 40000)
-    for op in (deform, strided):
+    for op in (deform, strided, active):
         monkeypatch.setattr(dc.config, "cpu_blas", "numpy")
         reference = op()
         assert calls["d"] == 0
