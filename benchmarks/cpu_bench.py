@@ -84,12 +84,13 @@ BLASES = ["numpy"]
 
 
 def _under(blas, fn):
+    """``fn`` run with ``config.cpu_blas = blas``, the setting restored after."""
     def call(*args):
-        dc.config.cpu_blas = blas
+        previous, dc.config.cpu_blas = dc.config.cpu_blas, blas
         try:
             return fn(*args)
         finally:
-            dc.config.cpu_blas = "auto"
+            dc.config.cpu_blas = previous
     return call
 
 

@@ -49,8 +49,14 @@ _KINDS = (("f", "s", ctypes.c_float), ("d", "d", ctypes.c_double))
 
 
 _mkl = None  # {dtype char: function} of MKL, once looked up ({} if unusable)
-#: ``in_lane.active`` is True on a worker lane while it runs a conv's chunks
-in_lane = threading.local()
+
+
+class _Lane(threading.local):
+    #: True on a worker lane while it runs a conv's chunks
+    active = False
+
+
+in_lane = _Lane()
 #: MKL's constants: sequential threading layer, and conditional numerical
 #: reproducibility for the code path of this CPU (results independent of the
 #: arrays' alignment)
@@ -241,7 +247,7 @@ def lane_matmul(dtype):
         return np.matmul
 
     def product(a, b, out=None):
-        if getattr(in_lane, "active", False):
+        if in_lane.active:
             return matmul(a, b, out, lane)
         return np.matmul(a, b, out=out)
 

@@ -63,6 +63,10 @@ class _Bands:
                        for c in _columns.plan_chunks(1, self.out_h, 1, per_row, budget)]
         self.rows = max((c.r1 - c.r0 for c in self.chunks), default=0)
 
+    def gemm(self):
+        """This thread's GEMM: the lanes' on a worker lane, NumPy's elsewhere."""
+        return self.fns[1] if in_lane.active else self.fns[0]
+
     def result_width(self, rows):
         """Columns of the result of ``rows`` output rows: the last row's
         unused columns left out, so that no tap reads past the band."""
@@ -93,7 +97,7 @@ class _Bands:
     def forward(self, band, result, rows):
         """``result`` (O, rows*Wp) = the conv of ``band`` (kh*kw GEMMs per group;
         the unused columns are dropped, whatever they hold)."""
-        fn = self.fns[1] if getattr(in_lane, "active", False) else self.fns[0]
+        fn = self.gemm()
         isz, cg, og = self.itemsize, self.per_group, self.out_per_group
         m = self.result_width(rows)
         ld_band, ld_result = band.strides[0] // isz, result.strides[0] // isz
@@ -128,7 +132,7 @@ class _Bands:
 
     def weight_grad(self, band, grad, grad_weight, exact):
         """``grad_weight[t]`` += ``grad @ window_t(band)^T`` per group."""
-        fn = self.fns[1] if getattr(in_lane, "active", False) else self.fns[0]
+        fn = self.gemm()
         isz, cg, og = self.itemsize, self.per_group, self.out_per_group
         ld_band, ld_grad = band.strides[0] // isz, grad.strides[0] // isz
         b_base, g_base, w_base = band.ctypes.data, grad.ctypes.data, grad_weight.ctypes.data
@@ -143,7 +147,7 @@ class _Bands:
     def band_grad(self, grad, band_grad, exact):
         """``band_grad`` (C, rows_in, Wp) = the adjoint of ``forward``: each
         tap's ``weight_t^T @ grad`` added onto its window."""
-        fn = self.fns[1] if getattr(in_lane, "active", False) else self.fns[0]
+        fn = self.gemm()
         isz, cg, og = self.itemsize, self.per_group, self.out_per_group
         ld_band, ld_grad = band_grad.strides[0] // isz, grad.strides[0] // isz
         s_base, g_base, w_base = band_grad.ctypes.data, grad.ctypes.data, self.weight.ctypes.data

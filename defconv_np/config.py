@@ -40,24 +40,25 @@ cpu_conv_band_bytes = 4 * 2**20
 #: when groups are thin (depthwise convs). Thinner groups take the column path.
 cpu_implicit_conv_min_channels = 16
 
+#: The same bound for CuPy arrays. A GPU needs large chunks for cuBLAS to
+#: reach its GEMM rate and to amortise launches; 256 MiB is under half of the
+#: column buffer torchvision holds at (N=16, C=256, 64x64, 3x3) (604 MB).
+cuda_column_budget_bytes = 256 * 2**20
+
 #: The BLAS on which the CPU worker lanes run the convs' GEMMs (``_cpu_blas``:
 #: conv2d's implicit GEMMs, and the column GEMMs of deform_conv2d,
-#: active_conv2d and strided conv2d): ``"auto"`` takes Intel MKL, sequential, where the ``mkl`` wheel is
-#: installed (``pip install defconv_np[mkl]``) and NumPy's own BLAS otherwise;
-#: ``"numpy"`` and ``"mkl"`` choose one. It is read when a CPU conv starts:
-#: another value, or ``"mkl"`` without a usable MKL, is a ValueError there.
-#: A call that runs on one thread (a single image, or
-#: ``numba.set_num_threads(1)``) keeps NumPy's BLAS, multithreaded. On a
+#: active_conv2d and strided conv2d): ``"auto"`` takes Intel MKL, sequential,
+#: where the ``mkl`` wheel is installed (``pip install defconv_np[mkl]``) and
+#: NumPy's own BLAS otherwise; ``"numpy"`` and ``"mkl"`` choose one. It is
+#: read when a CPU conv starts: another value, or ``"mkl"`` without a usable
+#: MKL, is a ValueError there. A call that runs on one thread (a single image,
+#: or ``numba.set_num_threads(1)``) keeps NumPy's BLAS, multithreaded. On a
 #: 2-core Xeon, with both cores busy, MKL's ``cblas_sgemm`` ran 1.19-1.37x
 #: OpenBLAS's rate (SkylakeX kernel) at the convs' GEMM shapes
 #: (``benchmarks/gemm_choice.py``); at the benchmark shape conv2d forward took
 #: 10.2-10.7 against 11.7-12.5 ms and deform_conv2d forward 14.1-14.9 against
 #: 15.2-15.9 (alternating in one process).
 cpu_blas = "auto"
-#: The same bound for CuPy arrays. A GPU needs large chunks for cuBLAS to
-#: reach its GEMM rate and to amortise launches; 256 MiB is under half of the
-#: column buffer torchvision holds at (N=16, C=256, 64x64, 3x3) (604 MB).
-cuda_column_budget_bytes = 256 * 2**20
 
 #: Output pixels handled per tile by the CPU volume (5-D) and bicubic
 #: grid_sample kernels: the sampling weights of one tile are computed once and
