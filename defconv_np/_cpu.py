@@ -485,11 +485,16 @@ class GridSampler:
             blocks_c, blocks_p = 1, work_blocks(n, npix)
             target = np.zeros((1, 1, 1, 1), self.input.dtype)
         partials = np.zeros((n, blocks_c, npix, 2) if want_grid else (1, 1, 1, 2), np.float64)
+        # channel groups whose scratch planes (input, input gradient) fit the budget
+        pad = sampling.PAD_BEFORE + sampling.PAD_AFTER
+        plane_bytes = ((self.input_shape[2] + pad) * (self.input_shape[3] + pad)
+                       * self.input.dtype.itemsize)
+        group = min(config.cpu_grid_group_channels, config.cpu_grid_group_bytes // plane_bytes)
         with _launch_lock:
             grid_sample_kernels.grid_sample_backward(
                 kernel_operand(grad_output).reshape(n, c, npix), self.input, self.padded,
                 *self.geometry, self.grid, *self.modes, want_input, want_grid, blocks_c,
-                blocks_p, self.tile, target, partials)
+                blocks_p, self.tile, group, target, partials)
         if want_input and self.padded:
             grad_input[...] = cropped(np, target, self.input_shape, *SAMPLING_PAD)
         elif want_input and target is not grad_input:

@@ -80,6 +80,14 @@ cpu_grid_tile_pixels = 4096
 #: slower at 1024x1024.
 cpu_grid_band_pixels = 512 * 512
 
+#: The 2-D bilinear grid_sample backward takes up to this many channels at a
+#: time, side by side in scratch planes (input and input gradient) of at most
+#: ``cpu_grid_group_bytes`` each, so that its loops over them vectorise; with
+#: room for fewer than 8 channels it takes them one at a time. Measured at
+#: (8, 64, 64, 64) on one core: see ``kernels/cpu/grid_sample.py``.
+cpu_grid_group_channels = 32
+cpu_grid_group_bytes = 1 << 20
+
 #: Work items per Numba thread that the CPU grid_sample kernels aim for when
 #: they split images into pixel or channel blocks (load balance against
 #: repeated weight maths).

@@ -374,6 +374,7 @@ def grid_sample_problems(
     grid_styles=("uniform", "lattice"),
     min_batch=0,
     max_batch=2,
+    min_channels=1,
     max_channels=3,
     max_size=6,
     max_grid_size=5,
@@ -384,7 +385,7 @@ def grid_sample_problems(
         batch = 0
     else:
         batch = draw(st.integers(max(min_batch, 1), max_batch))
-    channels = draw(st.integers(1, max_channels))
+    channels = draw(st.integers(min_channels, max_channels))
     height, width = draw(st.integers(1, max_size)), draw(st.integers(1, max_size))
     grid_h, grid_w = draw(st.integers(1, max_grid_size)), draw(st.integers(1, max_grid_size))
     dtype = draw(st.sampled_from(dtypes))

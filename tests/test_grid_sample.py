@@ -8,6 +8,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import defconv_np as dc
+from defconv_np._cpu import GridSampler
 from tests.naive import assert_close, tolerance
 from tests.strategies import (
     FLOAT64_ONLY,
@@ -180,7 +181,7 @@ def test_sampling_an_affine_grid_matches_scipy_affine_transform(case, shape, rng
 # --------------------------------------------------------------------------- gradients
 
 
-@given(problem=grid_sample_problems(dtypes=FLOAT64_ONLY), rng=numpy_generators())
+@given(problem=grid_sample_problems(dtypes=FLOAT64_ONLY, max_channels=12), rng=numpy_generators())
 def test_input_gradient_is_the_adjoint(problem, rng):
     u = rng.uniform(-1, 1, problem.input.shape)
     v = problem.grad_output
@@ -194,7 +195,7 @@ def loss(problem, grid):
 
 
 @given(problem=grid_sample_problems(dtypes=FLOAT64_ONLY, modes=("bilinear",), min_batch=1,
-                                    grid_styles=("away_from_kinks",)))
+                                    grid_styles=("away_from_kinks",), max_channels=12))
 def test_grid_gradient_matches_finite_differences(problem):
     # Each output pixel depends on its own grid point only, so one perturbation
     # of every x (or y) at once gives every pixel's derivative.
@@ -463,6 +464,60 @@ def test_work_split_changes_nothing(problem):
     assert_close(split.grid, grads.grid, dtype=problem.dtype)
     assert_close(grid_only.grid, grads.grid, dtype=problem.dtype)
     np.testing.assert_array_equal(sample_backward(problem).grid, grads.grid)  # deterministic
+
+
+@given(problem=grid_sample_problems(min_batch=1, min_channels=8, max_channels=27),
+       group=st.sampled_from([8, 11, 32]), tile=st.sampled_from([3, 4096]))
+def test_channel_groups_change_only_the_order_of_the_grid_sums(problem, group, tile):
+    # The bilinear backward takes channels in groups side by side (0: one at a
+    # time). Groups of 8 and 11 leave tails of every length, some grouped with
+    # another layout, some one at a time; tiles of 3 pixels load the gradient
+    # planes back between tiles.
+    config = dc.config
+    saved = config.cpu_grid_group_channels, config.cpu_grid_tile_pixels
+    try:
+        config.cpu_grid_tile_pixels = tile
+        config.cpu_grid_group_channels = 0
+        one_at_a_time = sample_backward(problem)
+        config.cpu_grid_group_channels = group
+        grouped = sample_backward(problem)
+        input_only = sample_backward(problem, needs=("input",))
+        grid_only = sample_backward(problem, needs=("grid",))
+    finally:
+        config.cpu_grid_group_channels, config.cpu_grid_tile_pixels = saved
+    np.testing.assert_array_equal(grouped.input, one_at_a_time.input)
+    np.testing.assert_array_equal(input_only.input, one_at_a_time.input)
+    assert_close(grouped.grid, one_at_a_time.grid, dtype=problem.dtype)
+    # alone, the grid gradient splits pixels, not channels: other groups
+    assert_close(grid_only.grid, grouped.grid, dtype=problem.dtype)
+
+
+@pytest.mark.parametrize("group", [0, 32])
+@pytest.mark.parametrize("tile", [3, 4096])
+def test_input_gradient_overwrites_rows_no_sample_touches(group, tile):
+    # Samples in the top two rows only: the kernels write the band they
+    # touch and must zero the other rows of an uninitialised target.
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-1, 1, (2, 40, 8, 5))
+    grid = np.stack([rng.uniform(-1, 1, (2, 3, 4)), rng.uniform(-1.2, -0.8, (2, 3, 4))], axis=-1)
+    go = rng.uniform(-1, 1, (2, 40, 3, 4))
+    config = dc.config
+    saved = (config.cpu_grid_group_channels, config.cpu_grid_tile_pixels,
+             config.cpu_grid_band_pixels, config.cpu_items_per_thread)
+    try:
+        config.cpu_grid_band_pixels = 0  # a zero-padded copy, summed into zeros
+        expected = dc.grid_sample_backward(go, x, grid, needs=("input",)).input
+        config.cpu_grid_band_pixels = saved[2]
+        # one channel block per thread and image: up to 8 threads, groups of 10+
+        config.cpu_grid_group_channels, config.cpu_grid_tile_pixels = group, tile
+        config.cpu_items_per_thread = 1
+        target = np.full(x.shape, np.nan)
+        GridSampler(x, grid, False, 0, False).backward(go, target, None)
+    finally:
+        (config.cpu_grid_group_channels, config.cpu_grid_tile_pixels,
+         config.cpu_grid_band_pixels, config.cpu_items_per_thread) = saved
+    assert np.all(expected[:, :, 3:] == 0)
+    np.testing.assert_allclose(target, expected, rtol=1e-13, atol=1e-15)
 
 
 # --------------------------------------------------------------------------- validation

@@ -50,6 +50,15 @@ from .device import (
 #: Channels the bilinear forward samples per pass over a tile.
 _CHANNELS = 4
 
+#: The bilinear backward takes channels in groups of ``group`` (an argument:
+#: the caller sizes the scratch planes) while at least this many remain; the
+#: rest one at a time. Below it the per-pixel loops over a group's channels,
+#: vectorised, would run mostly in their scalar remainders.
+MIN_GROUP = 8
+
+#: Pixels whose output gradients the grouped backward transposes at a time.
+_SUBTILE = 256
+
 
 @njit(inline="always", cache=True, nogil=True)
 def _source_coordinate(coord, axis, padding_mode, align_corners, one):
@@ -211,6 +220,27 @@ def _store_band(flat_plane, lo, hi, width, row_stride, flat_dst, plane_start):
 
 
 @njit(inline="always", cache=True, nogil=True)
+def _zero_band(flat_plane, lo, hi, padded_row):
+    """Zero the padded rows of image rows ``lo .. hi - 1`` of a scratch plane
+    (``padded_row`` values a row): where a work item's first tile, whose
+    gradient planes start at zero, accumulates instead of loading them."""
+    for i in range(uint64((lo + PAD_BEFORE) * padded_row), uint64((hi + PAD_BEFORE) * padded_row)):
+        flat_plane[i] = 0.0
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _zero_outside(flat_dst, plane_start, lo, hi, height, width):
+    """Zero the rows of the (H, W) plane at ``plane_start`` outside ``lo .. hi
+    - 1``: after its first tile stored its band, every row of a work item's
+    gradient planes holds its sum so far, and later tiles load theirs."""
+    for r in range(height):
+        if r < lo or r >= hi:
+            row = uint64(plane_start + r * width)
+            for i in range(uint64(width)):
+                flat_dst[row + i] = 0.0
+
+
+@njit(inline="always", cache=True, nogil=True)
 def _scatter_corners(dst, q, rs, w00, w01, w10, w11, g):
     """Add ``g`` times each corner's weight onto the cell at flat index ``q``
     (uint64; ``rs`` the row stride) of ``dst``: the input-gradient scatter."""
@@ -228,6 +258,102 @@ def _add_grid_terms(src, q, rs, ly, lx, g, acc_y, acc_x, t):
                                        src[q + rs + uint64(1)], ly, lx, 1.0)
     acc_y[t] += g * dy
     acc_x[t] += g * dx
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _zero_group_padding(flat_group, ug, height, width, row_stride):
+    """Zero the padding of a scratch plane holding ``ug`` channels side by
+    side (channel ``k`` of padded position ``q`` at ``q * ug + k``): the rows
+    above and below the image and the columns either side of each image row.
+    Its interior is loaded band by band; the padding is what samples outside
+    the image read."""
+    top = uint64(PAD_BEFORE * row_stride) * ug
+    for i in range(top):
+        flat_group[i] = 0.0
+    bottom = uint64((height + PAD_BEFORE) * row_stride) * ug
+    for i in range(uint64(PAD_AFTER * row_stride) * ug):
+        flat_group[bottom + i] = 0.0
+    for r in range(height):
+        row = uint64((r + PAD_BEFORE) * row_stride) * ug
+        for i in range(uint64(PAD_BEFORE) * ug):
+            flat_group[row + i] = 0.0
+        right = row + uint64(PAD_BEFORE + width) * ug
+        for i in range(uint64(PAD_AFTER) * ug):
+            flat_group[right + i] = 0.0
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _load_band_grouped(flat_src, plane_start, channel_stride, lo, hi, width, row_stride, ug,
+                       flat_group):
+    """Rows ``lo .. hi - 1`` of ``ug`` consecutive (H, W) planes, the first
+    at ``plane_start`` and the next ``channel_stride`` apart, into the
+    interior of the scratch plane ``flat_group``, channels side by side."""
+    for r in range(lo, hi):
+        src = uint64(plane_start + r * width)
+        dst = uint64((r + PAD_BEFORE) * row_stride + PAD_BEFORE) * ug
+        for i in range(uint64(width)):
+            for k in range(ug):
+                flat_group[dst + ug * i + k] = flat_src[src + k * uint64(channel_stride) + i]
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _store_band_grouped(flat_group, lo, hi, width, row_stride, ug, flat_dst, plane_start,
+                        channel_stride):
+    """The inverse of ``_load_band_grouped``, 16 pixels of a row at a time
+    (2x faster than whole rows channel by channel, 8x than a pixel's channels
+    at a time: each of the planes' runs is written whole)."""
+    for r in range(lo, hi):
+        dst = uint64(plane_start + r * width)
+        src = uint64((r + PAD_BEFORE) * row_stride + PAD_BEFORE) * ug
+        for i0 in range(uint64(0), uint64(width), uint64(16)):
+            run = min(uint64(16), uint64(width) - i0)
+            for k in range(ug):
+                for i in range(i0, i0 + run):
+                    flat_dst[dst + k * uint64(channel_stride) + i] = flat_group[src + ug * i + k]
+
+
+@njit(fastmath={"reassoc"}, cache=True, nogil=True)
+def _group_grid_sums(src, q, ug, rs_g, go_rows, j):
+    """Over the ``ug`` channels side by side in the cell at ``q`` of the
+    grouped plane ``src`` (row stride ``rs_g``), with output gradients
+    ``go_rows[j + k]``: the float64 sums of g * (v01 - v00), g * (v11 - v10),
+    g * (v10 - v00) and g * (v11 - v01), each difference formed in the input
+    precision as ``bilinear_coordinate_grads`` forms it. The grid gradient's
+    floor-cell derivatives are these sums weighted by the cell fractions.
+
+    A function of its own so that only its sums may be reassociated (vector
+    lanes add a group's channels in another order than one at a time; the
+    result is the same on every call)."""
+    s01 = 0.0
+    s23 = 0.0
+    s02 = 0.0
+    s13 = 0.0
+    for k in range(ug):
+        v00 = src[q + k]
+        v01 = src[q + ug + k]
+        v10 = src[q + rs_g + k]
+        v11 = src[q + rs_g + ug + k]
+        g = np.float64(go_rows[j + k])
+        s01 += g * np.float64(v01 - v00)
+        s23 += g * np.float64(v11 - v10)
+        s02 += g * np.float64(v10 - v00)
+        s13 += g * np.float64(v11 - v01)
+    return s01, s23, s02, s13
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _group_scatter(dst, q, ug, rs_g, w00, w01, w10, w11, go_rows, j):
+    """``_scatter_corners`` for the ``ug`` channels side by side in the cell
+    at ``q`` of a grouped plane: each value gets the same product, added in
+    the same pixel order, as one channel at a time."""
+    for k in range(ug):
+        dst[q + k] += w00 * go_rows[j + k]
+    for k in range(ug):
+        dst[q + ug + k] += w01 * go_rows[j + k]
+    for k in range(ug):
+        dst[q + rs_g + k] += w10 * go_rows[j + k]
+    for k in range(ug):
+        dst[q + rs_g + ug + k] += w11 * go_rows[j + k]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -318,7 +444,7 @@ def grid_sample(inp, padded, y_axis, x_axis, row_stride, one, grid, nearest, pad
 @njit(parallel=True, cache=True, nogil=True)
 def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one, grid, nearest,
                          padding_mode, align_corners, want_input, want_grid, channel_blocks,
-                         pixel_blocks, tile, grad_inp, grid_partials):
+                         pixel_blocks, tile, group, grad_inp, grid_partials):
     """Input gradient into ``grad_inp`` (N, C, H, W), overwritten, and grid
     gradient shares into ``grid_partials`` (N, channel_blocks, P, 2), float64.
     ``padded``: ``inp`` and ``grad_inp`` are zero-padded (N, C, H + 3, W + 3)
@@ -334,6 +460,13 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
 
     Both gradients come from one pass per channel and tile: the corners a
     sample reads for the grid gradient are where its input gradient goes.
+
+    Bilinear bands take channels in groups of up to ``group`` (0: one at a
+    time), side by side in scratch planes (input, input gradient) and in a
+    transposed copy of the output gradients, so that the loops over a group's
+    channels at each pixel vectorise. The input gradient gets the same sums in
+    the same order either way; the grid gradient's channel sums are
+    reassociated within a group (``_group_grid_sums``).
     """
     nb, npix = grid.shape[0], grid.shape[1]
     channels, width = inp.shape[1], row_stride - PAD_BEFORE - PAD_AFTER
@@ -355,11 +488,12 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
         p_hi = min(p_lo + p_per_block, npix)
         plane = np.zeros(0 if padded else plane_size, inp.dtype)
         g_plane = np.zeros(0 if padded else plane_size, grad_inp.dtype)
-        if want_input and c_hi > c_lo and not padded:
-            # the bands loaded below add to these planes: start from zero
-            first = uint64((n * channels + c_lo) * height * width)
-            for i in range(uint64((c_hi - c_lo) * height * width)):
-                flat_grad[first + i] = 0.0
+        g_max = 0 if padded or nearest or group < MIN_GROUP else min(group, c_hi - c_lo)
+        g_plane_size = g_max * plane_size
+        grouped = np.empty(g_plane_size if grid_terms else 0, inp.dtype)
+        g_grouped = np.empty(g_plane_size if want_input else 0, grad_inp.dtype)
+        go_rows = np.empty(g_max * _SUBTILE, grad_out.dtype)
+        layout = 0  # the channels per position that ``grouped``'s padding was zeroed for
         coords = np.empty(tile, grid.dtype)
         y_pixel = np.empty(tile, grid.dtype)
         x_pixel = np.empty(tile, grid.dtype)
@@ -387,7 +521,50 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
                 w00[t], w01[t], w10[t], w11[t] = bilinear_weights(ly[t], lx[t], 1.0)
                 acc_y[t] = 0.0
                 acc_x[t] = 0.0
-            for c in range(c_lo, c_hi):
+            c_first = c_lo
+            while g_max and c_hi - c_first >= MIN_GROUP:
+                g = min(g_max, c_hi - c_first)
+                ug = uint64(g)
+                rs_g = uint64(row_stride) * ug
+                plane_start = (n * channels + c_first) * height * width
+                go = uint64((n * channels + c_first) * npix + p0)
+                if grid_terms:
+                    if layout != g:
+                        _zero_group_padding(grouped, ug, height, width, row_stride)
+                        layout = g
+                    _load_band_grouped(flat_inp, plane_start, height * width, lo, hi, width,
+                                       row_stride, ug, grouped)
+                if want_input:
+                    if p0 == p_lo:
+                        _zero_band(g_grouped, lo, hi, row_stride * g)
+                    else:
+                        _load_band_grouped(flat_grad, plane_start, height * width, lo, hi, width,
+                                           row_stride, ug, g_grouped)
+                for s0 in range(uint64(0), upn, uint64(_SUBTILE)):
+                    sn = min(uint64(_SUBTILE), upn - s0)
+                    for s in range(sn):
+                        for k in range(ug):
+                            go_rows[s * ug + k] = flat_go[go + k * uint64(npix) + s0 + s]
+                    for s in range(sn):
+                        t = s0 + s
+                        q = ubase[t] * ug
+                        if grid_terms:
+                            s01, s23, s02, s13 = _group_grid_sums(grouped, q, ug, rs_g, go_rows,
+                                                                  s * ug)
+                            acc_y[t] += (1.0 - lx[t]) * s02 + lx[t] * s13
+                            acc_x[t] += (1.0 - ly[t]) * s01 + ly[t] * s23
+                        if want_input:
+                            _group_scatter(g_grouped, q, ug, rs_g, w00[t], w01[t], w10[t],
+                                           w11[t], go_rows, s * ug)
+                if want_input:
+                    _store_band_grouped(g_grouped, lo, hi, width, row_stride, ug, flat_grad,
+                                        plane_start, height * width)
+                    if p0 == p_lo:
+                        for k in range(g):
+                            _zero_outside(flat_grad, plane_start + k * height * width, lo, hi,
+                                          height, width)
+                c_first += g
+            for c in range(c_first, c_hi):
                 plane_start = (n * channels + c) * height * width
                 go = uint64((n * channels + c) * npix + p0)
                 # Outside samples and corners land on padding: the scratch
@@ -397,7 +574,9 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
                 else:
                     if grid_terms:
                         _load_band(flat_inp, plane_start, lo, hi, width, row_stride, plane)
-                    if want_input:
+                    if want_input and p0 == p_lo:
+                        _zero_band(g_plane, lo, hi, row_stride)
+                    elif want_input:
                         _load_band(flat_grad, plane_start, lo, hi, width, row_stride, g_plane)
                     src, dst, off = plane, g_plane, uint64(0)
                 # one loop per combination of results, each without branches
@@ -423,6 +602,8 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
                                         t)
                 if want_input and not padded:
                     _store_band(g_plane, lo, hi, width, row_stride, flat_grad, plane_start)
+                    if p0 == p_lo:
+                        _zero_outside(flat_grad, plane_start, lo, hi, height, width)
             if grid_terms:
                 for t in range(pn):
                     if inside[t]:
