@@ -467,6 +467,19 @@ class GridSampler:
                 self.input, self.padded, *self.geometry, self.grid, *self.modes,
                 work_blocks(n, npix), self.tile, out.reshape(n, out.shape[1], -1))
 
+    def _channel_group(self):
+        """Channels the bilinear backward takes at a time: 32, 16 or 8, the
+        most whose scratch planes (input, input gradient) fit
+        ``config.cpu_grid_group_bytes`` each (a multiple of the vector loops'
+        16 channels a pass: 29 left 13 to their scalar remainder), at most
+        ``config.cpu_grid_group_channels``; 0 for one at a time."""
+        pad = sampling.PAD_BEFORE + sampling.PAD_AFTER
+        plane_bytes = ((self.input_shape[2] + pad) * (self.input_shape[3] + pad)
+                       * self.input.dtype.itemsize)
+        room = config.cpu_grid_group_bytes // plane_bytes
+        fitting = max((g for g in (32, 16, 8) if g <= room), default=0)
+        return min(config.cpu_grid_group_channels, fitting)
+
     def backward(self, grad_output, grad_input, grad_grid):
         """Write the input and/or grid gradients into the arrays given (either may be None)."""
         n, c = self.input_shape[:2]
@@ -485,11 +498,7 @@ class GridSampler:
             blocks_c, blocks_p = 1, work_blocks(n, npix)
             target = np.zeros((1, 1, 1, 1), self.input.dtype)
         partials = np.zeros((n, blocks_c, npix, 2) if want_grid else (1, 1, 1, 2), np.float64)
-        # channel groups whose scratch planes (input, input gradient) fit the budget
-        pad = sampling.PAD_BEFORE + sampling.PAD_AFTER
-        plane_bytes = ((self.input_shape[2] + pad) * (self.input_shape[3] + pad)
-                       * self.input.dtype.itemsize)
-        group = min(config.cpu_grid_group_channels, config.cpu_grid_group_bytes // plane_bytes)
+        group = self._channel_group()
         with _launch_lock:
             grid_sample_kernels.grid_sample_backward(
                 kernel_operand(grad_output).reshape(n, c, npix), self.input, self.padded,

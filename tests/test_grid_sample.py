@@ -467,16 +467,14 @@ def test_work_split_changes_nothing(problem):
 
 
 @given(problem=grid_sample_problems(min_batch=1, min_channels=8, max_channels=27),
-       group=st.sampled_from([8, 11, 32]), tile=st.sampled_from([3, 4096]))
-def test_channel_groups_change_only_the_order_of_the_grid_sums(problem, group, tile):
+       group=st.sampled_from([8, 11, 32]))
+def test_channel_groups_change_only_the_order_of_the_grid_sums(problem, group):
     # The bilinear backward takes channels in groups side by side (0: one at a
     # time). Groups of 8 and 11 leave tails of every length, some grouped with
-    # another layout, some one at a time; tiles of 3 pixels load the gradient
-    # planes back between tiles.
+    # another layout, some one at a time.
     config = dc.config
-    saved = config.cpu_grid_group_channels, config.cpu_grid_tile_pixels
+    saved = config.cpu_grid_group_channels
     try:
-        config.cpu_grid_tile_pixels = tile
         config.cpu_grid_group_channels = 0
         one_at_a_time = sample_backward(problem)
         config.cpu_grid_group_channels = group
@@ -484,12 +482,33 @@ def test_channel_groups_change_only_the_order_of_the_grid_sums(problem, group, t
         input_only = sample_backward(problem, needs=("input",))
         grid_only = sample_backward(problem, needs=("grid",))
     finally:
-        config.cpu_grid_group_channels, config.cpu_grid_tile_pixels = saved
+        config.cpu_grid_group_channels = saved
     np.testing.assert_array_equal(grouped.input, one_at_a_time.input)
     np.testing.assert_array_equal(input_only.input, one_at_a_time.input)
     assert_close(grouped.grid, one_at_a_time.grid, dtype=problem.dtype)
     # alone, the grid gradient splits pixels, not channels: other groups
     assert_close(grid_only.grid, grouped.grid, dtype=problem.dtype)
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, most, group",
+    [
+        ((1, 64, 64, 64), np.float32, 32, 32),  # 67 x 67 padded planes: 58 fit in 1 MiB
+        ((1, 64, 64, 64), np.float64, 32, 16),  # 29 fit: 16, a whole vector pass
+        ((1, 64, 128, 128), np.float32, 32, 8),  # 15 fit
+        ((1, 64, 256, 256), np.float32, 32, 0),  # 3 fit: one at a time
+        ((1, 64, 64, 64), np.float32, 11, 11),  # the configured most
+    ],
+)
+def test_channel_group_fits_the_scratch_budget(shape, dtype, most, group):
+    saved = dc.config.cpu_grid_group_channels
+    try:
+        dc.config.cpu_grid_group_channels = most
+        sampler = GridSampler(np.zeros(shape, dtype), np.zeros((1, 2, 2, 2), dtype), False, 0,
+                              False)
+        assert sampler._channel_group() == group
+    finally:
+        dc.config.cpu_grid_group_channels = saved
 
 
 @pytest.mark.parametrize("group", [0, 32])

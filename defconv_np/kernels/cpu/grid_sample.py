@@ -461,12 +461,13 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
     Both gradients come from one pass per channel and tile: the corners a
     sample reads for the grid gradient are where its input gradient goes.
 
-    Bilinear bands take channels in groups of up to ``group`` (0: one at a
-    time), side by side in scratch planes (input, input gradient) and in a
-    transposed copy of the output gradients, so that the loops over a group's
-    channels at each pixel vectorise. The input gradient gets the same sums in
-    the same order either way; the grid gradient's channel sums are
-    reassociated within a group (``_group_grid_sums``).
+    Where a work item's pixels are one tile, bilinear bands take channels in
+    groups of up to ``group`` (0: one at a time), side by side in scratch
+    planes (input, input gradient) and in a transposed copy of the output
+    gradients, so that the loops over a group's channels at each pixel
+    vectorise. The input gradient gets the same sums in the same order either
+    way; the grid gradient's channel sums are reassociated within a group
+    (``_group_grid_sums``).
     """
     nb, npix = grid.shape[0], grid.shape[1]
     channels, width = inp.shape[1], row_stride - PAD_BEFORE - PAD_AFTER
@@ -488,7 +489,10 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
         p_hi = min(p_lo + p_per_block, npix)
         plane = np.zeros(0 if padded else plane_size, inp.dtype)
         g_plane = np.zeros(0 if padded else plane_size, grad_inp.dtype)
-        g_max = 0 if padded or nearest or group < MIN_GROUP else min(group, c_hi - c_lo)
+        # groups only where the block's pixels are one tile: a band reloaded
+        # (transposed) for each of several tiles cost more than it saved
+        g_max = (0 if padded or nearest or group < MIN_GROUP or p_hi - p_lo > tile
+                 else min(group, c_hi - c_lo))
         g_plane_size = g_max * plane_size
         grouped = np.empty(g_plane_size if grid_terms else 0, inp.dtype)
         g_grouped = np.empty(g_plane_size if want_input else 0, grad_inp.dtype)
@@ -534,12 +538,8 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
                         layout = g
                     _load_band_grouped(flat_inp, plane_start, height * width, lo, hi, width,
                                        row_stride, ug, grouped)
-                if want_input:
-                    if p0 == p_lo:
-                        _zero_band(g_grouped, lo, hi, row_stride * g)
-                    else:
-                        _load_band_grouped(flat_grad, plane_start, height * width, lo, hi, width,
-                                           row_stride, ug, g_grouped)
+                if want_input:  # the block's only tile: its gradient planes start at zero
+                    _zero_band(g_grouped, lo, hi, row_stride * g)
                 for s0 in range(uint64(0), upn, uint64(_SUBTILE)):
                     sn = min(uint64(_SUBTILE), upn - s0)
                     for s in range(sn):
@@ -559,10 +559,9 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
                 if want_input:
                     _store_band_grouped(g_grouped, lo, hi, width, row_stride, ug, flat_grad,
                                         plane_start, height * width)
-                    if p0 == p_lo:
-                        for k in range(g):
-                            _zero_outside(flat_grad, plane_start + k * height * width, lo, hi,
-                                          height, width)
+                    for k in range(g):
+                        _zero_outside(flat_grad, plane_start + k * height * width, lo, hi,
+                                      height, width)
                 c_first += g
             for c in range(c_first, c_hi):
                 plane_start = (n * channels + c) * height * width
