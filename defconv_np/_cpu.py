@@ -470,8 +470,8 @@ class GridSampler:
     def _channel_group(self):
         """Channels the bilinear backward takes at a time: 32, 16 or 8, the
         most whose scratch planes (input, input gradient) fit
-        ``config.cpu_grid_group_bytes`` each (a multiple of the vector loops'
-        16 channels a pass: 29 left 13 to their scalar remainder), at most
+        ``config.cpu_grid_group_bytes`` each (whole passes of the vector
+        loops: groups of 29 ran slower than of 16), capped by
         ``config.cpu_grid_group_channels``; 0 for one at a time."""
         pad = sampling.PAD_BEFORE + sampling.PAD_AFTER
         plane_bytes = ((self.input_shape[2] + pad) * (self.input_shape[3] + pad)

@@ -1,6 +1,8 @@
 """affine_grid, grid_sample and their gradients against SciPy, closed forms,
 adjoint identities and finite differences."""
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import scipy.ndimage
@@ -8,6 +10,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import defconv_np as dc
+from defconv_np import _cpu
 from defconv_np._cpu import GridSampler
 from tests.naive import assert_close, tolerance
 from tests.strategies import (
@@ -466,21 +469,25 @@ def test_work_split_changes_nothing(problem):
     np.testing.assert_array_equal(sample_backward(problem).grid, grads.grid)  # deterministic
 
 
-@given(problem=grid_sample_problems(min_batch=1, min_channels=8, max_channels=27),
-       group=st.sampled_from([8, 11, 32]))
-def test_channel_groups_change_only_the_order_of_the_grid_sums(problem, group):
+@given(problem=grid_sample_problems(min_batch=1, max_batch=3, min_channels=8, max_channels=27),
+       group=st.sampled_from([8, 11, 32]), blocks=st.sampled_from([1, 3, 8]))
+def test_channel_groups_change_only_the_order_of_the_grid_sums(problem, group, blocks):
     # The bilinear backward takes channels in groups side by side (0: one at a
     # time). Groups of 8 and 11 leave tails of every length, some grouped with
-    # another layout, some one at a time.
+    # another layout, some one at a time. Work blocks per image, whatever the
+    # thread count: 1 (the whole image in one work item, as at the benchmark
+    # shape), 3, or 8 (more than a few channels fill: some blocks are empty,
+    # and with 3 images a thread's share of work items spans two images).
     config = dc.config
     saved = config.cpu_grid_group_channels
     try:
-        config.cpu_grid_group_channels = 0
-        one_at_a_time = sample_backward(problem)
-        config.cpu_grid_group_channels = group
-        grouped = sample_backward(problem)
-        input_only = sample_backward(problem, needs=("input",))
-        grid_only = sample_backward(problem, needs=("grid",))
+        with mock.patch.object(_cpu, "work_blocks", lambda items, limit: min(limit, blocks)):
+            config.cpu_grid_group_channels = 0
+            one_at_a_time = sample_backward(problem)
+            config.cpu_grid_group_channels = group
+            grouped = sample_backward(problem)
+            input_only = sample_backward(problem, needs=("input",))
+            grid_only = sample_backward(problem, needs=("grid",))
     finally:
         config.cpu_grid_group_channels = saved
     np.testing.assert_array_equal(grouped.input, one_at_a_time.input)
@@ -522,21 +529,34 @@ def test_input_gradient_overwrites_rows_no_sample_touches(group, tile):
     go = rng.uniform(-1, 1, (2, 40, 3, 4))
     config = dc.config
     saved = (config.cpu_grid_group_channels, config.cpu_grid_tile_pixels,
-             config.cpu_grid_band_pixels, config.cpu_items_per_thread)
+             config.cpu_grid_band_pixels)
     try:
         config.cpu_grid_band_pixels = 0  # a zero-padded copy, summed into zeros
         expected = dc.grid_sample_backward(go, x, grid, needs=("input",)).input
         config.cpu_grid_band_pixels = saved[2]
-        # one channel block per thread and image: up to 8 threads, groups of 10+
         config.cpu_grid_group_channels, config.cpu_grid_tile_pixels = group, tile
-        config.cpu_items_per_thread = 1
         target = np.full(x.shape, np.nan)
-        GridSampler(x, grid, False, 0, False).backward(go, target, None)
+        # one work item per image, whatever the thread count: groups of 32 and 8
+        with mock.patch.object(_cpu, "work_blocks", lambda items, limit: 1):
+            GridSampler(x, grid, False, 0, False).backward(go, target, None)
     finally:
         (config.cpu_grid_group_channels, config.cpu_grid_tile_pixels,
-         config.cpu_grid_band_pixels, config.cpu_items_per_thread) = saved
+         config.cpu_grid_band_pixels) = saved
     assert np.all(expected[:, :, 3:] == 0)
     np.testing.assert_allclose(target, expected, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("group", [0, 32])
+def test_input_gradient_of_an_empty_grid_is_zero(group):
+    target = np.full((2, 9, 4, 5), np.nan)
+    saved = dc.config.cpu_grid_group_channels
+    try:
+        dc.config.cpu_grid_group_channels = group
+        GridSampler(np.ones(target.shape), np.zeros((2, 0, 3, 2)), False, 0, False).backward(
+            np.zeros((2, 9, 0, 3)), target, None)
+    finally:
+        dc.config.cpu_grid_group_channels = saved
+    np.testing.assert_array_equal(target, 0.0)
 
 
 # --------------------------------------------------------------------------- validation

@@ -23,9 +23,10 @@ samples touch into the scratch plane (whose border stays zero) before
 reading it: the gathers then hit the L1 cache, where reading a rotated band
 straight from a large array waited on memory at each new cache line, and no
 padded copy of the whole input is made. The input gradient is scattered into
-a second scratch plane whose band is loaded from, and stored back to, the
-gradient array, so each gradient value is summed in pixel order whatever the
-tiling. Large planes, whose bands a rotated or scattered grid would copy many
+a second scratch plane whose band is stored back to the gradient array and,
+for every tile after a work item's first, loaded from it first (the first
+tile starts from zero and zeroes the rows it does not touch), so each
+gradient value is summed in pixel order whatever the tiling. Large planes, whose bands a rotated or scattered grid would copy many
 times over, come instead as one zero-padded copy of the input (``padded``),
 read in place, with the input gradient added to a zero-padded plane that the
 caller crops.
@@ -466,8 +467,9 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
     planes (input, input gradient) and in a transposed copy of the output
     gradients, so that the loops over a group's channels at each pixel
     vectorise. The input gradient gets the same sums in the same order either
-    way; the grid gradient's channel sums are reassociated within a group
-    (``_group_grid_sums``).
+    way; the grid gradient's channel sums are reassociated within a group and
+    the cell fractions factored out of them (``_group_grid_sums``), which
+    moves their rounding.
     """
     nb, npix = grid.shape[0], grid.shape[1]
     channels, width = inp.shape[1], row_stride - PAD_BEFORE - PAD_AFTER
@@ -491,8 +493,10 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
         g_plane = np.zeros(0 if padded else plane_size, grad_inp.dtype)
         # groups only where the block's pixels are one tile: a band reloaded
         # (transposed) for each of several tiles cost more than it saved
+        # (and with at least MIN_GROUP channels: a block past the last
+        # channel has c_hi < c_lo)
         g_max = (0 if padded or nearest or group < MIN_GROUP or p_hi - p_lo > tile
-                 else min(group, c_hi - c_lo))
+                 or c_hi - c_lo < MIN_GROUP else min(group, c_hi - c_lo))
         g_plane_size = g_max * plane_size
         grouped = np.empty(g_plane_size if grid_terms else 0, inp.dtype)
         g_grouped = np.empty(g_plane_size if want_input else 0, grad_inp.dtype)
@@ -514,6 +518,11 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
         w11 = np.empty(tile, grad_out.dtype)
         acc_y = np.empty(tile, np.float64)
         acc_x = np.empty(tile, np.float64)
+        if want_input and not padded and p_lo >= p_hi:
+            # no tile to zero the gradient planes (an empty grid)
+            for c in range(c_lo, c_hi):
+                _zero_outside(flat_grad, (n * channels + c) * height * width, 0, 0, height,
+                              width)
         for p0 in range(p_lo, p_hi, tile):
             pn = min(tile, p_hi - p0)
             upn = uint64(pn)
