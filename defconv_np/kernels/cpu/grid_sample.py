@@ -26,10 +26,10 @@ padded copy of the whole input is made. The input gradient is scattered into
 a second scratch plane whose band is stored back to the gradient array and,
 for every tile after a work item's first, loaded from it first (the first
 tile starts from zero and zeroes the rows it does not touch), so each
-gradient value is summed in pixel order whatever the tiling. Large planes, whose bands a rotated or scattered grid would copy many
-times over, come instead as one zero-padded copy of the input (``padded``),
-read in place, with the input gradient added to a zero-padded plane that the
-caller crops.
+gradient value is summed in pixel order whatever the tiling. Large planes,
+whose bands a rotated or scattered grid would copy many times over, come
+instead as one zero-padded copy of the input (``padded``), read in place,
+with the input gradient added to a zero-padded plane that the caller crops.
 """
 
 import numpy as np
