@@ -1,6 +1,7 @@
 """affine_grid, grid_sample and their gradients against SciPy, closed forms,
 adjoint identities and finite differences."""
 
+import contextlib
 from unittest import mock
 
 import numpy as np
@@ -438,29 +439,38 @@ def test_float32_agrees_with_float64(problem):
     assert_close(g32.grid[keep_grid], g64.grid[keep_grid], dtype=np.float32)
 
 
+@contextlib.contextmanager
+def configured(**settings):
+    """``defconv_np.config`` with ``settings`` for the block, restored after."""
+    saved = {name: getattr(dc.config, name) for name in settings}
+    try:
+        for name, value in settings.items():
+            setattr(dc.config, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(dc.config, name, value)
+
+
+def fixed_work_blocks(blocks):
+    """Work blocks per image (channel or pixel blocks) whatever the thread count."""
+    return mock.patch.object(_cpu, "work_blocks", lambda items, limit: min(limit, blocks))
+
+
 @given(problem=grid_sample_problems(min_batch=1, max_channels=5))
 def test_work_split_changes_nothing(problem):
     out = sample(problem)
     grads = sample_backward(problem)
-    config = dc.config
-    saved = config.cpu_grid_tile_pixels, config.cpu_items_per_thread
-    try:
-        # tiny tiles and many work items: several tiles, channel and pixel blocks
-        config.cpu_grid_tile_pixels, config.cpu_items_per_thread = 3, 64
+    # tiny tiles and many work items: several tiles, channel and pixel blocks
+    with configured(cpu_grid_tile_pixels=3, cpu_items_per_thread=64):
         np.testing.assert_array_equal(sample(problem), out)
         split = sample_backward(problem)
         grid_only = sample_backward(problem, needs=("grid",))
-    finally:
-        config.cpu_grid_tile_pixels, config.cpu_items_per_thread = saved
     np.testing.assert_array_equal(split.input, grads.input)
     # large planes are read from a padded copy, not in bands: the same sums
-    saved = config.cpu_grid_band_pixels
-    try:
-        config.cpu_grid_band_pixels = 0
+    with configured(cpu_grid_band_pixels=0):
         np.testing.assert_array_equal(sample(problem), out)
         from_padded = sample_backward(problem)
-    finally:
-        config.cpu_grid_band_pixels = saved
     np.testing.assert_array_equal(from_padded.input, grads.input)
     np.testing.assert_array_equal(from_padded.grid, grads.grid)
     # channel blocks sum the grid gradient in another order
@@ -474,22 +484,17 @@ def test_work_split_changes_nothing(problem):
 def test_channel_groups_change_only_the_order_of_the_grid_sums(problem, group, blocks):
     # The bilinear backward takes channels in groups side by side (0: one at a
     # time). Groups of 8 and 11 leave tails of every length, some grouped with
-    # another layout, some one at a time. Work blocks per image, whatever the
-    # thread count: 1 (the whole image in one work item, as at the benchmark
-    # shape), 3, or 8 (more than a few channels fill: some blocks are empty,
-    # and with 3 images a thread's share of work items spans two images).
-    config = dc.config
-    saved = config.cpu_grid_group_channels
-    try:
-        with mock.patch.object(_cpu, "work_blocks", lambda items, limit: min(limit, blocks)):
-            config.cpu_grid_group_channels = 0
+    # another layout, some one at a time. Work blocks per image: 1 (the whole
+    # image in one work item, as at the benchmark shape), 3, or 8 (more than a
+    # few channels fill: some blocks are empty, and with 3 images a thread's
+    # share of work items spans two images).
+    with fixed_work_blocks(blocks):
+        with configured(cpu_grid_group_channels=0):
             one_at_a_time = sample_backward(problem)
-            config.cpu_grid_group_channels = group
+        with configured(cpu_grid_group_channels=group):
             grouped = sample_backward(problem)
             input_only = sample_backward(problem, needs=("input",))
             grid_only = sample_backward(problem, needs=("grid",))
-    finally:
-        config.cpu_grid_group_channels = saved
     np.testing.assert_array_equal(grouped.input, one_at_a_time.input)
     np.testing.assert_array_equal(input_only.input, one_at_a_time.input)
     assert_close(grouped.grid, one_at_a_time.grid, dtype=problem.dtype)
@@ -508,14 +513,10 @@ def test_channel_groups_change_only_the_order_of_the_grid_sums(problem, group, b
     ],
 )
 def test_channel_group_fits_the_scratch_budget(shape, dtype, most, group):
-    saved = dc.config.cpu_grid_group_channels
-    try:
-        dc.config.cpu_grid_group_channels = most
+    with configured(cpu_grid_group_channels=most):
         sampler = GridSampler(np.zeros(shape, dtype), np.zeros((1, 2, 2, 2), dtype), False, 0,
                               False)
         assert sampler._channel_group() == group
-    finally:
-        dc.config.cpu_grid_group_channels = saved
 
 
 @pytest.mark.parametrize("group", [0, 32])
@@ -527,21 +528,13 @@ def test_input_gradient_overwrites_rows_no_sample_touches(group, tile):
     x = rng.uniform(-1, 1, (2, 40, 8, 5))
     grid = np.stack([rng.uniform(-1, 1, (2, 3, 4)), rng.uniform(-1.2, -0.8, (2, 3, 4))], axis=-1)
     go = rng.uniform(-1, 1, (2, 40, 3, 4))
-    config = dc.config
-    saved = (config.cpu_grid_group_channels, config.cpu_grid_tile_pixels,
-             config.cpu_grid_band_pixels)
-    try:
-        config.cpu_grid_band_pixels = 0  # a zero-padded copy, summed into zeros
+    with configured(cpu_grid_band_pixels=0):  # a zero-padded copy, summed into zeros
         expected = dc.grid_sample_backward(go, x, grid, needs=("input",)).input
-        config.cpu_grid_band_pixels = saved[2]
-        config.cpu_grid_group_channels, config.cpu_grid_tile_pixels = group, tile
-        target = np.full(x.shape, np.nan)
-        # one work item per image, whatever the thread count: groups of 32 and 8
-        with mock.patch.object(_cpu, "work_blocks", lambda items, limit: 1):
-            GridSampler(x, grid, False, 0, False).backward(go, target, None)
-    finally:
-        (config.cpu_grid_group_channels, config.cpu_grid_tile_pixels,
-         config.cpu_grid_band_pixels) = saved
+    target = np.full(x.shape, np.nan)
+    # one work item per image: groups of 32 and 8
+    with configured(cpu_grid_group_channels=group, cpu_grid_tile_pixels=tile), \
+            fixed_work_blocks(1):
+        GridSampler(x, grid, False, 0, False).backward(go, target, None)
     assert np.all(expected[:, :, 3:] == 0)
     np.testing.assert_allclose(target, expected, rtol=1e-13, atol=1e-15)
 
@@ -549,13 +542,9 @@ def test_input_gradient_overwrites_rows_no_sample_touches(group, tile):
 @pytest.mark.parametrize("group", [0, 32])
 def test_input_gradient_of_an_empty_grid_is_zero(group):
     target = np.full((2, 9, 4, 5), np.nan)
-    saved = dc.config.cpu_grid_group_channels
-    try:
-        dc.config.cpu_grid_group_channels = group
+    with configured(cpu_grid_group_channels=group):
         GridSampler(np.ones(target.shape), np.zeros((2, 0, 3, 2)), False, 0, False).backward(
             np.zeros((2, 9, 0, 3)), target, None)
-    finally:
-        dc.config.cpu_grid_group_channels = saved
     np.testing.assert_array_equal(target, 0.0)
 
 
