@@ -502,6 +502,22 @@ def test_channel_groups_change_only_the_order_of_the_grid_sums(problem, group, b
     assert_close(grid_only.grid, grouped.grid, dtype=problem.dtype)
 
 
+@pytest.mark.parametrize("channels, blocks", [(9, 8), (17, 8), (40, 3)])
+def test_channel_blocks_past_the_last_channel_change_nothing(channels, blocks):
+    # 9 channels in 8 blocks of 2: blocks 5-7 start past the last channel
+    # and must do nothing (not fail, dropping the rest of a thread's work)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (3, channels, 6, 7))
+    grid = rng.uniform(-1.1, 1.1, (3, 4, 5, 2))
+    go = rng.uniform(-1, 1, (3, channels, 4, 5))
+    with configured(cpu_grid_group_channels=0):
+        expected = dc.grid_sample_backward(go, x, grid)
+    with fixed_work_blocks(blocks):
+        got = dc.grid_sample_backward(go, x, grid)
+    np.testing.assert_array_equal(got.input, expected.input)
+    assert_close(got.grid, expected.grid, dtype=np.float64)
+
+
 @pytest.mark.parametrize(
     "shape, dtype, most, group",
     [
