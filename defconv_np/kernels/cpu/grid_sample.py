@@ -501,7 +501,7 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
         grouped = np.empty(g_plane_size if grid_terms else 0, inp.dtype)
         g_grouped = np.empty(g_plane_size if want_input else 0, grad_inp.dtype)
         go_rows = np.empty(g_max * _SUBTILE, grad_out.dtype)
-        layout = 0  # the channels per position that ``grouped``'s padding was zeroed for
+        layout = 0  # the channels per position the scratch planes' padding was zeroed for
         coords = np.empty(tile, grid.dtype)
         y_pixel = np.empty(tile, grid.dtype)
         x_pixel = np.empty(tile, grid.dtype)
@@ -541,10 +541,16 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
                 rs_g = uint64(row_stride) * ug
                 plane_start = (n * channels + c_first) * height * width
                 go = uint64((n * channels + c_first) * npix + p0)
-                if grid_terms:
-                    if layout != g:
+                if layout != g:
+                    # the gradient plane's padding only collects adds that are
+                    # never stored; zeroed all the same, as np.empty may hold
+                    # denormals, which would slow those adds
+                    if grid_terms:
                         _zero_group_padding(grouped, ug, height, width, row_stride)
-                        layout = g
+                    if want_input:
+                        _zero_group_padding(g_grouped, ug, height, width, row_stride)
+                    layout = g
+                if grid_terms:
                     _load_band_grouped(flat_inp, plane_start, height * width, lo, hi, width,
                                        row_stride, ug, grouped)
                 if want_input:  # the block's only tile: its gradient planes start at zero
