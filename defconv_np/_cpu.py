@@ -468,16 +468,19 @@ class GridSampler:
                 work_blocks(n, npix), self.tile, out.reshape(n, out.shape[1], -1))
 
     def _channel_group(self):
-        """Channels the bilinear backward takes at a time: 32, 16 or 8, the
-        most whose scratch planes (input, input gradient) fit
-        ``config.cpu_grid_group_bytes`` each (whole passes of the vector
-        loops: groups of 29 ran slower than of 16), capped by
-        ``config.cpu_grid_group_channels``; 0 for one at a time."""
+        """Channels the bilinear backward takes at a time: the most of 32, 16
+        or 8 (float64: 16) whose scratch planes (input, input gradient) fit
+        ``config.cpu_grid_group_bytes`` each, capped by
+        ``config.cpu_grid_group_channels``; 0 for one at a time. Whole
+        passes of the vector loops (groups of 29 ran slower than of 16), at
+        most 128 bytes of each position (float64 groups of 32 ran slower than
+        of 16; of 8, no faster than one at a time)."""
         pad = sampling.PAD_BEFORE + sampling.PAD_AFTER
-        plane_bytes = ((self.input_shape[2] + pad) * (self.input_shape[3] + pad)
-                       * self.input.dtype.itemsize)
+        itemsize = self.input.dtype.itemsize
+        plane_bytes = (self.input_shape[2] + pad) * (self.input_shape[3] + pad) * itemsize
         room = config.cpu_grid_group_bytes // plane_bytes
-        fitting = max((g for g in (32, 16, 8) if g <= room), default=0)
+        sizes = (32, 16, 8) if itemsize == 4 else (16,)
+        fitting = max((g for g in sizes if g <= room), default=0)
         return min(config.cpu_grid_group_channels, fitting)
 
     def backward(self, grad_output, grad_input, grad_grid):
@@ -499,11 +502,14 @@ class GridSampler:
             target = np.zeros((1, 1, 1, 1), self.input.dtype)
         partials = np.zeros((n, blocks_c, npix, 2) if want_grid else (1, 1, 1, 2), np.float64)
         group = self._channel_group()
+        tile = self.tile
+        if group and not self.padded and npix <= config.cpu_grid_group_tile_pixels:
+            tile = max(tile, npix)  # the kernel groups channels where a block is one tile
         with _launch_lock:
             grid_sample_kernels.grid_sample_backward(
                 kernel_operand(grad_output).reshape(n, c, npix), self.input, self.padded,
                 *self.geometry, self.grid, *self.modes, want_input, want_grid, blocks_c,
-                blocks_p, self.tile, group, target, partials)
+                blocks_p, tile, group, target, partials)
         if want_input and self.padded:
             grad_input[...] = cropped(np, target, self.input_shape, *SAMPLING_PAD)
         elif want_input and target is not grad_input:

@@ -521,10 +521,11 @@ def test_channel_blocks_past_the_last_channel_change_nothing(channels, blocks):
 @pytest.mark.parametrize(
     "shape, dtype, most, group",
     [
-        ((1, 64, 64, 64), np.float32, 32, 32),  # 67 x 67 padded planes: 58 fit in 1 MiB
-        ((1, 64, 64, 64), np.float64, 32, 16),  # 29 fit: 16, a whole vector pass
-        ((1, 64, 128, 128), np.float32, 32, 8),  # 15 fit
-        ((1, 64, 256, 256), np.float32, 32, 0),  # 3 fit: one at a time
+        ((1, 64, 64, 64), np.float32, 32, 32),  # 67 x 67 padded planes: 73 fit in 1.25 MiB
+        ((1, 64, 64, 64), np.float64, 32, 16),  # 128 bytes a position: 16 float64
+        ((1, 64, 128, 128), np.float32, 32, 16),  # 19 fit: 16, whole vector passes
+        ((1, 64, 128, 128), np.float64, 32, 0),  # 9 fit: float64 takes groups of 16 only
+        ((1, 64, 256, 256), np.float32, 32, 0),  # 4 fit: one at a time
         ((1, 64, 64, 64), np.float32, 11, 11),  # the configured most
     ],
 )
