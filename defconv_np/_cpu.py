@@ -503,7 +503,8 @@ class GridSampler:
         partials = np.zeros((n, blocks_c, npix, 2) if want_grid else (1, 1, 1, 2), np.float64)
         group = self._channel_group()
         tile = self.tile
-        if group and not self.padded and npix <= config.cpu_grid_group_tile_pixels:
+        nearest = self.modes[0]
+        if group and not (self.padded or nearest) and npix <= config.cpu_grid_group_tile_pixels:
             tile = max(tile, npix)  # the kernel groups channels where a block is one tile
         with _launch_lock:
             grid_sample_kernels.grid_sample_backward(
