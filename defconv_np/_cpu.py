@@ -481,7 +481,8 @@ class GridSampler:
         room = config.cpu_grid_group_bytes // plane_bytes
         sizes = (32, 16, 8) if itemsize == 4 else (16,)
         fitting = max((g for g in sizes if g <= room), default=0)
-        return min(config.cpu_grid_group_channels, fitting)
+        group = min(config.cpu_grid_group_channels, fitting)
+        return group if group >= grid_sample_kernels.MIN_GROUP else 0
 
     def backward(self, grad_output, grad_input, grad_grid):
         """Write the input and/or grid gradients into the arrays given (either may be None)."""
@@ -504,7 +505,8 @@ class GridSampler:
         group = self._channel_group()
         tile = self.tile
         nearest = self.modes[0]
-        if group and not (self.padded or nearest) and npix <= config.cpu_grid_group_tile_pixels:
+        if (group and -(-c // blocks_c) >= grid_sample_kernels.MIN_GROUP
+                and not (self.padded or nearest) and npix <= config.cpu_grid_group_tile_pixels):
             tile = max(tile, npix)  # the kernel groups channels where a block is one tile
         with _launch_lock:
             grid_sample_kernels.grid_sample_backward(

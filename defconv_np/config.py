@@ -84,7 +84,8 @@ cpu_grid_band_pixels = 512 * 512
 #: one tile, takes up to this many channels at a time (32, 16 or 8; float64
 #: 16 only), side by side in scratch planes (input and input gradient)
 #: of at most ``cpu_grid_group_bytes`` each, so that its loops over them
-#: vectorise; with room for fewer than 8 it takes them one at a time. Grids
+#: vectorise; with room for fewer than 8 (float64: 16), or under 8 channels
+#: to a work item, it takes them one at a time. Grids
 #: of up to ``cpu_grid_group_tile_pixels`` pixels are then one tile (in place
 #: of ``cpu_grid_tile_pixels``): reloading a transposed band per tile cost
 #: more than the groups saved. Each work item allocates its planes, and
@@ -92,11 +93,11 @@ cpu_grid_band_pixels = 512 * 512
 #: every call (at (8, 64, 128, 128) float32, groups of 32: 21 ms, 14 with
 #: glibc's trimming and mmap off). On the 2-core development machine, 2
 #: threads, backward (input and grid) with rotated grids, one channel at a
-#: time -> groups: (8, 64, 64, 64) float32 4.6-4.8 -> 3.0-3.1 ms (32), float64
-#: 5.0-5.2 -> 4.0-4.1 (16); (8, 64, 128, 128) float32 22.5-24.2 -> 16.0-16.6
-#: (16); (4, 64, 32, 32) float32 0.67 -> 0.41; (4, 32, 128, 128) float64 6.5
-#: -> 6.1 with groups of 8, but grid-only 2.6 -> 2.8: one at a time. 0: always
-#: one at a time.
+#: time -> groups, alternating in one process: (8, 64, 64, 64) float32
+#: 4.6-4.7 -> 3.0-3.1 ms (32), float64 5.3 -> 4.2 (16); (8, 64, 128, 128)
+#: float32 24.7-24.9 -> 17.0-17.3 (16); (4, 64, 32, 32) float32 0.67 -> 0.41;
+#: (4, 32, 128, 128) float64 6.5 -> 6.1 with groups of 8, but grid-only 2.6
+#: -> 2.8: one at a time. 0: always one at a time.
 cpu_grid_group_channels = 32
 cpu_grid_group_bytes = 5 << 18  # 1.25 MiB
 cpu_grid_group_tile_pixels = 128 * 128

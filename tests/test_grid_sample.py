@@ -462,7 +462,8 @@ def test_work_split_changes_nothing(problem):
     out = sample(problem)
     grads = sample_backward(problem)
     # tiny tiles and many work items: several tiles, channel and pixel blocks
-    with configured(cpu_grid_tile_pixels=3, cpu_items_per_thread=64):
+    # (one channel at a time: grouping makes a small grid one tile)
+    with configured(cpu_grid_tile_pixels=3, cpu_items_per_thread=64, cpu_grid_group_channels=0):
         np.testing.assert_array_equal(sample(problem), out)
         split = sample_backward(problem)
         grid_only = sample_backward(problem, needs=("grid",))
@@ -521,12 +522,15 @@ def test_channel_blocks_past_the_last_channel_change_nothing(channels, blocks):
 @pytest.mark.parametrize(
     "shape, dtype, most, group",
     [
-        ((1, 64, 64, 64), np.float32, 32, 32),  # 67 x 67 padded planes: 73 fit in 1.25 MiB
+        ((1, 64, 64, 64), np.float32, 32, 32),  # 67 x 67 padded planes: 72 fit in 1.25 MiB
         ((1, 64, 64, 64), np.float64, 32, 16),  # 128 bytes a position: 16 float64
         ((1, 64, 128, 128), np.float32, 32, 16),  # 19 fit: 16, whole vector passes
-        ((1, 64, 128, 128), np.float64, 32, 0),  # 9 fit: float64 takes groups of 16 only
-        ((1, 64, 256, 256), np.float32, 32, 0),  # 4 fit: one at a time
+        ((1, 64, 199, 199), np.float32, 32, 8),  # 202 x 202 padded: 8 fit
+        ((1, 64, 200, 200), np.float32, 32, 0),  # 203 x 203: 7 fit, one at a time
+        ((1, 64, 98, 98), np.float64, 32, 16),  # 101 x 101: 16 fit
+        ((1, 64, 99, 99), np.float64, 32, 0),  # 102 x 102: 15 fit, float64 takes 16 only
         ((1, 64, 64, 64), np.float32, 11, 11),  # the configured most
+        ((1, 64, 64, 64), np.float32, 4, 0),  # under 8: one at a time
     ],
 )
 def test_channel_group_fits_the_scratch_budget(shape, dtype, most, group):
