@@ -442,6 +442,64 @@ def grid_sample(inp, padded, y_axis, x_axis, row_stride, one, grid, nearest, pad
                                            + w11[t] * src[q + rs + uint64(1)])
 
 
+@njit(cache=True, nogil=True)
+def _grouped_channels(flat_inp, flat_grad, flat_go, n, channels, c_lo, c_hi, g_max, layout, p0,
+                      upn, npix, height, width, row_stride, lo, hi, grid_terms, want_input,
+                      grouped, g_grouped, go_rows, ubase, ly, lx, w00, w01, w10, w11, acc_y,
+                      acc_x):
+    """The channels ``c_lo ..`` of one tile of ``grid_sample_backward``, in
+    groups of up to ``g_max`` while at least ``MIN_GROUP`` remain; returns
+    the first channel left (for one at a time) and the group size the
+    scratch planes' padding is now zeroed for. A function of its own, not
+    inlined: the first float32 backward compiled in 5.7 s before groups,
+    13.4 s with this inlined into the kernel, 10.2 s as it is."""
+    c_first = c_lo
+    while g_max and c_hi - c_first >= MIN_GROUP:
+        g = min(g_max, c_hi - c_first)
+        ug = uint64(g)
+        rs_g = uint64(row_stride) * ug
+        plane_start = (n * channels + c_first) * height * width
+        go = uint64((n * channels + c_first) * npix + p0)
+        if layout != g:
+            # the gradient plane's padding only collects adds that are
+            # never stored; zeroed all the same, as np.empty may hold
+            # denormals, which would slow those adds
+            if grid_terms:
+                _zero_group_padding(grouped, ug, height, width, row_stride)
+            if want_input:
+                _zero_group_padding(g_grouped, ug, height, width, row_stride)
+            layout = g
+        if grid_terms:
+            _load_band_grouped(flat_inp, plane_start, height * width, lo, hi, width,
+                               row_stride, ug, grouped)
+        if want_input:  # the block's only tile: its gradient planes start at zero
+            _zero_band(g_grouped, lo, hi, row_stride * g)
+        for s0 in range(uint64(0), upn, uint64(_SUBTILE)):
+            sn = min(uint64(_SUBTILE), upn - s0)
+            for s in range(sn):
+                for k in range(ug):
+                    go_rows[s * ug + k] = flat_go[go + k * uint64(npix) + s0 + s]
+            for s in range(sn):
+                t = s0 + s
+                q = ubase[t] * ug
+                if grid_terms:
+                    s01, s23, s02, s13 = _group_grid_sums(grouped, q, ug, rs_g, go_rows,
+                                                          s * ug)
+                    acc_y[t] += (1.0 - lx[t]) * s02 + lx[t] * s13
+                    acc_x[t] += (1.0 - ly[t]) * s01 + ly[t] * s23
+                if want_input:
+                    _group_scatter(g_grouped, q, ug, rs_g, w00[t], w01[t], w10[t],
+                                   w11[t], go_rows, s * ug)
+        if want_input:
+            _store_band_grouped(g_grouped, lo, hi, width, row_stride, ug, flat_grad,
+                                plane_start, height * width)
+            for k in range(g):
+                _zero_outside(flat_grad, plane_start + k * height * width, lo, hi,
+                              height, width)
+        c_first += g
+    return c_first, layout
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one, grid, nearest,
                          padding_mode, align_corners, want_input, want_grid, channel_blocks,
@@ -535,49 +593,12 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
                 acc_y[t] = 0.0
                 acc_x[t] = 0.0
             c_first = c_lo
-            while g_max and c_hi - c_first >= MIN_GROUP:
-                g = min(g_max, c_hi - c_first)
-                ug = uint64(g)
-                rs_g = uint64(row_stride) * ug
-                plane_start = (n * channels + c_first) * height * width
-                go = uint64((n * channels + c_first) * npix + p0)
-                if layout != g:
-                    # the gradient plane's padding only collects adds that are
-                    # never stored; zeroed all the same, as np.empty may hold
-                    # denormals, which would slow those adds
-                    if grid_terms:
-                        _zero_group_padding(grouped, ug, height, width, row_stride)
-                    if want_input:
-                        _zero_group_padding(g_grouped, ug, height, width, row_stride)
-                    layout = g
-                if grid_terms:
-                    _load_band_grouped(flat_inp, plane_start, height * width, lo, hi, width,
-                                       row_stride, ug, grouped)
-                if want_input:  # the block's only tile: its gradient planes start at zero
-                    _zero_band(g_grouped, lo, hi, row_stride * g)
-                for s0 in range(uint64(0), upn, uint64(_SUBTILE)):
-                    sn = min(uint64(_SUBTILE), upn - s0)
-                    for s in range(sn):
-                        for k in range(ug):
-                            go_rows[s * ug + k] = flat_go[go + k * uint64(npix) + s0 + s]
-                    for s in range(sn):
-                        t = s0 + s
-                        q = ubase[t] * ug
-                        if grid_terms:
-                            s01, s23, s02, s13 = _group_grid_sums(grouped, q, ug, rs_g, go_rows,
-                                                                  s * ug)
-                            acc_y[t] += (1.0 - lx[t]) * s02 + lx[t] * s13
-                            acc_x[t] += (1.0 - ly[t]) * s01 + ly[t] * s23
-                        if want_input:
-                            _group_scatter(g_grouped, q, ug, rs_g, w00[t], w01[t], w10[t],
-                                           w11[t], go_rows, s * ug)
-                if want_input:
-                    _store_band_grouped(g_grouped, lo, hi, width, row_stride, ug, flat_grad,
-                                        plane_start, height * width)
-                    for k in range(g):
-                        _zero_outside(flat_grad, plane_start + k * height * width, lo, hi,
-                                      height, width)
-                c_first += g
+            if g_max:
+                c_first, layout = _grouped_channels(
+                    flat_inp, flat_grad, flat_go, n, channels, c_lo, c_hi, g_max, layout, p0,
+                    upn, npix, height, width, row_stride, lo, hi, grid_terms, want_input,
+                    grouped, g_grouped, go_rows, ubase, ly, lx, w00, w01, w10, w11, acc_y,
+                    acc_x)
             for c in range(c_first, c_hi):
                 plane_start = (n * channels + c) * height * width
                 go = uint64((n * channels + c) * npix + p0)
