@@ -49,6 +49,15 @@ _KINDS = (("f", "s", ctypes.c_float), ("d", "d", ctypes.c_double))
 
 
 _mkl = None  # {dtype char: function} of MKL, once looked up ({} if unusable)
+#: MKL's constants: sequential threading layer, and conditional numerical
+#: reproducibility for the code path of this CPU (results independent of the
+#: arrays' alignment)
+_MKL_THREADING_SEQUENTIAL, _MKL_CBWR_AUTO, _MKL_CBWR_SUCCESS = 1, 2, 0
+#: Whether ``_lookup_mkl`` loaded ``libmkl_rt`` (so that a lookup redone in a
+#: forked child does not take our own copy for someone else's)
+_mkl_loaded_by_us = False
+#: The values ``config.cpu_blas`` may take
+CHOICES = ("auto", "numpy", "mkl")
 
 
 class _Lane(threading.local):
@@ -57,14 +66,6 @@ class _Lane(threading.local):
 
 
 in_lane = _Lane()
-#: MKL's constants: sequential threading layer, and conditional numerical
-#: reproducibility for the code path of this CPU (results independent of the
-#: arrays' alignment)
-_MKL_THREADING_SEQUENTIAL, _MKL_CBWR_AUTO, _MKL_CBWR_SUCCESS = 1, 2, 0
-#: Whether ``_lookup_mkl`` loaded ``libmkl_rt`` (so that a lookup redone in a
-#: forked child does not take our own copy for someone else's)
-_mkl_loaded_by_us = False
-CHOICES = ("auto", "numpy", "mkl")
 
 
 def _after_fork_in_child():

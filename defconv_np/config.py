@@ -82,13 +82,13 @@ cpu_grid_band_pixels = 512 * 512
 
 #: The 2-D bilinear grid_sample backward, where a work item's grid pixels are
 #: one tile, takes up to this many channels at a time (32, 16 or 8; float64
-#: 16 only), side by side in scratch planes (input and input gradient)
-#: of at most ``cpu_grid_group_bytes`` each, so that its loops over them
-#: vectorise; with room for fewer than 8 (float64: 16), or under 8 channels
-#: to a work item, it takes them one at a time. Grids
-#: of up to ``cpu_grid_group_tile_pixels`` pixels are then one tile (in place
-#: of ``cpu_grid_tile_pixels``): reloading a transposed band per tile cost
-#: more than the groups saved. Each work item allocates its planes, and
+#: 16 only), side by side in scratch planes (input and input gradient) of at
+#: most ``cpu_grid_group_bytes`` each, so that its loops over them vectorise;
+#: with room for fewer than 8 (float64: 16), or under 8 channels to a work
+#: item, it takes them one at a time. Grids of up to
+#: ``cpu_grid_group_tile_pixels`` pixels are then one tile (in place of
+#: ``cpu_grid_tile_pixels``): reloading a transposed band per tile cost more
+#: than the groups saved. Each work item allocates its planes, and
 #: planes much over 1 MiB came back from the C library as fresh pages on
 #: every call (at (8, 64, 128, 128) float32, groups of 32: 21 ms, 14 with
 #: glibc's trimming and mmap off). On the 2-core development machine, 2

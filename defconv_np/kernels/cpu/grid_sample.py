@@ -193,23 +193,6 @@ def _load_band(flat_src, plane_start, lo, hi, width, row_stride, flat_plane):
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _load_band_interleaved(flat_src, plane_start, channel_stride, lo, hi, width, row_stride,
-                           flat_quad):
-    """Rows ``lo .. hi - 1`` of ``_CHANNELS`` consecutive (H, W) planes, the
-    first at ``plane_start`` and the next ``channel_stride`` apart, into the
-    interior of the padded scratch plane ``flat_quad`` with their channels
-    interleaved: channel ``k`` of padded position ``q`` at
-    ``q * _CHANNELS + k``."""
-    for r in range(lo, hi):
-        src = uint64(plane_start + r * width)
-        dst = uint64(((r + PAD_BEFORE) * row_stride + PAD_BEFORE) * _CHANNELS)
-        for i in range(uint64(width)):
-            for k in range(_CHANNELS):
-                flat_quad[dst + uint64(_CHANNELS) * i + uint64(k)] = flat_src[
-                    src + uint64(k * channel_stride) + i]
-
-
-@njit(inline="always", cache=True, nogil=True)
 def _store_band(flat_plane, lo, hi, width, row_stride, flat_dst, plane_start):
     """The interior rows ``lo .. hi - 1`` of the scratch plane back into the
     (H, W) plane at ``plane_start``."""
@@ -288,7 +271,10 @@ def _load_band_grouped(flat_src, plane_start, channel_stride, lo, hi, width, row
                        flat_group):
     """Rows ``lo .. hi - 1`` of ``ug`` consecutive (H, W) planes, the first
     at ``plane_start`` and the next ``channel_stride`` apart, into the
-    interior of the scratch plane ``flat_group``, channels side by side."""
+    interior of the scratch plane ``flat_group``, channels side by side
+    (channel ``k`` of padded position ``q`` at ``q * ug + k``): the forward's
+    four channels (``ug`` a constant there, so that the copy vectorises) and
+    the backward's groups."""
     for r in range(lo, hi):
         src = uint64(plane_start + r * width)
         dst = uint64((r + PAD_BEFORE) * row_stride + PAD_BEFORE) * ug
@@ -411,8 +397,9 @@ def grid_sample(inp, padded, y_axis, x_axis, row_stride, one, grid, nearest, pad
                 # values in one 16-byte run: 0.20 ms less a (8, 64, 64, 64)
                 # forward on one core than four separate planes)
                 for c_first in range(0, channels - _CHANNELS + 1, _CHANNELS):
-                    _load_band_interleaved(flat_inp, (n * channels + c_first) * height * width,
-                                           height * width, lo, hi, width, row_stride, quad)
+                    _load_band_grouped(flat_inp, (n * channels + c_first) * height * width,
+                                       height * width, lo, hi, width, row_stride,
+                                       uint64(_CHANNELS), quad)
                     o = uint64((n * channels + c_first) * npix + p0)
                     for t in range(upn):
                         q = ubase[t] * uint64(_CHANNELS)
@@ -454,7 +441,7 @@ def _grouped_channels(flat_inp, flat_grad, flat_go, n, channels, c_lo, c_hi, g_m
     inlined: the first float32 backward compiled in 5.7 s before groups,
     13.4 s with this inlined into the kernel, 10.2 s as it is."""
     c_first = c_lo
-    while g_max and c_hi - c_first >= MIN_GROUP:
+    while c_hi - c_first >= MIN_GROUP:
         g = min(g_max, c_hi - c_first)
         ug = uint64(g)
         rs_g = uint64(row_stride) * ug
