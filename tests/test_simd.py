@@ -1,0 +1,83 @@
+"""The CPU kernels' vector intrinsics (kernels.cpu.simd) against the scalar
+expressions they replace: bitwise, in both dtypes, with non-finite values."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from numba import njit, uint64
+from numba.core.errors import TypingError
+
+from defconv_np.kernels.cpu.simd import LANES, blend4
+
+
+@njit(cache=False)
+def _blend4_at(src, q, row, a, b, d, e, dst, o, stride):
+    blend4(src, uint64(q), uint64(row), a, b, d, e, dst, uint64(o), uint64(stride))
+
+
+def _scalar_blend(src, q, row, weights, dst, o, stride):
+    """The scalar loop ``blend4`` replaces, in NumPy scalars of the arrays' dtype."""
+    a, b, d, e = (src.dtype.type(w) for w in weights)
+    for k in range(LANES):
+        dst[o + k * stride] = (a * src[q + k] + b * src[q + LANES + k]
+                               + d * src[q + row + k] + e * src[q + row + LANES + k])
+
+
+def assert_bitwise_up_to_nan_payload(got, want):
+    """Equal bit patterns, signed zeros included, except that a NaN may be any
+    NaN (LLVM may commute an addition of two NaNs, which picks the payload)."""
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(got[~nan].view(np.uint8), want[~nan].view(np.uint8))
+
+
+values = st.sampled_from([0.0, -0.0, 1.0, -2.5, 1e-30, 3e38, -3e38, 1e300, np.inf, -np.inf,
+                          np.nan]) | st.floats(-1e3, 1e3)
+
+
+@given(dtype=st.sampled_from([np.float32, np.float64]),
+       q=st.integers(0, 5), row=st.integers(2 * LANES, 3 * LANES), o=st.integers(0, 3),
+       stride=st.integers(1, 6), data=st.data())
+def test_blend4_is_the_scalar_expression_bitwise(dtype, q, row, o, stride, data):
+    n_src = q + row + 2 * LANES
+    src = np.array(data.draw(st.lists(values, min_size=n_src, max_size=n_src)))
+    with np.errstate(all="ignore"):
+        src = src.astype(dtype)
+    weights = data.draw(st.lists(values, min_size=4, max_size=4))
+    size = o + (LANES - 1) * stride + 1
+    got = np.full(size, 7.0, dtype)
+    want = got.copy()
+    with np.errstate(all="ignore"):
+        _blend4_at(src, q, row, *weights, got, o, stride)
+        _scalar_blend(src, q, row, weights, want, o, stride)
+    assert_bitwise_up_to_nan_payload(got, want)
+
+
+def test_blend4_writes_only_its_four_entries():
+    src = np.arange(40, dtype=np.float32)
+    dst = np.zeros(12, np.float32)
+    _blend4_at(src, 3, 16, 1.0, 0.0, 0.0, 0.0, dst, 1, 3)
+    want = np.zeros(12, np.float32)
+    want[[1, 4, 7, 10]] = src[3:7]
+    np.testing.assert_array_equal(dst, want)
+
+
+def test_blend4_rejects_bad_operands_when_compiled():
+    @njit(cache=False)
+    def int32_index(src, dst):
+        blend4(src, np.int32(0), uint64(8), 1.0, 0.0, 0.0, 0.0, dst, uint64(0), uint64(1))
+
+    @njit(cache=False)
+    def as_given(src, dst):
+        blend4(src, uint64(0), uint64(8), 1.0, 0.0, 0.0, 0.0, dst, uint64(0), uint64(1))
+
+    src32 = np.zeros(16, np.float32)
+    with pytest.raises(TypingError, match="q must be a 64-bit integer"):
+        int32_index(src32, np.zeros(4, np.float32))
+    with pytest.raises(TypingError, match="share a float dtype"):
+        as_given(src32, np.zeros(4, np.float64))
+    with pytest.raises(TypingError, match="1-D contiguous"):
+        as_given(np.zeros((4, 4), np.float32), np.zeros(4, np.float32))
+    with pytest.raises(TypingError, match="share a float dtype"):
+        as_given(np.zeros(16, np.int64), np.zeros(4, np.int64))
