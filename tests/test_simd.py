@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from numba import njit, uint64
 from numba.core.errors import TypingError
 
-from defconv_np.kernels.cpu.simd import LANES, blend4
+from defconv_np.kernels.cpu.simd import LANES, blend4, blend4_pixels
 
 
 @njit(cache=False)
@@ -54,6 +54,35 @@ def test_blend4_is_the_scalar_expression_bitwise(dtype, q, row, o, stride, data)
     assert_bitwise_up_to_nan_payload(got, want)
 
 
+@njit(cache=False)
+def _blend4_pixels_at(src, cells, t, w00, w01, w10, w11, row, dst, o, stride):
+    blend4_pixels(src, cells, uint64(t), w00, w01, w10, w11, uint64(row), dst, uint64(o),
+                  uint64(stride))
+
+
+@given(dtype=st.sampled_from([np.float32, np.float64]), t=st.integers(0, 3),
+       row=st.integers(2 * LANES, 3 * LANES), o=st.integers(0, 3), data=st.data())
+def test_blend4_pixels_is_blend4_of_each_pixel(dtype, t, row, o, data):
+    n_cells = 6
+    n_src = LANES * n_cells + row + 2 * LANES
+    with np.errstate(all="ignore"):
+        src = np.array(data.draw(st.lists(values, min_size=n_src, max_size=n_src))).astype(dtype)
+        weights = [np.array(data.draw(st.lists(values, min_size=t + LANES, max_size=t + LANES))
+                            ).astype(dtype) for _ in range(4)]
+    cells = np.array(data.draw(st.lists(st.integers(0, n_cells), min_size=t + LANES,
+                                        max_size=t + LANES)), np.uint64)
+    stride = t + LANES + 1  # planes apart by more than the pixels written
+    size = o + LANES * stride
+    got = np.full(size, 7.0, dtype)
+    want = got.copy()
+    with np.errstate(all="ignore"):
+        _blend4_pixels_at(src, cells, t, *weights, row, got, o, stride)
+        for j in range(t, t + LANES):
+            _scalar_blend(src, LANES * int(cells[j]), row, [w[j] for w in weights], want,
+                          o + j, stride)
+    assert_bitwise_up_to_nan_payload(got, want)
+
+
 def test_blend4_writes_only_its_four_entries():
     src = np.arange(40, dtype=np.float32)
     dst = np.zeros(12, np.float32)
@@ -81,3 +110,11 @@ def test_blend4_rejects_bad_operands_when_compiled():
         as_given(np.zeros((4, 4), np.float32), np.zeros(4, np.float32))
     with pytest.raises(TypingError, match="share a float dtype"):
         as_given(np.zeros(16, np.int64), np.zeros(4, np.int64))
+
+    weights = [np.zeros(4, np.float32)] * 4
+    with pytest.raises(TypingError, match="cells must be a 1-D contiguous uint64 array"):
+        _blend4_pixels_at(src32, np.zeros(4, np.int64), 0, *weights, 8, np.zeros(16, np.float32),
+                          0, 4)
+    with pytest.raises(TypingError, match="w00 must be a 1-D contiguous array of float32"):
+        _blend4_pixels_at(src32, np.zeros(4, np.uint64), 0, np.zeros(4), *weights[1:], 8,
+                          np.zeros(16, np.float32), 0, 4)

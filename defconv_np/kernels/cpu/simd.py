@@ -22,9 +22,76 @@ from numba.extending import intrinsic
 LANES = 4
 
 
-def _require(condition, message):
+def _require(name, condition, message):
     if not condition:
-        raise TypingError(f"blend4: {message}")
+        raise TypingError(f"{name}: {message}")
+
+
+def _check_arrays(name, src, dst):
+    _require(name, isinstance(src, types.Array) and src.ndim == 1 and src.layout == "C",
+             f"src must be a 1-D contiguous array, got {src}")
+    _require(name, isinstance(dst, types.Array) and dst.ndim == 1 and dst.layout == "C"
+             and dst.mutable, f"dst must be a writable 1-D contiguous array, got {dst}")
+    _require(name, src.dtype == dst.dtype and isinstance(src.dtype, types.Float),
+             f"src and dst must share a float dtype, got {src.dtype} and {dst.dtype}")
+
+
+def _check_indices(name, **indices):
+    for key, index in indices.items():
+        _require(name, isinstance(index, types.Integer) and index.bitwidth == 64,
+                 f"{key} must be a 64-bit integer, got {index}")
+
+
+class _Emitter:
+    """IR helpers for one call: vectors of ``LANES`` values of ``dtype``."""
+
+    def __init__(self, context, builder, dtype):
+        self.context, self.builder, self.dtype = context, builder, dtype
+        self.scalar = context.get_value_type(dtype)
+        self.vector = ir.VectorType(self.scalar, LANES)
+        self.align = context.get_abi_sizeof(self.scalar)
+        self.i32 = ir.IntType(32)
+
+    def data(self, array_type, value):
+        return self.context.make_array(array_type)(self.context, self.builder, value).data
+
+    def index(self, value):
+        return ir.Constant(ir.IntType(64), value)
+
+    def load(self, data, index):
+        """``LANES`` values from ``data[index]`` on."""
+        address = self.builder.gep(data, [index])
+        return self.builder.load(self.builder.bitcast(address, self.vector.as_pointer()),
+                                 align=self.align)
+
+    def store(self, value, data, index):
+        address = self.builder.gep(data, [index])
+        self.builder.store(value, self.builder.bitcast(address, self.vector.as_pointer()),
+                           align=self.align)
+
+    def splat(self, value, fromty):
+        """``value`` (of Numba type ``fromty``) in every lane, as ``dtype``."""
+        value = self.context.cast(self.builder, value, fromty, self.dtype)
+        lane0 = self.builder.insert_element(ir.Constant(self.vector, ir.Undefined), value,
+                                            ir.Constant(self.i32, 0))
+        return self.shuffle(lane0, ir.Constant(self.vector, ir.Undefined), [0] * LANES)
+
+    def shuffle(self, a, b, mask):
+        return self.builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(self.i32, LANES),
+                                                             mask))
+
+    def cell(self, src, q, row, weights):
+        """The four channels of the cell at ``q`` of a grouped plane (row
+        ``row``): the weighted corners summed left to right."""
+        b = self.builder
+        lanes = self.index(LANES)
+        q_low = b.add(q, row)
+        corners = (q, b.add(q, lanes), q_low, b.add(q_low, lanes))
+        total = None
+        for weight, corner in zip(weights, corners):
+            term = b.fmul(weight, self.load(src, corner))
+            total = term if total is None else b.fadd(total, term)
+        return total
 
 
 @intrinsic
@@ -35,51 +102,75 @@ def blend4(typingctx, src, q, row, a, b, d, e, dst, o, stride):
     (``src``, 1-D), with corner weights ``a``, ``b``, ``d``, ``e``, into four
     planes ``stride`` apart (``dst``, 1-D). Indices are 64-bit integers; the
     weights are converted to the arrays' dtype, which both share."""
-    _require(isinstance(src, types.Array) and src.ndim == 1 and src.layout == "C",
-             f"src must be a 1-D contiguous array, got {src}")
-    _require(isinstance(dst, types.Array) and dst.ndim == 1 and dst.layout == "C"
-             and dst.mutable, f"dst must be a writable 1-D contiguous array, got {dst}")
-    _require(src.dtype == dst.dtype and isinstance(src.dtype, types.Float),
-             f"src and dst must share a float dtype, got {src.dtype} and {dst.dtype}")
-    for name, index in (("q", q), ("row", row), ("o", o), ("stride", stride)):
-        _require(isinstance(index, types.Integer) and index.bitwidth == 64,
-                 f"{name} must be a 64-bit integer, got {index}")
+    _check_arrays("blend4", src, dst)
+    _check_indices("blend4", q=q, row=row, o=o, stride=stride)
     for name, weight in (("a", a), ("b", b), ("d", d), ("e", e)):
-        _require(isinstance(weight, (types.Float, types.Integer)),
+        _require("blend4", isinstance(weight, (types.Float, types.Integer)),
                  f"{name} must be a number, got {weight}")
     sig = types.none(src, q, row, a, b, d, e, dst, o, stride)
 
     def codegen(context, builder, signature, args):
         src_v, q_v, row_v, *weights, dst_v, o_v, stride_v = args
-        dtype = signature.args[0].dtype
-        src_arr = context.make_array(signature.args[0])(context, builder, src_v)
-        dst_arr = context.make_array(signature.args[7])(context, builder, dst_v)
-        scalar = context.get_value_type(dtype)
-        vector = ir.VectorType(scalar, LANES)
-        i64, i32 = ir.IntType(64), ir.IntType(32)
-
-        def load(index):
-            address = builder.bitcast(builder.gep(src_arr.data, [index]), vector.as_pointer())
-            return builder.load(address, align=context.get_abi_sizeof(scalar))
-
-        def splat(value, fromty):
-            value = context.cast(builder, value, fromty, dtype)
-            lane0 = builder.insert_element(ir.Constant(vector, ir.Undefined), value,
-                                           ir.Constant(i32, 0))
-            return builder.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
-                                          ir.Constant(ir.VectorType(i32, LANES), [0] * LANES))
-
-        lanes = ir.Constant(i64, LANES)
-        q_low = builder.add(q_v, row_v)
-        corners = (q_v, builder.add(q_v, lanes), q_low, builder.add(q_low, lanes))
-        total = None
-        for weight, fromty, corner in zip(weights, signature.args[3:7], corners):
-            term = builder.fmul(splat(weight, fromty), load(corner))
-            total = term if total is None else builder.fadd(total, term)
+        emit = _Emitter(context, builder, signature.args[0].dtype)
+        splats = [emit.splat(w, t) for w, t in zip(weights, signature.args[3:7])]
+        total = emit.cell(emit.data(signature.args[0], src_v), q_v, row_v, splats)
+        dst_data = emit.data(signature.args[7], dst_v)
         index = o_v
         for k in range(LANES):
-            builder.store(builder.extract_element(total, ir.Constant(i32, k)),
-                          builder.gep(dst_arr.data, [index]))
+            builder.store(builder.extract_element(total, ir.Constant(emit.i32, k)),
+                          builder.gep(dst_data, [index]))
+            index = builder.add(index, stride_v)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def blend4_pixels(typingctx, src, cells, t, w00, w01, w10, w11, row, dst, o, stride):
+    """``blend4`` for the four pixels ``t .. t + 3`` at once: pixel ``t + j``
+    reads the cell at ``q = 4 * cells[t + j]`` with weights ``w00[t + j]``,
+    ``w01[t + j]``, ``w10[t + j]``, ``w11[t + j]`` (1-D arrays of the dtype)
+    and its channel ``k`` goes to ``dst[o + k * stride + t + j]``. The four
+    cells' vectors are transposed in registers, so that each channel's four
+    pixels are one vector store instead of four scalar ones."""
+    _check_arrays("blend4_pixels", src, dst)
+    _check_indices("blend4_pixels", t=t, row=row, o=o, stride=stride)
+    _require("blend4_pixels", isinstance(cells, types.Array) and cells.ndim == 1
+             and cells.layout == "C" and cells.dtype == types.uint64,
+             f"cells must be a 1-D contiguous uint64 array, got {cells}")
+    for name, weight in (("w00", w00), ("w01", w01), ("w10", w10), ("w11", w11)):
+        _require("blend4_pixels", isinstance(weight, types.Array) and weight.ndim == 1
+                 and weight.layout == "C" and weight.dtype == src.dtype,
+                 f"{name} must be a 1-D contiguous array of {src.dtype}, got {weight}")
+    sig = types.none(src, cells, t, w00, w01, w10, w11, row, dst, o, stride)
+
+    def codegen(context, builder, signature, args):
+        src_v, cells_v, t_v, *weight_vs, row_v, dst_v, o_v, stride_v = args
+        emit = _Emitter(context, builder, signature.args[0].dtype)
+        src_data = emit.data(signature.args[0], src_v)
+        cell_data = emit.data(signature.args[1], cells_v)
+        weight_data = [emit.data(ty, v) for ty, v in zip(signature.args[3:7], weight_vs)]
+        dtype = signature.args[0].dtype
+        pixels = []
+        for j in range(LANES):
+            tj = builder.add(t_v, emit.index(j))
+            q = builder.mul(builder.load(builder.gep(cell_data, [tj])), emit.index(LANES))
+            splats = [emit.splat(builder.load(builder.gep(data, [tj])), dtype)
+                      for data in weight_data]
+            pixels.append(emit.cell(src_data, q, row_v, splats))
+        # 4 x 4 transpose: pixels (lanes = channels) to channels (lanes = pixels)
+        low01 = emit.shuffle(pixels[0], pixels[1], [0, 4, 1, 5])
+        low23 = emit.shuffle(pixels[2], pixels[3], [0, 4, 1, 5])
+        high01 = emit.shuffle(pixels[0], pixels[1], [2, 6, 3, 7])
+        high23 = emit.shuffle(pixels[2], pixels[3], [2, 6, 3, 7])
+        channels = (emit.shuffle(low01, low23, [0, 1, 4, 5]),
+                    emit.shuffle(low01, low23, [2, 3, 6, 7]),
+                    emit.shuffle(high01, high23, [0, 1, 4, 5]),
+                    emit.shuffle(high01, high23, [2, 3, 6, 7]))
+        dst_data = emit.data(signature.args[8], dst_v)
+        index = builder.add(o_v, t_v)
+        for channel in channels:
+            emit.store(channel, dst_data, index)
             index = builder.add(index, stride_v)
         return context.get_dummy_value()
 
