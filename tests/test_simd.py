@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from numba import njit, uint64
 from numba.core.errors import TypingError
 
-from defconv_np.kernels.cpu.simd import LANES, blend4, blend4_pixels
+from defconv_np.kernels.cpu.simd import BLOCK, LANES, blend4, blend4_pixels, transpose8
 
 
 @njit(cache=False)
@@ -118,3 +118,24 @@ def test_blend4_rejects_bad_operands_when_compiled():
     with pytest.raises(TypingError, match="w00 must be a 1-D contiguous array of float32"):
         _blend4_pixels_at(src32, np.zeros(4, np.uint64), 0, np.zeros(4), *weights[1:], 8,
                           np.zeros(16, np.float32), 0, 4)
+
+
+@njit(cache=False)
+def _transpose8_at(src, s0, s_stride, dst, d0, d_stride):
+    transpose8(src, uint64(s0), uint64(s_stride), dst, uint64(d0), uint64(d_stride))
+
+
+@given(dtype=st.sampled_from([np.float32, np.float64]), s0=st.integers(0, 5),
+       s_stride=st.integers(BLOCK, 2 * BLOCK + 3), d0=st.integers(0, 5),
+       d_stride=st.integers(BLOCK, 2 * BLOCK + 3))
+def test_transpose8_moves_a_block_transposed(dtype, s0, s_stride, d0, d_stride):
+    src = np.arange(s0 + BLOCK * s_stride, dtype=dtype) + dtype(0.5)
+    src[s0 + 1] = np.nan
+    dst = np.full(d0 + BLOCK * d_stride, -1.0, dtype)
+    want = dst.copy()
+    for i in range(BLOCK):
+        for j in range(BLOCK):
+            want[d0 + j * d_stride + i] = src[s0 + i * s_stride + j]
+    _transpose8_at(src, s0, s_stride, dst, d0, d_stride)
+    assert_bitwise_up_to_nan_payload(dst, want)
+    assert np.isnan(dst[d0 + d_stride]) and np.isnan(dst).sum() == 1

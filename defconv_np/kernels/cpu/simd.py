@@ -43,12 +43,13 @@ def _check_indices(name, **indices):
 
 
 class _Emitter:
-    """IR helpers for one call: vectors of ``LANES`` values of ``dtype``."""
+    """IR helpers for one call: vectors of ``lanes`` values of ``dtype``."""
 
-    def __init__(self, context, builder, dtype):
+    def __init__(self, context, builder, dtype, lanes=LANES):
         self.context, self.builder, self.dtype = context, builder, dtype
+        self.lanes = lanes
         self.scalar = context.get_value_type(dtype)
-        self.vector = ir.VectorType(self.scalar, LANES)
+        self.vector = ir.VectorType(self.scalar, lanes)
         self.align = context.get_abi_sizeof(self.scalar)
         self.i32 = ir.IntType(32)
 
@@ -59,7 +60,7 @@ class _Emitter:
         return ir.Constant(ir.IntType(64), value)
 
     def load(self, data, index):
-        """``LANES`` values from ``data[index]`` on."""
+        """``lanes`` values from ``data[index]`` on."""
         address = self.builder.gep(data, [index])
         return self.builder.load(self.builder.bitcast(address, self.vector.as_pointer()),
                                  align=self.align)
@@ -74,10 +75,11 @@ class _Emitter:
         value = self.context.cast(self.builder, value, fromty, self.dtype)
         lane0 = self.builder.insert_element(ir.Constant(self.vector, ir.Undefined), value,
                                             ir.Constant(self.i32, 0))
-        return self.shuffle(lane0, ir.Constant(self.vector, ir.Undefined), [0] * LANES)
+        return self.shuffle(lane0, ir.Constant(self.vector, ir.Undefined), [0] * self.lanes)
 
     def shuffle(self, a, b, mask):
-        return self.builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(self.i32, LANES),
+        """Lanes of ``a`` then ``b`` picked by ``mask`` (``lanes`` entries)."""
+        return self.builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(self.i32, len(mask)),
                                                              mask))
 
     def cell(self, src, q, row, weights):
@@ -172,6 +174,52 @@ def blend4_pixels(typingctx, src, cells, t, w00, w01, w10, w11, row, dst, o, str
         for channel in channels:
             emit.store(channel, dst_data, index)
             index = builder.add(index, stride_v)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+#: Side of ``transpose8``'s square blocks.
+BLOCK = 8
+
+
+@intrinsic
+def transpose8(typingctx, src, s0, s_stride, dst, d0, d_stride):
+    """``dst[d0 + j * d_stride + i] = src[s0 + i * s_stride + j]`` for ``i``,
+    ``j`` in 0 .. 7: an 8 x 8 block, read as eight runs of eight values and
+    written as eight, transposed in registers (three rounds of shuffles).
+    Moves values only, so it is exact. Indices are 64-bit integers."""
+    _check_arrays("transpose8", src, dst)
+    _check_indices("transpose8", s0=s0, s_stride=s_stride, d0=d0, d_stride=d_stride)
+    sig = types.none(src, s0, s_stride, dst, d0, d_stride)
+
+    def codegen(context, builder, signature, args):
+        src_v, s0_v, s_stride_v, dst_v, d0_v, d_stride_v = args
+        emit = _Emitter(context, builder, signature.args[0].dtype, BLOCK)
+        src_data = emit.data(signature.args[0], src_v)
+        dst_data = emit.data(signature.args[3], dst_v)
+        rows, index = [], s0_v
+        for _ in range(BLOCK):
+            rows.append(emit.load(src_data, index))
+            index = builder.add(index, s_stride_v)
+        # pairs of rows interleaved, then pairs of pairs, then the halves
+        # swapped across: the eight columns
+        pairs = []
+        for k in range(0, BLOCK, 2):
+            pairs.append(emit.shuffle(rows[k], rows[k + 1], [0, 8, 1, 9, 4, 12, 5, 13]))
+            pairs.append(emit.shuffle(rows[k], rows[k + 1], [2, 10, 3, 11, 6, 14, 7, 15]))
+        quads = []
+        for k in (0, 4):
+            for low, high in ((pairs[k], pairs[k + 2]), (pairs[k + 1], pairs[k + 3])):
+                quads.append(emit.shuffle(low, high, [0, 1, 8, 9, 4, 5, 12, 13]))
+                quads.append(emit.shuffle(low, high, [2, 3, 10, 11, 6, 7, 14, 15]))
+        columns = [emit.shuffle(quads[j % 4], quads[j % 4 + 4],
+                                [0, 1, 2, 3, 8, 9, 10, 11] if j < 4 else
+                                [4, 5, 6, 7, 12, 13, 14, 15]) for j in range(BLOCK)]
+        index = d0_v
+        for column in columns:
+            emit.store(column, dst_data, index)
+            index = builder.add(index, d_stride_v)
         return context.get_dummy_value()
 
     return sig, codegen
