@@ -1,5 +1,6 @@
 """The CPU kernels' vector intrinsics (kernels.cpu.simd) against the scalar
-expressions they replace: bitwise, in both dtypes, with non-finite values."""
+expressions they replace: bitwise, in both dtypes, with non-finite values;
+and the layout copies built on them against NumPy."""
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from hypothesis import strategies as st
 from numba import njit, uint64
 from numba.core.errors import TypingError
 
+from defconv_np.kernels.cpu import layout
 from defconv_np.kernels.cpu.simd import BLOCK, LANES, blend4, blend4_pixels, transpose8
 
 
@@ -139,3 +141,29 @@ def test_transpose8_moves_a_block_transposed(dtype, s0, s_stride, d0, d_stride):
     _transpose8_at(src, s0, s_stride, dst, d0, d_stride)
     assert_bitwise_up_to_nan_payload(dst, want)
     assert np.isnan(dst[d0 + d_stride]) and np.isnan(dst).sum() == 1
+
+
+@given(dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(1, 3),
+       channels=st.integers(1, 2 * BLOCK + 3), height=st.integers(1, 4),
+       width=st.integers(1, 2 * BLOCK + 3), top=st.integers(0, 2), left=st.integers(0, 2),
+       extra=st.integers(0, 2), data=st.data())
+def test_layout_copies_through_blocks_and_edges(dtype, n, channels, height, width, top, left,
+                                                extra, data):
+    """The channels-last copies (8 x 8 blocks and the value-by-value edges)
+    against NumPy's transpose, and images outside ``n0:n1`` untouched."""
+    n0 = data.draw(st.integers(0, n - 1))
+    n1 = data.draw(st.integers(n0 + 1, n))
+    row_stride, height_p = width + left + extra, height + top + extra
+    images = np.random.default_rng(channels * 100 + width).standard_normal(
+        (n, channels, height, width)).astype(dtype)
+    padded = np.full((n, height_p * row_stride, channels), np.nan, dtype)
+    layout.to_channels_last_padded(images, n0, n1, top, left, row_stride, padded)
+    want = np.zeros((n, height_p, row_stride, channels), dtype)
+    want[:, top:top + height, left:left + width] = images.transpose(0, 2, 3, 1)
+    got = padded.reshape(want.shape)
+    np.testing.assert_array_equal(got[n0:n1], want[n0:n1])
+    assert np.isnan(got[:n0]).all() and np.isnan(got[n1:]).all()
+    back = np.full_like(images, np.nan)
+    layout.from_channels_last_padded(padded, n0, n1, top, left, row_stride, back)
+    np.testing.assert_array_equal(back[n0:n1], images[n0:n1])
+    assert np.isnan(back[:n0]).all() and np.isnan(back[n1:]).all()

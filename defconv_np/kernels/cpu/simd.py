@@ -11,6 +11,11 @@ the scalar loop it replaces.
 They read and write through the arrays' data pointers without bounds checks,
 as the kernels' own loops do (Numba checks no bounds by default): the caller
 guarantees every index.
+
+Their IR is compiled into the kernels that call them, and Numba's cache
+checks only a kernel's own source file: after editing this module, delete
+the cached kernels (``defconv_np/**/__pycache__/*.nbi`` and ``*.nbc``), as
+after editing ``sampling.py`` or ``device.py``.
 """
 
 from llvmlite import ir
