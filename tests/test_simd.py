@@ -10,7 +10,15 @@ from numba import njit, uint64
 from numba.core.errors import TypingError
 
 from defconv_np.kernels.cpu import layout
-from defconv_np.kernels.cpu.simd import BLOCK, LANES, blend4, blend4_pixels, transpose8
+from defconv_np.kernels.cpu.simd import (
+    BLOCK,
+    LANES,
+    WIDE_VECTOR_BITS,
+    blend4,
+    blend4_pixels,
+    prefer_wide_vectors,
+    transpose8,
+)
 
 
 @njit(cache=False)
@@ -167,3 +175,23 @@ def test_layout_copies_through_blocks_and_edges(dtype, n, channels, height, widt
     layout.from_channels_last_padded(padded, n0, n1, top, left, row_stride, back)
     np.testing.assert_array_equal(back[n0:n1], images[n0:n1])
     assert np.isnan(back[:n0]).all() and np.isnan(back[n1:]).all()
+
+
+def test_prefer_wide_vectors_marks_only_its_caller():
+    @njit(cache=False)
+    def widened(x):
+        prefer_wide_vectors()
+        total = 0.0
+        for v in x:
+            total += v
+        return total
+
+    @njit(cache=False)
+    def plain(x):
+        return x.sum()
+
+    x = np.arange(10.0)
+    assert widened(x) == plain(x) == 45.0
+    attribute = f'"prefer-vector-width"="{WIDE_VECTOR_BITS}"'
+    assert attribute in widened.inspect_llvm(widened.signatures[0])
+    assert attribute not in plain.inspect_llvm(plain.signatures[0])

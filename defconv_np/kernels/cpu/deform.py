@@ -15,7 +15,12 @@ of its offset group.
 
 The kernels are serial and release the GIL: the CPU launcher runs chunks on
 one worker thread per core (``_cpu.run_chunks``), each with single-threaded
-BLAS, so kernels and GEMMs never compete for cores.
+BLAS, so kernels and GEMMs never compete for cores. Both let LLVM vectorise
+their channel loops with 512-bit vectors where the CPU has them
+(``simd.prefer_wide_vectors``): the backward's 65 -> 58 ns a sample (C = 64,
+one core), deformable conv v2 forward+backward at N=8, C=O=64, 64x64 on
+MKL lanes 46.7-47.7 -> 44.8-45.6 ms; the forward's sampling 18.7 -> 18.0
+ns a sample (its per-sample work dominates).
 
 Offsets are (N, 2*G*K, Ho, Wo) with (dy, dx) interleaved per kernel point;
 masks (N, G*K, Ho, Wo) are ignored unless ``use_mask``. The undeformed grid
@@ -29,6 +34,7 @@ import numpy as np
 from numba import njit, uint64
 
 from .device import bilinear_coordinate_grads, bilinear_value, bilinear_weights, deform_tap
+from .simd import prefer_wide_vectors
 
 # NaN and infinities keep their IEEE meaning, which the boundary rules rely
 # on. No "reassoc": with it LLVM distributes the mask over the corner sums
@@ -159,6 +165,7 @@ def deform_im2col(inp, height, width, row_stride, offset, mask, use_mask, n0, r0
     bilinear samples times their mask (``m * sample``; an outside sample reads
     the all-zero cell at ``q = 0``, so it is ``m * 0``). ``inp`` holds those
     images only, ``inp[b]`` for image ``n0 + b``."""
+    prefer_wide_vectors()
     n_k = y_base.shape[1] * x_base.shape[1]
     plane, channels = inp.shape[1], inp.shape[2]
     groups = offset.shape[1] // (2 * n_k)
@@ -251,6 +258,7 @@ def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use
     nothing. Offset and mask sums are kept in float64; everything runs in a
     fixed order, so the results do not depend on scheduling.
     """
+    prefer_wide_vectors()
     n_k = y_base.shape[1] * x_base.shape[1]
     plane, channels = inp.shape[1], inp.shape[2]
     groups = offset.shape[1] // (2 * n_k)

@@ -228,3 +228,28 @@ def transpose8(typingctx, src, s0, s_stride, dst, d0, d_stride):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+#: The vector width LLVM's loop vectoriser may use in a function that calls
+#: ``prefer_wide_vectors`` (on CPUs without 512-bit vectors it uses theirs).
+WIDE_VECTOR_BITS = 512
+
+
+@intrinsic
+def prefer_wide_vectors(typingctx):
+    """Let LLVM vectorise the calling function's loops with 512-bit vectors.
+
+    LLVM's tuning for AVX-512 server CPUs prefers 256-bit vectors for
+    auto-vectorised loops (``prefer-256-bit``), whatever the loop; this
+    sets the function attribute ``"prefer-vector-width"`` that overrides the
+    preference for the one function being compiled (and what Numba inlines
+    into it). Emits no code."""
+    sig = types.none()
+
+    def codegen(context, builder, signature, args):
+        # llvmlite validates attribute names against a fixed list that
+        # predates string attributes; the set itself renders any entry
+        set.add(builder.function.attributes, f'"prefer-vector-width"="{WIDE_VECTOR_BITS}"')
+        return context.get_dummy_value()
+
+    return sig, codegen
