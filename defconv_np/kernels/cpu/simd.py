@@ -3,10 +3,13 @@
 Numba runs LLVM without its SLP vectoriser, so a loop over a handful of
 adjacent values (the four channels of a grouped plane) stays scalar: one load
 per value, where a single vector load would do. The intrinsics here emit the
-vector IR themselves. Each does, lane by lane, exactly the IEEE operations
-of the scalar expression its docstring gives, in the same order (no
-contraction into FMAs, no reassociation), so its results are bitwise those of
-the scalar loop it replaces.
+vector IR themselves (``blend4``, ``blend4_pixels``, ``transpose8``), and
+``prefer_wide_vectors`` lets the loop vectoriser use 512-bit vectors in the
+function that calls it. The first three do, lane by lane, exactly the IEEE
+operations of the scalar expression their docstrings give, in the same order
+(no contraction into FMAs, no reassociation), so their results are bitwise
+those of the scalar loops they replace; wider vectors leave a loop's
+operations as they are, element by element.
 
 They read and write through the arrays' data pointers without bounds checks,
 as the kernels' own loops do (Numba checks no bounds by default): the caller
