@@ -76,6 +76,20 @@ def test_cpu_column_bytes_per_lane_capped(monkeypatch):
     assert _cpu.column_budget() == 1000
 
 
+def test_default_budget_gives_sixteen_lanes_their_full_share(monkeypatch):
+    """With the default budgets, a machine of up to 16 lanes gives each lane
+    ``cpu_lane_column_bytes`` of columns (a smaller share made the
+    deformable backward's chunks single rows, 3x slower), and more lanes
+    share ``column_budget_bytes``."""
+    from defconv_np import _cpu
+
+    for lanes in (1, 2, 16):
+        monkeypatch.setattr(_cpu, "column_lanes", lambda lanes=lanes: lanes)
+        assert _cpu.column_budget() // lanes == dc.config.cpu_lane_column_bytes
+    monkeypatch.setattr(_cpu, "column_lanes", lambda: 64)
+    assert _cpu.column_budget() == dc.config.column_budget_bytes
+
+
 def test_blas_threads_restored_after_calls_and_errors(monkeypatch):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
