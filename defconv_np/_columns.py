@@ -23,10 +23,12 @@ class Chunk(NamedTuple):
     r1: int
 
 
-def plan_chunks(batch, out_h, out_w, bytes_per_pixel, budget):
+def plan_chunks(batch, out_h, out_w, bytes_per_pixel, budget, lanes=1):
     """Split (batch, out_h) into chunks whose scratch fits in ``budget`` bytes.
 
-    Whole images are grouped while they fit; an image that alone exceeds the
+    Whole images are grouped while they fit, at most ``ceil(batch / lanes)``
+    to a chunk, so that a batch of small images still gives each of the
+    ``lanes`` workers a chunk; an image that alone exceeds the
     budget is split by output rows into the fewest chunks that fit, of equal
     heights to within one row (a last chunk of a few rows would run its GEMM
     at a fraction of the rate of the others), at least one row per chunk, so
@@ -35,7 +37,7 @@ def plan_chunks(batch, out_h, out_w, bytes_per_pixel, budget):
     per_row = out_w * bytes_per_pixel
     per_image = out_h * per_row
     if per_image <= budget:
-        step = max(1, budget // per_image)
+        step = max(1, min(budget // per_image, -(-batch // max(1, lanes))))
         return [Chunk(n0, min(batch, n0 + step), 0, out_h) for n0 in range(0, batch, step)]
     count = -(-out_h // max(1, budget // per_row))
     bounds = [out_h * i // count for i in range(count + 1)]
@@ -47,8 +49,9 @@ def chunks_for(geom, dtype, buffers, backend):
     concurrent lanes holds ``buffers`` column-sized scratch buffers, all
     together under the backend's column budget."""
     bytes_per_pixel = max(1, buffers) * geom.channels * geom.kernel_points * dtype.itemsize
+    lanes = max(1, backend.column_lanes())
     return plan_chunks(geom.batch, geom.out_h, geom.out_w, bytes_per_pixel,
-                       backend.column_budget() // max(1, backend.column_lanes()))
+                       backend.column_budget() // lanes, lanes)
 
 
 class SeparateBackward:

@@ -47,6 +47,24 @@ def test_one_lane_and_many_lanes_agree(monkeypatch):
         np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12)
 
 
+def test_whole_images_are_dealt_to_every_lane():
+    """Small images group into chunks of at most ceil(batch / lanes), so a
+    budget that would hold the whole batch still keeps every lane busy."""
+    from defconv_np._columns import plan_chunks
+
+    def spans(chunks):
+        assert all((c.r0, c.r1) == (0, 4) for c in chunks)
+        return [(c.n0, c.n1) for c in chunks]
+
+    per_image = 4 * 4 * 10
+    assert spans(plan_chunks(8, 4, 4, 10, 10**9)) == [(0, 8)]
+    assert spans(plan_chunks(8, 4, 4, 10, 10**9, lanes=2)) == [(0, 4), (4, 8)]
+    assert spans(plan_chunks(8, 4, 4, 10, 10**9, lanes=3)) == [(0, 3), (3, 6), (6, 8)]
+    assert spans(plan_chunks(8, 4, 4, 10, 2 * per_image, lanes=2)) == [
+        (0, 2), (2, 4), (4, 6), (6, 8)]
+    assert spans(plan_chunks(2, 4, 4, 10, 10**9, lanes=4)) == [(0, 1), (1, 2)]
+
+
 @pytest.mark.parametrize("out_h, rows_fit", [(64, 28), (64, 14), (7, 2), (5, 1), (9, 8), (2, 1),
                                              (3, 0)])
 def test_row_chunks_cover_the_image_in_equal_heights(out_h, rows_fit):
@@ -76,16 +94,18 @@ def test_cpu_column_bytes_per_lane_capped(monkeypatch):
     assert _cpu.column_budget() == 1000
 
 
-def test_default_budget_gives_sixteen_lanes_their_full_share(monkeypatch):
-    """With the default budgets, a machine of up to 16 lanes gives each lane
-    ``cpu_lane_column_bytes`` of columns (a smaller share made the
-    deformable backward's chunks single rows, 3x slower), and more lanes
-    share ``column_budget_bytes``."""
+def test_default_budget_gives_lanes_a_share_worth_a_gemm(monkeypatch):
+    """With the default budgets, up to 8 lanes each get
+    ``cpu_lane_column_bytes`` of columns and 16 lanes at least 4 MiB (a
+    0.5 MiB share made the deformable backward's chunks single rows, 3x
+    slower); more lanes share ``column_budget_bytes``."""
     from defconv_np import _cpu
 
-    for lanes in (1, 2, 16):
+    for lanes in (1, 2, 8):
         monkeypatch.setattr(_cpu, "column_lanes", lambda lanes=lanes: lanes)
         assert _cpu.column_budget() // lanes == dc.config.cpu_lane_column_bytes
+    monkeypatch.setattr(_cpu, "column_lanes", lambda: 16)
+    assert _cpu.column_budget() // 16 >= 4 * 2**20
     monkeypatch.setattr(_cpu, "column_lanes", lambda: 64)
     assert _cpu.column_budget() == dc.config.column_budget_bytes
 
