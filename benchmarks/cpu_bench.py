@@ -343,7 +343,7 @@ def main():
     # The column budget per lane (``config.cpu_lane_column_bytes``):
     # deform_conv2d v2 forward and forward+backward at several sizes,
     # interleaved round by round so that machine noise hits all alike.
-    lane_mib = [0.5, 1, 2, 4, 8]
+    lane_mib = [0.5, 1, 2, 4, 8, 16]
     scan = {(b, kind): [] for b in lane_mib for kind in ("fwd", "fwd_bwd")}
     defaults = dc.config.column_budget_bytes, dc.config.cpu_lane_column_bytes
     x, wt = cases[0]
