@@ -5,9 +5,10 @@ store of pixels-first GEMM results.
 
 NumPy's strided transpose-copies move these at 1-2 GB/s; these loops are
 several times faster, the channels-last copies moving 8 x 8 blocks through
-registers (``simd.transpose8``). They are serial over a range of images and release the
-GIL, so the launcher spreads images over its worker lanes (a parallel Numba
-region would leave its threads spinning into the conv's GEMMs).
+registers (``simd.transpose8``). They are serial over a range of images and
+release the GIL, so the launcher spreads images over its worker lanes (a
+parallel Numba region would leave its threads spinning into the conv's
+GEMMs).
 """
 
 import numpy as np
