@@ -78,6 +78,20 @@ class _Emitter:
         self.builder.store(value, self.builder.bitcast(address, self.vector.as_pointer()),
                            align=self.align)
 
+    def load_rows(self, data, index, stride, count):
+        """``count`` vectors from ``data[index]``, ``data[index + stride]``, ..."""
+        rows = []
+        for _ in range(count):
+            rows.append(self.load(data, index))
+            index = self.builder.add(index, stride)
+        return rows
+
+    def store_rows(self, vectors, data, index, stride):
+        """Each vector to ``data[index]``, ``data[index + stride]``, ..."""
+        for vector in vectors:
+            self.store(vector, data, index)
+            index = self.builder.add(index, stride)
+
     def splat(self, value, fromty):
         """``value`` (of Numba type ``fromty``) in every lane, as ``dtype``."""
         value = self.context.cast(self.builder, value, fromty, self.dtype)
@@ -177,11 +191,8 @@ def blend4_pixels(typingctx, src, cells, t, w00, w01, w10, w11, row, dst, o, str
                     emit.shuffle(low01, low23, [2, 3, 6, 7]),
                     emit.shuffle(high01, high23, [0, 1, 4, 5]),
                     emit.shuffle(high01, high23, [2, 3, 6, 7]))
-        dst_data = emit.data(signature.args[8], dst_v)
-        index = builder.add(o_v, t_v)
-        for channel in channels:
-            emit.store(channel, dst_data, index)
-            index = builder.add(index, stride_v)
+        emit.store_rows(channels, emit.data(signature.args[8], dst_v), builder.add(o_v, t_v),
+                        stride_v)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -206,10 +217,7 @@ def transpose8(typingctx, src, s0, s_stride, dst, d0, d_stride):
         emit = _Emitter(context, builder, signature.args[0].dtype, BLOCK)
         src_data = emit.data(signature.args[0], src_v)
         dst_data = emit.data(signature.args[3], dst_v)
-        rows, index = [], s0_v
-        for _ in range(BLOCK):
-            rows.append(emit.load(src_data, index))
-            index = builder.add(index, s_stride_v)
+        rows = emit.load_rows(src_data, s0_v, s_stride_v, BLOCK)
         # pairs of rows interleaved, then pairs of pairs, then the halves
         # swapped across: the eight columns
         pairs = []
@@ -224,10 +232,7 @@ def transpose8(typingctx, src, s0, s_stride, dst, d0, d_stride):
         columns = [emit.shuffle(quads[j % 4], quads[j % 4 + 4],
                                 [0, 1, 2, 3, 8, 9, 10, 11] if j < 4 else
                                 [4, 5, 6, 7, 12, 13, 14, 15]) for j in range(BLOCK)]
-        index = d0_v
-        for column in columns:
-            emit.store(column, dst_data, index)
-            index = builder.add(index, d_stride_v)
+        emit.store_rows(columns, dst_data, d0_v, d_stride_v)
         return context.get_dummy_value()
 
     return sig, codegen
