@@ -340,11 +340,13 @@ def main():
           f"({per_image_mib:.2f} MiB); column scratch stays under "
           f"{_cpu.column_budget() / 2**20:.0f} MiB")
 
-    # The column budget per lane (``config.cpu_lane_column_bytes``):
-    # deform_conv2d v2 forward and forward+backward at several sizes,
-    # interleaved round by round so that machine noise hits all alike.
-    lane_mib = [0.5, 1, 2, 4, 8, 16]
-    scan = {(b, kind): [] for b in lane_mib for kind in ("fwd", "fwd_bwd")}
+    # The column bytes per lane and buffer (``config.cpu_lane_column_bytes``;
+    # a backward holds two buffers, twice this a lane): deform_conv2d v2
+    # forward and forward+backward at several sizes, interleaved round by
+    # round so that machine noise hits all alike. (Results before 2026-12-03
+    # scanned ``lane_mib``, bytes a lane for all its buffers together.)
+    buffer_mib = [0.5, 1, 2, 4, 8]
+    scan = {(b, kind): [] for b in buffer_mib for kind in ("fwd", "fwd_bwd")}
     defaults = dc.config.column_budget_bytes, dc.config.cpu_lane_column_bytes
     x, wt = cases[0]
     off = rng.uniform(-2, 2, (n, 2 * k * k, h, w)).astype(dtype)
@@ -360,20 +362,20 @@ def main():
 
     deform_fb()
     for rnd in range(args.repeats):
-        for b in (lane_mib if rnd % 2 == 0 else lane_mib[::-1]):
+        for b in (buffer_mib if rnd % 2 == 0 else buffer_mib[::-1]):
             dc.config.cpu_lane_column_bytes = int(b * 2**20)
-            dc.config.column_budget_bytes = threads * dc.config.cpu_lane_column_bytes
+            dc.config.column_budget_bytes = 2 * threads * dc.config.cpu_lane_column_bytes
             for kind, fn in (("fwd", deform_f), ("fwd_bwd", deform_fb)):
                 t0 = time.perf_counter()
                 fn()
                 scan[b, kind].append((time.perf_counter() - t0) * 1e3)
     dc.config.column_budget_bytes, dc.config.cpu_lane_column_bytes = defaults
-    budget_scan = [{"lane_mib": b,
+    budget_scan = [{"buffer_mib": b,
                     "deform_v2_fwd_ms": round(statistics.median(scan[b, "fwd"]), 2),
                     "deform_v2_fwd_bwd_ms": round(statistics.median(scan[b, "fwd_bwd"]), 2)}
-                   for b in lane_mib]
-    print("column bytes per lane (deform_conv2d v2, median ms fwd / fwd+bwd): "
-          + ", ".join(f"{r['lane_mib']} MiB {r['deform_v2_fwd_ms']} / {r['deform_v2_fwd_bwd_ms']}"
+                   for b in buffer_mib]
+    print("column bytes per lane and buffer (deform_conv2d v2, median ms fwd / fwd+bwd): "
+          + ", ".join(f"{r['buffer_mib']} MiB {r['deform_v2_fwd_ms']} / {r['deform_v2_fwd_bwd_ms']}"
                       for r in budget_scan))
 
     result = {"machine": machine(), "threads": threads,
@@ -382,7 +384,7 @@ def main():
               "shape": {"N": n, "C": c, "O": o, "H": h, "W": w, "k": k},
               "repeats": args.repeats, "lane_blas": BLASES,
               "column_budget_mib": defaults[0] / 2**20,
-              "lane_column_mib": defaults[1] / 2**20, "rows": rows,
+              "lane_column_mib_per_buffer": defaults[1] / 2**20, "rows": rows,
               "memory_scaling": scaling, "budget_scan": budget_scan}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -48,10 +48,11 @@ def chunks_for(geom, dtype, buffers, backend):
     """Chunks of a conv of geometry ``geom`` where each of the backend's
     concurrent lanes holds ``buffers`` column-sized scratch buffers, all
     together under the backend's column budget."""
-    bytes_per_pixel = max(1, buffers) * geom.channels * geom.kernel_points * dtype.itemsize
+    buffers = max(1, buffers)
+    bytes_per_pixel = buffers * geom.channels * geom.kernel_points * dtype.itemsize
     lanes = max(1, backend.column_lanes())
     return plan_chunks(geom.batch, geom.out_h, geom.out_w, bytes_per_pixel,
-                       backend.column_budget() // lanes, lanes)
+                       backend.column_budget(buffers) // lanes, lanes)
 
 
 class SeparateBackward:

@@ -60,10 +60,12 @@ _prefer_fork_safe_threading_layer()
 _launch_lock = threading.Lock()
 
 
-def column_budget():
-    """Bytes of column scratch a conv may hold, over all its lanes: the
-    global budget, and at most ``config.cpu_lane_column_bytes`` per lane."""
-    return min(config.column_budget_bytes, column_lanes() * config.cpu_lane_column_bytes)
+def column_budget(buffers=1):
+    """Bytes of column scratch a conv holding ``buffers`` column-sized
+    buffers per lane may hold, over all its lanes: the global budget, and at
+    most ``config.cpu_lane_column_bytes`` per buffer and lane."""
+    return min(config.column_budget_bytes,
+               column_lanes() * max(1, buffers) * config.cpu_lane_column_bytes)
 
 
 def column_lanes():

@@ -91,8 +91,9 @@ class _Launch:
         return self.xp.ascontiguousarray(array)
 
 
-def column_budget():
-    """Bytes of column scratch a conv may hold on the GPU."""
+def column_budget(buffers=1):
+    """Bytes of column scratch a conv may hold on the GPU, however many
+    column-sized buffers (``buffers``) it holds."""
     return config.cuda_column_budget_bytes
 
 

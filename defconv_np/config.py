@@ -9,28 +9,29 @@ takes effect on the next call.
 #: split over images, and over output rows of one image when a single image
 #: does not fit, so peak extra memory stays bounded for any batch size. On CPU
 #: the budget is shared by the worker lanes, and each lane's share is capped
-#: by ``cpu_lane_column_bytes``: with the defaults, up to 8 lanes each get
-#: their full 8 MiB (2 lanes hold 16 MiB), and more lanes share 64 MiB (16
-#: lanes 4 MiB each). It was 8 MiB, which left 16 lanes 0.5 MiB each: at that
+#: by ``cpu_lane_column_bytes`` per buffer: with the defaults, up to 8 lanes
+#: get their full share in a backward (two buffers), 16 in a forward, and more
+#: lanes share 64 MiB. It was 8 MiB, which left 16 lanes 0.5 MiB each: at that
 #: share deform_conv2d v2 forward+backward at N=8, C=O=64, 64x64 took 130-136
 #: ms against 45-47 with 4 MiB (``budget_scan``, 2 lanes), its chunks one
 #: output row and its GEMMs too small for BLAS to reach its rate.
 column_budget_bytes = 64 * 2**20
 
-#: At most this many bytes of that budget per CPU lane: the columns a lane
-#: writes and its GEMM reads back stay closer to its core. A backward pass
-#: holds two buffers (columns and their gradient) in it, so its chunks have
-#: half the pixels of the forward's. On a 2-core Intel Xeon (2 MiB L2 per
-#: core), the five ``budget_scan``s of ``benchmarks/cpu_bench.py`` of
-#: 2026-12-03 (``cpu_run19.json`` to ``cpu_run23_malloc.json``; deform_conv2d
-#: v2 at the benchmark shape, forward / forward+backward, ms) gave 12.0-13.5
-#: / 43.7-46.9 with 4 MiB and 11.6-12.9 / 41.7-45.7 with 8 MiB: 8 MiB took
-#: 1.2-2.5 ms off the forward+backward in every scan (fewer, larger GEMMs),
-#: and the forward in four of five. The scans of 2026-12-02 (``cpu_run10.json``
-#: and ``cpu_run11.json``) had 4 MiB take 3.0-4.3 ms off 2 MiB. On a 2-core
+#: At most this many bytes of that budget per CPU lane and column-sized
+#: buffer: a forward holds the columns, a backward the columns and their
+#: gradient (twice this per lane), so both run chunks of the same pixels. On
+#: a 2-core Intel Xeon (2 MiB L2 per core), ``benchmarks/cpu_bench.py``'s
+#: ``budget_scan`` (deform_conv2d v2 at the benchmark shape, per lane, both
+#: buffers together) gave forward+backward 41.7-45.7 ms with 8 MiB a lane
+#: against 43.7-46.9 with 4 in all five scans of 2026-12-03
+#: (``cpu_run19.json`` to ``cpu_run23_malloc.json``), when a backward had
+#: half a lane's bytes per buffer; 8 MiB for a forward's one buffer slowed
+#: active_conv2d's forward (14.3 -> 15.8-17.6 ms, ``active_bench.py``), so the
+#: cap is per buffer. The scans of 2026-12-02 (``cpu_run10.json``,
+#: ``cpu_run11.json``) had 4 MiB a lane take 3.0-4.3 ms off 2. On a 2-core
 #: AMD EPYC (1 MiB L2 per core) an earlier scan gave 14.8 / 54.4 with 2 MiB,
 #: 15.1 / 55.4 with 4 MiB and 15.8 / 59.6 with 8 MiB.
-cpu_lane_column_bytes = 8 * 2**20
+cpu_lane_column_bytes = 4 * 2**20
 
 #: Bytes of the band (padded input rows) and result a CPU lane holds at once
 #: in conv2d's implicit-GEMM path (stride 1, ``_cpu_conv``); an image whose

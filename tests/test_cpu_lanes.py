@@ -90,22 +90,25 @@ def test_cpu_column_bytes_per_lane_capped(monkeypatch):
     monkeypatch.setattr(dc.config, "column_budget_bytes", 4 * lanes * 2**20)
     monkeypatch.setattr(dc.config, "cpu_lane_column_bytes", 2**20)
     assert _cpu.column_budget() == lanes * 2**20
+    assert _cpu.column_budget(2) == 2 * lanes * 2**20  # per buffer
+    assert _cpu.column_budget(8) == 4 * lanes * 2**20
     monkeypatch.setattr(dc.config, "column_budget_bytes", 1000)
     assert _cpu.column_budget() == 1000
 
 
 def test_default_budget_gives_lanes_a_share_worth_a_gemm(monkeypatch):
-    """With the default budgets, up to 8 lanes each get
-    ``cpu_lane_column_bytes`` of columns and 16 lanes at least 4 MiB (a
-    0.5 MiB share made the deformable backward's chunks single rows, 3x
-    slower); more lanes share ``column_budget_bytes``."""
+    """With the default budgets, a forward (one buffer) on up to 16 lanes
+    and a backward (two) on up to 8 give each lane ``cpu_lane_column_bytes``
+    per buffer, and a backward on 16 lanes half that (a 0.5 MiB lane made the
+    deformable backward's chunks single rows, 3x slower); more lanes share
+    ``column_budget_bytes``."""
     from defconv_np import _cpu
 
-    for lanes in (1, 2, 8):
+    per_buffer = dc.config.cpu_lane_column_bytes
+    for lanes in (1, 2, 8, 16):
         monkeypatch.setattr(_cpu, "column_lanes", lambda lanes=lanes: lanes)
-        assert _cpu.column_budget() // lanes == dc.config.cpu_lane_column_bytes
-    monkeypatch.setattr(_cpu, "column_lanes", lambda: 16)
-    assert _cpu.column_budget() // 16 >= 4 * 2**20
+        assert _cpu.column_budget(1) // lanes == per_buffer
+        assert _cpu.column_budget(2) // lanes == (2 * per_buffer if lanes <= 8 else per_buffer)
     monkeypatch.setattr(_cpu, "column_lanes", lambda: 64)
     assert _cpu.column_budget() == dc.config.column_budget_bytes
 
