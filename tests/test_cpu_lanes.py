@@ -150,3 +150,59 @@ def test_forked_child_runs_convs():
     child.join(timeout=60)
     assert child.exitcode == 0
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_run_items_covers_every_item_once_and_raises_after_all_shares():
+    """grid_sample's work split: each item in exactly one share, and an error
+    in one share surfaces only after the others finished."""
+    import threading
+    import time
+
+    from defconv_np import _cpu
+
+    seen, lock = [], threading.Lock()
+
+    def kernel(lo, hi):
+        with lock:
+            seen.append((lo, hi))
+
+    for count in (0, 1, 2, 3, 8, 9):
+        seen.clear()
+        _cpu.run_items(count, kernel)
+        assert sorted(i for lo, hi in seen for i in range(lo, hi)) == list(range(count))
+        assert len(seen) == max(1, min(_cpu.column_lanes(), count))
+
+    finished = []
+
+    def failing(lo, hi):
+        if lo == 0:
+            raise ValueError("boom")
+        time.sleep(0.05)
+        finished.append(lo)
+
+    with pytest.raises(ValueError, match="boom"):
+        _cpu.run_items(4, failing)
+    assert len(finished) == min(_cpu.column_lanes(), 4) - 1
+
+
+def test_grid_sample_same_on_one_lane_and_many():
+    """grid_sample and its input gradient bitwise alike on one lane and on
+    all; the grid gradient, whose float64 channel-block sums depend on the
+    split, to rounding."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 12, 17, 19))
+    grid = rng.uniform(-1.2, 1.2, (3, 11, 13, 2))
+    go = rng.standard_normal((3, 12, 11, 13))
+
+    def results():
+        return [dc.grid_sample(x, grid), *dc.grid_sample_backward(go, x, grid)]
+
+    many = results()
+    numba.set_num_threads(1)
+    try:
+        one = results()
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    np.testing.assert_array_equal(one[0], many[0])
+    np.testing.assert_array_equal(one[1], many[1])
+    np.testing.assert_allclose(one[2], many[2], rtol=1e-12, atol=1e-12)

@@ -209,8 +209,8 @@ FORK_DURING_GRID_SAMPLE = FORK_PRELUDE + """
     big = rng.standard_normal((8, 16, 64, 64))
     big_grid = dc.affine_grid(np.tile(theta[:1], (8, 1, 1)), (8, 16, 64, 64))
 
-    # the parent thread stays inside grid_sample's launcher (its lock held, in
-    # and out of the parallel kernel) until told to stop
+    # the parent thread stays inside grid_sample (its kernel running on the
+    # lanes, the calling thread taking a share) until told to stop
     kernel = _cpu.grid_sample_kernels.grid_sample
     inside, stop = threading.Event(), threading.Event()
 
@@ -259,8 +259,10 @@ def test_forked_child_after_convs_runs_every_op(layer):
 
 @pytest.mark.parametrize("layer", LAYERS)
 def test_fork_while_another_thread_is_in_grid_sample(layer):
-    """A child forked while a parent thread is inside grid_sample (holding its
-    launch lock) completes every op instead of hanging on the inherited lock."""
+    """A child forked while a parent thread is inside grid_sample (its shares
+    running on the lanes and the calling thread; before that, holding the
+    launch lock) completes every op instead of hanging on an inherited lock
+    or pool."""
     assert _run_script(FORK_DURING_GRID_SAMPLE, NUMBA_THREADING_LAYER=layer).strip() == "ok"
 
 

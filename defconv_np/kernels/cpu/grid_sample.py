@@ -33,7 +33,7 @@ with the input gradient added to a zero-padded plane that the caller crops.
 """
 
 import numpy as np
-from numba import njit, prange, uint64
+from numba import njit, uint64
 
 from ..sampling import PAD_AFTER, PAD_BEFORE, PADDING_BORDER, PADDING_REFLECTION
 from .device import (
@@ -344,10 +344,11 @@ def _group_scatter(dst, q, ug, rs_g, w00, w01, w10, w11, go_rows, j):
         dst[q + rs_g + ug + k] += w11 * go_rows[j + k]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def grid_sample(inp, padded, y_axis, x_axis, row_stride, one, grid, nearest, padding_mode,
-                align_corners, pixel_blocks, tile, out):
-    """Fill ``out`` (N, C, P) with the samples of every channel at the grid.
+                align_corners, pixel_blocks, tile, out, item_lo, item_hi):
+    """Fill ``out`` (N, C, P) with the samples of every channel at the grid,
+    for work items ``item_lo .. item_hi - 1`` of ``N * pixel_blocks``.
     ``padded``: ``inp`` is already a zero-padded copy (N, C, H + 3, W + 3),
     read in place."""
     nb, npix = grid.shape[0], grid.shape[1]
@@ -359,7 +360,7 @@ def grid_sample(inp, padded, y_axis, x_axis, row_stride, one, grid, nearest, pad
     per_block = (npix + pixel_blocks - 1) // pixel_blocks
     rs = uint64(row_stride)
     rs4 = uint64(_CHANNELS * row_stride)  # row stride of the interleaved plane
-    for item in prange(nb * pixel_blocks):
+    for item in range(item_lo, item_hi):
         n = item // pixel_blocks
         p_lo = (item % pixel_blocks) * per_block
         p_hi = min(p_lo + per_block, npix)
@@ -491,12 +492,14 @@ def _grouped_channels(flat_inp, flat_grad, flat_go, n, channels, c_lo, c_hi, g_m
     return c_first, layout
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one, grid, nearest,
                          padding_mode, align_corners, want_input, want_grid, channel_blocks,
-                         pixel_blocks, tile, group, grad_inp, grid_partials):
+                         pixel_blocks, tile, group, grad_inp, grid_partials, item_lo, item_hi):
     """Input gradient into ``grad_inp`` (N, C, H, W), overwritten, and grid
-    gradient shares into ``grid_partials`` (N, channel_blocks, P, 2), float64.
+    gradient shares into ``grid_partials`` (N, channel_blocks, P, 2), float64,
+    for work items ``item_lo .. item_hi - 1`` of ``N * channel_blocks *
+    pixel_blocks`` (image, channel block, pixel block).
     ``padded``: ``inp`` and ``grad_inp`` are zero-padded (N, C, H + 3, W + 3)
     planes, read and added to in place (the caller zeroes ``grad_inp`` and
     crops it).
@@ -531,7 +534,7 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
     rs = uint64(row_stride)
     grid_terms = want_grid and not nearest
     plane_size = (height + PAD_BEFORE + PAD_AFTER) * row_stride
-    for item in prange(nb * channel_blocks * pixel_blocks):
+    for item in range(item_lo, item_hi):
         n = item // (channel_blocks * pixel_blocks)
         cb = (item // pixel_blocks) % channel_blocks
         c_lo = cb * c_per_block
