@@ -343,13 +343,15 @@ def kernel_operand(array):
 
 def run_items(count, kernel):
     """``kernel(lo, hi)`` over contiguous, equal shares of work items ``0 ..
-    count - 1``, one share per lane (``column_lanes()``, on the lane pool),
-    or here when one lane suffices. For serial, GIL-free kernels: unlike a
-    parallel Numba region this needs no threading layer, so it runs as fast
-    whichever layer Numba picked (its fork-safe ``workqueue`` sped the
-    grid_sample forward at (8, 64, 64, 64) up from 1.23 ms on one core to
-    0.80-1.31 on two, against 0.57-0.59 on the lanes), and calls from
-    several Python threads share the lanes without a lock."""
+    count - 1``, one share per lane (``column_lanes()``): the first on the
+    calling thread, the others on the lane pool. For serial, GIL-free
+    kernels: unlike a parallel Numba region this needs no threading layer,
+    so it runs alike whichever layer Numba picked (under its fork-safe
+    ``workqueue``, the grid_sample forward at (8, 64, 64, 64) took 0.78-1.31
+    ms on two cores, against 1.23 on one; on the lanes 0.68-0.76, and 0.57
+    as a parallel kernel under GNU OpenMP, which is not fork-safe), and calls
+    from several Python threads share the lanes without a lock. Lane tasks
+    never submit lane tasks, so a full pool only queues them."""
     lanes = min(column_lanes(), count)
     if lanes <= 1:
         kernel(0, count)
