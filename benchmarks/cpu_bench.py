@@ -333,12 +333,12 @@ def main():
         peak = peak_mib(lambda: dc.deform_conv2d_backward(gout, x, off, wt, padding=1))
         scaling.append({"batch": batch, "backward_peak_extra_mib": round(peak, 1),
                         "per_image_results_mib": round(per_image_mib, 2),
-                        "column_budget_mib": _cpu.column_budget() / 2**20})
+                        "column_budget_mib": _cpu.column_budget(2) / 2**20})
         print(f"deform_conv2d_backward N={batch}: peak extra {peak:.1f} MiB")
     growth = (scaling[1]["backward_peak_extra_mib"] - scaling[0]["backward_peak_extra_mib"]) / 24
     print(f"  growth per image {growth:.2f} MiB, the results of one image "
           f"({per_image_mib:.2f} MiB); column scratch stays under "
-          f"{_cpu.column_budget() / 2**20:.0f} MiB")
+          f"{_cpu.column_budget(2) / 2**20:.0f} MiB (a backward's two buffers)")
 
     # The column bytes per lane and buffer (``config.cpu_lane_column_bytes``;
     # a backward holds two buffers, twice this a lane): deform_conv2d v2
