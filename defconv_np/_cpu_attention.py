@@ -1,8 +1,11 @@
 """CPU launcher of multi-scale deformable attention: padded level planes, the
 parallel work split, and the Numba kernels in ``kernels.cpu.attention``.
 
-The kernels are ``prange``-parallel, so calls take ``_cpu._launch_lock`` (two
-Python threads in Numba's workqueue layer at once abort the process).
+The kernels are serial and GIL-free; their work items are shared over the
+lanes (``_cpu.run_items``), with no parallel Numba region (under Numba's
+fork-safe ``workqueue`` layer, as parallel kernels, forward and
+forward+backward at the benchmark shape took 20.9-22.2 and 83.5-84.8 ms,
+against 19.2-19.5 and 73.8-74.9 under GNU OpenMP).
 """
 
 import numpy as np
@@ -32,9 +35,10 @@ class MSDeformAttn:
     def forward(self, out):
         """Write the result into ``out`` (N, Lq, M*D), C-contiguous."""
         n, n_query, n_heads = self.weights.shape[:3]
-        with _cpu._launch_lock:
-            kernels.ms_deform_attn(*self._common(), _cpu.work_blocks(n * n_heads, n_query),
-                                   out.reshape(n, n_query, n_heads, -1))
+        blocks = _cpu.work_blocks(n * n_heads, n_query)
+        out4 = out.reshape(n, n_query, n_heads, -1)
+        _cpu.run_items(n * n_heads * blocks, lambda lo, hi: kernels.ms_deform_attn(
+            *self._common(), blocks, out4, lo, hi))
 
     def backward(self, grad_output, grad_value, grad_locations, grad_weights):
         """Write the gradients into the (zeroed) arrays given; any may be None."""
@@ -45,10 +49,9 @@ class MSDeformAttn:
         # a head owns its value-gradient slice: split queries only without one
         blocks = 1 if want[0] else _cpu.work_blocks(n * n_heads, n_query)
         grad_out = _cpu.kernel_operand(grad_output).reshape(n, n_query, n_heads, -1)
-        with _cpu._launch_lock:
-            kernels.ms_deform_attn_backward(
-                grad_out, *self._common(), *want, blocks, grad_pad,
-                grad_locations if want[1] else np.zeros((1, 1, 1, 1, 1, 2), dtype),
-                grad_weights if want[2] else np.zeros((1, 1, 1, 1, 1), dtype))
+        g_loc = grad_locations if want[1] else np.zeros((1, 1, 1, 1, 1, 2), dtype)
+        g_wt = grad_weights if want[2] else np.zeros((1, 1, 1, 1, 1), dtype)
+        _cpu.run_items(n * n_heads * blocks, lambda lo, hi: kernels.ms_deform_attn_backward(
+            grad_out, *self._common(), *want, blocks, grad_pad, g_loc, g_wt, lo, hi))
         if want[0]:
             cropped_levels(np, grad_pad, self.shapes, self.starts, grad_value)

@@ -23,7 +23,7 @@ the samples inside the window.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .device import (
     bilinear_coordinate_grads,
@@ -87,15 +87,16 @@ def _add_scaled(row, weight, g, depth):
         row[d] += weight * g[d]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def ms_deform_attn(value_pad, level_real, level_index, one, locations, weights, query_blocks,
-                   out):
-    """Fill ``out`` (N, Lq, M, D); work items are (image, head, block of
-    queries), so that an item reads one head's block of ``value_pad``."""
+                   out, item_lo, item_hi):
+    """Fill ``out`` (N, Lq, M, D) for work items ``item_lo .. item_hi - 1``;
+    work items are (image, head, block of queries), so that an item reads
+    one head's block of ``value_pad``."""
     n_batch, n_query, n_heads, n_levels, n_points = weights.shape
     depth = value_pad.shape[3]
     per_block = (n_query + query_blocks - 1) // query_blocks
-    for item in prange(n_batch * n_heads * query_blocks):
+    for item in range(item_lo, item_hi):
         n = item // (n_heads * query_blocks)
         m = (item // query_blocks) % n_heads
         q_lo = (item % query_blocks) * per_block
@@ -142,12 +143,13 @@ def ms_deform_attn(value_pad, level_real, level_index, one, locations, weights, 
                 dst[d] = acc[d]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def ms_deform_attn_backward(grad_out, value_pad, level_real, level_index, one, locations, weights,
                             want_value, want_locations, want_weights, query_blocks,
-                            grad_value_pad, grad_locations, grad_weights):
+                            grad_value_pad, grad_locations, grad_weights, item_lo, item_hi):
     """Value gradient into ``grad_value_pad`` (the layout of ``value_pad``),
-    location and weight gradients into (N, Lq, M, L, P, 2) and (N, Lq, M, L, P).
+    location and weight gradients into (N, Lq, M, L, P, 2) and (N, Lq, M, L, P),
+    for work items ``item_lo .. item_hi - 1`` of ``N * M * query_blocks``.
 
     Work items are (image, head, block of queries). A (n, m) head owns its
     value-gradient slice ``grad_value_pad[n, m]``, so with ``want_value``
@@ -161,7 +163,7 @@ def ms_deform_attn_backward(grad_out, value_pad, level_real, level_index, one, l
     two = one + one
     want_taps = want_locations or want_weights
     samples = n_levels * n_points
-    for item in prange(n_batch * n_heads * query_blocks):
+    for item in range(item_lo, item_hi):
         n = item // (n_heads * query_blocks)
         m = (item // query_blocks) % n_heads
         q_lo = (item % query_blocks) * per_block
