@@ -1,10 +1,11 @@
 """CPU launchers of 5-D grid_sample (``kernels.cpu.volume``) and bicubic
-grid_sample (``kernels.cpu.bicubic``); the same interface as ``_cpu.GridSampler``."""
+grid_sample (``kernels.cpu.bicubic``); the same interface as ``_cpu.GridSampler``,
+their serial kernels' work items shared over the lanes (``_cpu.run_items``)."""
 
 import numpy as np
 
 from . import config
-from ._cpu import _launch_lock, kernel_operand, work_blocks
+from ._cpu import kernel_operand, run_items, work_blocks
 from ._planes import cropped_volume, grid_geometry, volume_geometry, zero_padded_volume
 from .kernels.cpu import bicubic as bicubic_kernels
 from .kernels.cpu import volume as volume_kernels
@@ -33,10 +34,11 @@ class VolumeSampler:
     def sample(self, out):
         """Write the samples into ``out`` (N, C, Dg, Hg, Wg), C-contiguous."""
         n, npix = self.grid.shape[:2]
-        with _launch_lock:
-            volume_kernels.grid_sample_3d(
-                self.inp_pad, *self.geometry, self.grid, *self.modes, work_blocks(n, npix),
-                config.cpu_tile_pixels, out.reshape(n, out.shape[1], -1))
+        blocks = work_blocks(n, npix)
+        out3 = out.reshape(n, out.shape[1], -1)
+        run_items(n * blocks, lambda lo, hi: volume_kernels.grid_sample_3d(
+            self.inp_pad, *self.geometry, self.grid, *self.modes, blocks,
+            config.cpu_tile_pixels, out3, lo, hi))
 
     def backward(self, grad_output, grad_input, grad_grid):
         n, c = self.input_shape[:2]
@@ -46,11 +48,10 @@ class VolumeSampler:
         grad_pad = (np.zeros_like(self.inp_pad) if want_input
                     else np.zeros((1, 1, 1), self.inp_pad.dtype))
         partials = np.zeros((n, blocks_c, npix, 3) if want_grid else (1, 1, 1, 3), np.float64)
-        with _launch_lock:
-            volume_kernels.grid_sample_3d_backward(
-                kernel_operand(grad_output).reshape(n, c, npix), self.inp_pad, *self.geometry,
-                self.grid, *self.modes, want_input, want_grid, blocks_c, blocks_p,
-                config.cpu_tile_pixels, grad_pad, partials)
+        go = kernel_operand(grad_output).reshape(n, c, npix)
+        run_items(n * blocks_c * blocks_p, lambda lo, hi: volume_kernels.grid_sample_3d_backward(
+            go, self.inp_pad, *self.geometry, self.grid, *self.modes, want_input, want_grid,
+            blocks_c, blocks_p, config.cpu_tile_pixels, grad_pad, partials, lo, hi))
         if want_input:
             grad_input[...] = cropped_volume(np, grad_pad, self.input_shape)
         if want_grid:
@@ -71,10 +72,11 @@ class BicubicSampler:
 
     def sample(self, out):
         n, npix = self.grid.shape[:2]
-        with _launch_lock:
-            bicubic_kernels.grid_sample_bicubic(
-                self.inp, *self.geometry, self.grid, *self.modes, work_blocks(n, npix),
-                config.cpu_tile_pixels, out.reshape(n, out.shape[1], -1))
+        blocks = work_blocks(n, npix)
+        out3 = out.reshape(n, out.shape[1], -1)
+        run_items(n * blocks, lambda lo, hi: bicubic_kernels.grid_sample_bicubic(
+            self.inp, *self.geometry, self.grid, *self.modes, blocks, config.cpu_tile_pixels,
+            out3, lo, hi))
 
     def backward(self, grad_output, grad_input, grad_grid):
         n, c = self.input_shape[:2]
@@ -83,11 +85,11 @@ class BicubicSampler:
         blocks_c, blocks_p = _backward_split(n, c, npix, want_input)
         grad_inp = np.zeros_like(self.inp) if want_input else np.zeros((1, 1, 1), self.inp.dtype)
         partials = np.zeros((n, blocks_c, npix, 2) if want_grid else (1, 1, 1, 2), np.float64)
-        with _launch_lock:
-            bicubic_kernels.grid_sample_bicubic_backward(
-                kernel_operand(grad_output).reshape(n, c, npix), self.inp, *self.geometry,
-                self.grid, *self.modes, want_input, want_grid, blocks_c, blocks_p,
-                config.cpu_tile_pixels, grad_inp, partials)
+        go = kernel_operand(grad_output).reshape(n, c, npix)
+        kernel = bicubic_kernels.grid_sample_bicubic_backward
+        run_items(n * blocks_c * blocks_p, lambda lo, hi: kernel(
+            go, self.inp, *self.geometry, self.grid, *self.modes, want_input, want_grid,
+            blocks_c, blocks_p, config.cpu_tile_pixels, grad_inp, partials, lo, hi))
         if want_input:
             grad_input[...] = grad_inp.reshape(self.input_shape)
         if want_grid:

@@ -1,2 +1,3 @@
-"""Numba CPU kernels: ``prange`` loops over independent output work, compiled
+"""Numba CPU kernels: serial, GIL-free loops over a range of independent work
+items (the launchers share the items over their worker lanes), compiled
 lazily on first call and cached on disk (``cache=True``)."""

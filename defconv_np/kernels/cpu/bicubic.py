@@ -10,7 +10,7 @@ tiles as in ``kernels.cpu.grid_sample``.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..sampling import PADDING_BORDER, PADDING_REFLECTION
 from .device import (
@@ -74,14 +74,15 @@ def _tile_taps(grid, n, p0, pn, y_axis, x_axis, width, one, padding_mode, align_
                 weight[t, 4 * j + i] = wy[t, j] * wx[t, i]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def grid_sample_bicubic(inp, y_axis, x_axis, width, one, grid, padding_mode, align_corners,
-                        pixel_blocks, tile, out):
-    """Fill ``out`` (N, C, P) with the bicubic samples of every channel."""
-    nb, npix = grid.shape[0], grid.shape[1]
+                        pixel_blocks, tile, out, item_lo, item_hi):
+    """Fill ``out`` (N, C, P) with the bicubic samples of every channel, for
+    work items ``item_lo .. item_hi - 1`` of ``N * pixel_blocks``."""
+    npix = grid.shape[1]
     channels = inp.shape[1]
     per_block = (npix + pixel_blocks - 1) // pixel_blocks
-    for item in prange(nb * pixel_blocks):
+    for item in range(item_lo, item_hi):
         n = item // pixel_blocks
         p_lo = (item % pixel_blocks) * per_block
         p_hi = min(p_lo + per_block, npix)
@@ -132,19 +133,20 @@ def grid_sample_bicubic(inp, y_axis, x_axis, width, one, grid, padding_mode, ali
                     row[p0 + t] = total
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def grid_sample_bicubic_backward(grad_out, inp, y_axis, x_axis, width, one, grid, padding_mode,
                                  align_corners, want_input, want_grid, channel_blocks,
-                                 pixel_blocks, tile, grad_inp, grid_partials):
+                                 pixel_blocks, tile, grad_inp, grid_partials, item_lo, item_hi):
     """Input gradient into ``grad_inp`` (N, C, H*W), scattered to the bounded
     taps (a single pixel block when ``want_input``), and grid gradient shares
     into ``grid_partials`` (N, channel_blocks, P, 2), float64, summed by the
-    caller in a fixed order."""
-    nb, npix = grid.shape[0], grid.shape[1]
+    caller in a fixed order; for work items ``item_lo .. item_hi - 1`` of
+    ``N * channel_blocks * pixel_blocks``."""
+    npix = grid.shape[1]
     channels = inp.shape[1]
     c_per_block = (channels + channel_blocks - 1) // channel_blocks
     p_per_block = (npix + pixel_blocks - 1) // pixel_blocks
-    for item in prange(nb * channel_blocks * pixel_blocks):
+    for item in range(item_lo, item_hi):
         n = item // (channel_blocks * pixel_blocks)
         cb = (item // pixel_blocks) % channel_blocks
         c_lo = cb * c_per_block

@@ -351,7 +351,7 @@ def grid_sample(inp, padded, y_axis, x_axis, row_stride, one, grid, nearest, pad
     for work items ``item_lo .. item_hi - 1`` of ``N * pixel_blocks``.
     ``padded``: ``inp`` is already a zero-padded copy (N, C, H + 3, W + 3),
     read in place."""
-    nb, npix = grid.shape[0], grid.shape[1]
+    npix = grid.shape[1]
     channels, width = inp.shape[1], row_stride - PAD_BEFORE - PAD_AFTER
     height = inp.shape[2] - (PAD_BEFORE + PAD_AFTER if padded else 0)
     plane_size = (height + PAD_BEFORE + PAD_AFTER) * row_stride
@@ -523,7 +523,7 @@ def grid_sample_backward(grad_out, inp, padded, y_axis, x_axis, row_stride, one,
     the cell fractions factored out of them (``_group_grid_sums``), which
     moves their rounding.
     """
-    nb, npix = grid.shape[0], grid.shape[1]
+    npix = grid.shape[1]
     channels, width = inp.shape[1], row_stride - PAD_BEFORE - PAD_AFTER
     height = inp.shape[2] - (PAD_BEFORE + PAD_AFTER if padded else 0)
     flat_inp = inp.reshape(inp.size)

@@ -12,7 +12,7 @@ padding, so the channel loops have no bounds branch.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .device import (
     grid_nearest_tap_3d,
@@ -54,15 +54,16 @@ def _corner_offsets(row_stride, plane_stride):
     return offsets
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def grid_sample_3d(inp_pad, z_axis, y_axis, x_axis, row_stride, plane_stride, one, grid, nearest,
-                   padding_mode, align_corners, pixel_blocks, tile, out):
-    """Fill ``out`` (N, C, P) with the samples of every channel at the grid."""
-    nb, npix = grid.shape[0], grid.shape[1]
+                   padding_mode, align_corners, pixel_blocks, tile, out, item_lo, item_hi):
+    """Fill ``out`` (N, C, P) with the samples of every channel at the grid,
+    for work items ``item_lo .. item_hi - 1`` of ``N * pixel_blocks``."""
+    npix = grid.shape[1]
     channels = inp_pad.shape[1]
     per_block = (npix + pixel_blocks - 1) // pixel_blocks
     offsets = _corner_offsets(row_stride, plane_stride)
-    for item in prange(nb * pixel_blocks):
+    for item in range(item_lo, item_hi):
         n = item // pixel_blocks
         p_lo = (item % pixel_blocks) * per_block
         p_hi = min(p_lo + per_block, npix)
@@ -96,23 +97,25 @@ def grid_sample_3d(inp_pad, z_axis, y_axis, x_axis, row_stride, plane_stride, on
                         row[p0 + t] = acc
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def grid_sample_3d_backward(grad_out, inp_pad, z_axis, y_axis, x_axis, row_stride, plane_stride,
                             one, grid, nearest, padding_mode, align_corners, want_input,
                             want_grid, channel_blocks, pixel_blocks, tile, grad_pad,
-                            grid_partials):
+                            grid_partials, item_lo, item_hi):
     """Input gradient into ``grad_pad`` (N, C, padded volume) and grid
     gradient shares into ``grid_partials`` (N, channel_blocks, P, 3), float64,
+    for work items ``item_lo .. item_hi - 1`` of ``N * channel_blocks *
+    pixel_blocks``,
     as ``kernels.cpu.grid_sample.grid_sample_backward`` does for planes (a
     single pixel block when ``want_input``; the caller sums the channel
     blocks in a fixed order)."""
-    nb, npix = grid.shape[0], grid.shape[1]
+    npix = grid.shape[1]
     channels = inp_pad.shape[1]
     c_per_block = (channels + channel_blocks - 1) // channel_blocks
     p_per_block = (npix + pixel_blocks - 1) // pixel_blocks
     offsets = _corner_offsets(row_stride, plane_stride)
     grid_terms = want_grid and not nearest
-    for item in prange(nb * channel_blocks * pixel_blocks):
+    for item in range(item_lo, item_hi):
         n = item // (channel_blocks * pixel_blocks)
         cb = (item // pixel_blocks) % channel_blocks
         c_lo = cb * c_per_block
