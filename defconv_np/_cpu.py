@@ -74,8 +74,9 @@ def column_budget(buffers=1):
 
 
 def column_lanes():
-    """Worker threads for the im2col + GEMM convs: Numba's thread count (the
-    calling Python thread's own, as set by ``numba.set_num_threads``)."""
+    """Worker lanes of a conv's chunks or a sampler's shares: Numba's thread
+    count (the calling Python thread's own, as set by
+    ``numba.set_num_threads``)."""
     return numba.get_num_threads()
 
 
@@ -178,13 +179,18 @@ single_threaded_blas = _SingleThreadedBlas()
 class _LanePool:
     """The lane threads, kept across calls: starting threads costs
     milliseconds, and so does OpenBLAS's set-up the first time a new thread
-    calls it.
+    calls it. The convs' chunk runs (``run_chunks``) and the samplers'
+    shares (``run_items``, whose calling thread takes a share itself) both
+    run here.
 
     One pool of ``NUMBA_NUM_THREADS`` threads (the most ``numba.set_num_threads``
-    allows any Python thread) serves every call: a call submits as many tasks
-    as its caller's thread count, so a thread with fewer Numba threads uses
-    fewer lanes, and the pool is never resized or shut down under another
-    call. Lane tasks never submit lane tasks, so sharing cannot deadlock."""
+    allows any Python thread) serves every call: a call uses at most its
+    caller's thread count of lanes, so a thread with fewer Numba threads uses
+    fewer, and we never resize or shut the pool down under another call
+    (``concurrent.futures`` refuses new work at interpreter exit: the convs
+    then fail, the samplers run on the calling thread). Lane tasks never
+    submit lane tasks, and ``run_items`` takes back shares no lane started,
+    so sharing cannot deadlock."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -349,25 +355,39 @@ def run_items(count, kernel):
     ``workqueue``, the grid_sample forward at (8, 64, 64, 64) took 0.78-1.31
     ms on two cores, against 1.23 on one; on the lanes 0.68-0.76, and 0.57
     as a parallel kernel under GNU OpenMP, which is not fork-safe), and calls
-    from several Python threads share the lanes without a lock. Lane tasks
-    never submit lane tasks, so a full pool only queues them."""
+    from several Python threads share the lanes without a lock.
+
+    After its own share the calling thread takes back every share no lane has
+    started and runs it itself: lanes busy with another thread's conv (a
+    whole chunk run each) would otherwise hold it up (a grid_sample of 0.94
+    ms took 15-23 ms beside a deform_conv2d, 1.1-2.7 this way), and a call
+    from inside a lane task cannot wait on itself. Where the pool takes no
+    work (at interpreter shutdown, after ``concurrent.futures``' exit hook),
+    every share runs here. An error surfaces after every started share has
+    finished; shares not started by then are dropped."""
     lanes = min(column_lanes(), count)
     if lanes <= 1:
         kernel(0, count)
         return
     bounds = [count * i // lanes for i in range(lanes + 1)]
     shares = [functools.partial(kernel, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
-    # the calling thread takes the first share itself: one thread fewer to
-    # wake, and it would only wait otherwise
     pool = _lane_pool.get()
-    futures = []
+    queued = []  # (share, its future, or None where the pool refused it)
     try:
         for share in shares[1:]:
-            futures.append(pool.submit(share))
+            try:
+                queued.append((share, pool.submit(share)))
+            except RuntimeError:  # shutting down: the pool takes no new work
+                queued.append((share, None))
         shares[0]()
+        for share, future in queued:
+            if future is None or future.cancel():
+                share()
     finally:
-        concurrent.futures.wait(futures)
-    for future in futures:
+        started = [future for _, future in queued
+                   if future is not None and not future.cancel()]
+        concurrent.futures.wait(started)
+    for future in started:
         future.result()
 
 

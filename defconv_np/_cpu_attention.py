@@ -2,10 +2,11 @@
 parallel work split, and the Numba kernels in ``kernels.cpu.attention``.
 
 The kernels are serial and GIL-free; their work items are shared over the
-lanes (``_cpu.run_items``), with no parallel Numba region (under Numba's
-fork-safe ``workqueue`` layer, as parallel kernels, forward and
-forward+backward at the benchmark shape took 20.9-22.2 and 83.5-84.8 ms,
-against 19.2-19.5 and 73.8-74.9 under GNU OpenMP).
+lanes (``_cpu.run_items``), with no parallel Numba region: at the benchmark
+shape (N=2, M=8, D=32, 4 levels, P=4) forward and forward+backward take
+20.4-21.7 and 76.3-81.3 ms, against 20.9-23.6 and 83.5-85.2 as parallel
+kernels under Numba's fork-safe ``workqueue`` layer (19.2-19.6 and
+73.8-74.9 under GNU OpenMP, not fork-safe).
 """
 
 import numpy as np

@@ -152,9 +152,9 @@ def test_forked_child_runs_convs():
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_run_items_covers_every_item_once_and_raises_after_all_shares():
+def test_run_items_covers_every_item_once_and_raises_after_started_shares():
     """grid_sample's work split: each item in exactly one share, and an error
-    in one share surfaces only after the others finished."""
+    in a lane's share surfaces after the calling thread's share finished."""
     import threading
     import time
 
@@ -172,17 +172,60 @@ def test_run_items_covers_every_item_once_and_raises_after_all_shares():
         assert sorted(i for lo, hi in seen for i in range(lo, hi)) == list(range(count))
         assert len(seen) == max(1, min(_cpu.column_lanes(), count))
 
+    if _cpu.column_lanes() < 2:
+        pytest.skip("needs two or more Numba threads for a lane share")
     finished = []
 
     def failing(lo, hi):
-        if lo == 0:
+        if lo > 0:
             raise ValueError("boom")
         time.sleep(0.05)
         finished.append(lo)
 
     with pytest.raises(ValueError, match="boom"):
         _cpu.run_items(4, failing)
-    assert len(finished) == min(_cpu.column_lanes(), 4) - 1
+    assert finished == [0]
+
+
+def test_run_items_takes_back_shares_no_lane_started(monkeypatch):
+    """With every lane busy (another thread's long conv chunks), or a pool
+    that takes no work (interpreter shutdown), the calling thread runs all
+    the shares itself instead of waiting."""
+    import threading
+
+    from defconv_np import _cpu
+
+    if _cpu.column_lanes() < 2:
+        pytest.skip("needs two or more Numba threads for a lane share")
+    seen = []
+
+    def kernel(lo, hi):
+        seen.append((threading.get_ident(), lo, hi))
+
+    release = threading.Event()
+    pool = _cpu._lane_pool.get()
+    blockers = [pool.submit(release.wait, 30) for _ in range(numba.config.NUMBA_NUM_THREADS)]
+    try:
+        done = threading.Event()
+        caller = threading.Thread(target=lambda: (_cpu.run_items(8, kernel), done.set()))
+        caller.start()
+        assert done.wait(10), "run_items waited for busy lanes"
+        caller.join()
+    finally:
+        release.set()
+        for blocker in blockers:
+            blocker.result()
+    assert sorted(i for _, lo, hi in seen for i in range(lo, hi)) == list(range(8))
+    assert {ident for ident, _, _ in seen} == {caller.ident}
+
+    class Refusing:
+        def submit(self, *args):
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    seen.clear()
+    monkeypatch.setattr(_cpu._lane_pool, "get", lambda: Refusing())
+    _cpu.run_items(8, kernel)
+    assert sorted(i for _, lo, hi in seen for i in range(lo, hi)) == list(range(8))
 
 
 def test_grid_sample_same_on_one_lane_and_many():
@@ -198,11 +241,12 @@ def test_grid_sample_same_on_one_lane_and_many():
         return [dc.grid_sample(x, grid), *dc.grid_sample_backward(go, x, grid)]
 
     many = results()
+    before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
         one = results()
     finally:
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        numba.set_num_threads(before)
     np.testing.assert_array_equal(one[0], many[0])
     np.testing.assert_array_equal(one[1], many[1])
     np.testing.assert_allclose(one[2], many[2], rtol=1e-12, atol=1e-12)

@@ -135,6 +135,71 @@ def test_threads_with_different_numba_thread_counts():
     assert _run_script(MIXED_THREAD_COUNTS, NUMBA_NUM_THREADS="4").strip() == "ok"
 
 
+MIXED_SAMPLERS = """
+    import threading
+    import numba
+    import numpy as np
+    import defconv_np as dc
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 5, 11, 9))
+    theta = np.tile(np.array([[0.9, -0.3, 0.1], [0.3, 0.9, -0.2]]), (4, 1, 1))
+    grid = dc.affine_grid(theta, x.shape)
+    go = rng.standard_normal(x.shape)
+    v = rng.standard_normal((2, 3, 7, 6, 5))
+    v_grid = rng.uniform(-1.1, 1.1, (2, 4, 5, 6, 3))
+    v_go = rng.standard_normal((2, 3, 4, 5, 6))
+    shapes = np.array([[6, 5], [3, 2]])
+    starts = np.array([0, 30])
+    value = rng.standard_normal((2, 36, 2, 4))
+    loc = rng.uniform(-0.1, 1.1, (2, 7, 2, 2, 3, 2))
+    attn = rng.uniform(0, 1, (2, 7, 2, 2, 3))
+    a_go = rng.standard_normal((2, 7, 8))
+    off = rng.uniform(-2, 2, (4, 18, 11, 9))
+    w = rng.standard_normal((3, 5, 3, 3))
+
+    def every_sampler():
+        return [dc.grid_sample(x, grid), *dc.grid_sample_backward(go, x, grid),
+                dc.grid_sample(x, grid, mode="bicubic"),
+                *dc.grid_sample_backward(go, x, grid, mode="bicubic"),
+                dc.grid_sample(v, v_grid), *dc.grid_sample_backward(v_go, v, v_grid),
+                dc.ms_deform_attn(value, shapes, starts, loc, attn),
+                *dc.ms_deform_attn_backward(a_go, value, shapes, starts, loc, attn),
+                dc.deform_conv2d(x, off, w, padding=1)]
+
+    errors = []
+    start = threading.Barrier(4)
+
+    def caller(threads):
+        try:
+            numba.set_num_threads(threads)
+            expected = every_sampler()  # at this thread count, alone
+            start.wait()
+            for _ in range(15):
+                for a, b in zip(every_sampler(), expected, strict=True):
+                    np.testing.assert_array_equal(a, b)
+        except BaseException as exc:  # reported below, with the thread count
+            errors.append(f"{threads} threads: {type(exc).__name__}: {exc}")
+
+    callers = [threading.Thread(target=caller, args=(n,)) for n in (2, 3, 4, 1)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert not errors, errors
+    print("ok")
+"""
+
+
+def test_samplers_from_threads_at_once():
+    """Threads at 2, 3, 4 and 1 Numba threads call grid_sample (2-D, bicubic,
+    3-D), ms_deform_attn and deform_conv2d, forward and backward, at once (no
+    lock serialises them any more): each gets bitwise what it got alone."""
+    # a longer limit: on a cold cache the script compiles every sampler kernel
+    assert _run_script(MIXED_SAMPLERS, timeout=4 * SCRIPT_TIMEOUT_S,
+                       NUMBA_NUM_THREADS="4").strip() == "ok"
+
+
 # -- 3. fork ---------------------------------------------------------------
 
 FORK_PRELUDE = """
