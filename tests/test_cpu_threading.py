@@ -49,7 +49,37 @@ def _run_script(code, timeout=SCRIPT_TIMEOUT_S, **env):
 
 # -- 2. Python threads with different Numba thread counts -------------------
 
-MIXED_THREAD_COUNTS = """
+AT_THREAD_COUNTS = """
+    import threading
+    import numba
+
+    def at_thread_counts(counts, prepare, check):
+        \"\"\"One Python thread per entry of ``counts``, each at that many Numba
+        threads: ``state = prepare()``, then, once every thread is ready,
+        ``check(state)``. Returns the errors, each with its thread count (a
+        failing thread breaks the barrier, so that none waits for it).\"\"\"
+        errors = []
+        start = threading.Barrier(len(counts))
+
+        def caller(threads):
+            try:
+                numba.set_num_threads(threads)
+                state = prepare()
+                start.wait()
+                check(state)
+            except BaseException as exc:  # reported by the script
+                start.abort()
+                errors.append(f"{threads} threads: {type(exc).__name__}: {exc}")
+
+        callers = [threading.Thread(target=caller, args=(n,)) for n in counts]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join()
+        return errors
+"""
+
+MIXED_THREAD_COUNTS = AT_THREAD_COUNTS + """
     import concurrent.futures
     import threading
     import time
@@ -106,24 +136,13 @@ MIXED_THREAD_COUNTS = """
     off = rng.uniform(-2, 2, (6, 18, 9, 8))
     w = rng.standard_normal((3, 4, 3, 3))
     expected = dc.deform_conv2d(x, off, w, padding=1)
-    errors = []
-    start = threading.Barrier(4)
 
-    def caller(threads):
-        try:
-            numba.set_num_threads(threads)
-            start.wait()
-            for _ in range(40):
-                got = dc.deform_conv2d(x, off, w, padding=1)
-                np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
-        except BaseException as exc:  # reported below, with the thread count
-            errors.append(f"{threads} threads: {type(exc).__name__}: {exc}")
+    def check(_):
+        for _ in range(40):
+            got = dc.deform_conv2d(x, off, w, padding=1)
+            np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
-    callers = [threading.Thread(target=caller, args=(n,)) for n in (2, 3, 4, 2)]
-    for t in callers:
-        t.start()
-    for t in callers:
-        t.join()
+    errors = at_thread_counts((2, 3, 4, 2), lambda: None, check)
     assert not errors and not violations, (errors, violations[:5])
     print("ok")
 """
@@ -135,9 +154,7 @@ def test_threads_with_different_numba_thread_counts():
     assert _run_script(MIXED_THREAD_COUNTS, NUMBA_NUM_THREADS="4").strip() == "ok"
 
 
-MIXED_SAMPLERS = """
-    import threading
-    import numba
+MIXED_SAMPLERS = AT_THREAD_COUNTS + """
     import numpy as np
     import defconv_np as dc
 
@@ -167,25 +184,12 @@ MIXED_SAMPLERS = """
                 *dc.ms_deform_attn_backward(a_go, value, shapes, starts, loc, attn),
                 dc.deform_conv2d(x, off, w, padding=1)]
 
-    errors = []
-    start = threading.Barrier(4)
+    def check(expected):  # what this thread count gave alone
+        for _ in range(15):
+            for a, b in zip(every_sampler(), expected, strict=True):
+                np.testing.assert_array_equal(a, b)
 
-    def caller(threads):
-        try:
-            numba.set_num_threads(threads)
-            expected = every_sampler()  # at this thread count, alone
-            start.wait()
-            for _ in range(15):
-                for a, b in zip(every_sampler(), expected, strict=True):
-                    np.testing.assert_array_equal(a, b)
-        except BaseException as exc:  # reported below, with the thread count
-            errors.append(f"{threads} threads: {type(exc).__name__}: {exc}")
-
-    callers = [threading.Thread(target=caller, args=(n,)) for n in (2, 3, 4, 1)]
-    for t in callers:
-        t.start()
-    for t in callers:
-        t.join()
+    errors = at_thread_counts((2, 3, 4, 1), every_sampler, check)
     assert not errors, errors
     print("ok")
 """
