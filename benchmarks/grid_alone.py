@@ -119,12 +119,11 @@ def main():
                      "ours_rounds_ms": [round(r[key], 3) for r in runs["ours"]],
                      "torch_rounds_ms": [round(r[key], 3) for r in runs["torch"]]})
         print(f"{phase:18s} {mode:11s} {ours:8.3f} {peer:9.3f} {ours / peer:6.2f}")
-    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                                          "OMP_NUM_THREADS", "NUMBA_NUM_THREADS",
-                                          "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
-    result = {"shape": {"N": 8, "C": 64, "H": 64, "W": 64}, "dtype": "float32",
-              "threads": 2, "rounds": args.rounds, "repeats": args.repeats,
-              "cpu_count": os.cpu_count(), "environment": env, "rows": rows}
+    from cpu_bench import machine  # CPU, BLAS and environment, as cpu_bench.py records them
+
+    result = {"machine": machine(), "shape": {"N": 8, "C": 64, "H": 64, "W": 64},
+              "dtype": "float32", "threads": 2, "rounds": args.rounds, "repeats": args.repeats,
+              "rows": rows}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
