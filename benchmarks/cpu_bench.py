@@ -16,7 +16,9 @@ installed: a dense conv does the same GEMM
 arithmetic and is the floor a deformable conv can reach. Where the ``mkl``
 wheel is installed (``pip install defconv_np[mkl]``), the conv rows also time
 ours with the lanes' GEMMs on MKL (``config.cpu_blas = "mkl"``), in the same
-alternating blocks, beside ours on NumPy's own BLAS (``"numpy"``). Peak extra memory of
+alternating blocks, beside ours on our own GEMM (``"numba"``, what ``"auto"``
+takes on CPUs with AVX-512: the row's ``ours_ms`` there) and on NumPy's own
+BLAS (``"numpy"``; ``ours_numpy_ms``). Peak extra memory of
 our calls is measured with tracemalloc (NumPy reports its allocations there),
 at two batch sizes to show that the column buffer is chunked.
 """
@@ -149,13 +151,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "cpu.json"))
-    parser.add_argument("--blas", choices=("numpy", "mkl", "both"), default=None,
-                        help="the lanes' GEMMs for the conv rows (default: both where the mkl "
-                             "wheel is installed, else numpy)")
+    parser.add_argument("--blas", nargs="+", choices=_cpu_blas.CHOICES[1:], default=None,
+                        help="the lanes' GEMMs for the conv rows, the first giving the row's "
+                             "ours_ms (default: what auto takes, then the others available)")
     args = parser.parse_args()
     have_mkl = _cpu_blas.mkl_gemm(np.float32) is not None
-    choice = args.blas or ("both" if have_mkl else "numpy")
-    BLASES[:] = ["numpy", "mkl"] if choice == "both" else [choice]
+    available = ["numba", "numpy"] + (["mkl"] if have_mkl else [])
+    auto = ("numba" if _cpu_blas.wide_vectors() else "mkl" if have_mkl else "numpy")
+    BLASES[:] = args.blas or [auto] + [b for b in available if b != auto]
     threads = numba.get_num_threads()
     if torch is not None:
         torch.set_num_threads(threads)
@@ -166,7 +169,7 @@ def main():
 
     def record(op, config, ours, peer, peer_name, peak=None):
         """``ours``: ms, or {blas: ms} for the conv rows (the first of
-        ``BLASES`` is the row's ``ours_ms``; MKL's also gets ``ours_mkl_ms``)."""
+        ``BLASES`` is the row's ``ours_ms``; each other ``ours_<blas>_ms``)."""
         by_blas = ours if isinstance(ours, dict) else {}
         ours = by_blas[BLASES[0]] if by_blas else ours
         row = {"op": op, "config": config, "lane_blas": BLASES[0] if by_blas else None,
@@ -174,14 +177,13 @@ def main():
                "peer": peer_name, "peer_ms": None if peer is None else round(peer, 2),
                "ratio": None if peer is None else round(ours / peer, 3),
                "peak_extra_mib": None if peak is None else round(peak, 1)}
-        if "mkl" in by_blas and BLASES[0] != "mkl":
-            row["ours_mkl_ms"] = round(by_blas["mkl"], 2)
-            row["ratio_mkl"] = None if peer is None else round(by_blas["mkl"] / peer, 3)
         rows.append(row)
         ratio = "" if peer is None else f"{peer:9.2f} {ours / peer:7.2f}x"
-        if "ours_mkl_ms" in row:
-            ratio += f"  mkl {row['ours_mkl_ms']:7.2f}" + (
-                "" if peer is None else f" {row['ratio_mkl']:5.2f}x")
+        for blas in BLASES[1:] if by_blas else ():
+            row[f"ours_{blas}_ms"] = round(by_blas[blas], 2)
+            row[f"ratio_{blas}"] = None if peer is None else round(by_blas[blas] / peer, 3)
+            ratio += f"  {blas} {by_blas[blas]:7.2f}" + (
+                "" if peer is None else f" {row[f'ratio_{blas}']:5.2f}x")
         peak_s = "" if peak is None else f"  peak {peak:7.1f} MiB"
         print(f"{op:34s} {config:22s} {ours:9.2f} {ratio}{peak_s}", flush=True)
 
@@ -269,12 +271,12 @@ def main():
             pooled = statistics.median(samples)
             row["peer_pooled_ms"] = round(pooled, 2)
             row["ratio_pooled"] = round(row["ours_ms"] / pooled, 3)
-            mkl = ""
-            if "ours_mkl_ms" in row:
-                row["ratio_mkl_pooled"] = round(row["ours_mkl_ms"] / pooled, 3)
-                mkl = f"  mkl {row['ratio_mkl_pooled']:5.2f}x"
+            others = ""
+            for blas in BLASES[1:] if row["lane_blas"] else ():
+                row[f"ratio_{blas}_pooled"] = round(row[f"ours_{blas}_ms"] / pooled, 3)
+                others += f"  {blas} {row[f'ratio_{blas}_pooled']:5.2f}x"
             print(f"{row['op']:34s} {row['config']:22s} against the pooled dense peer "
-                  f"{pooled:8.2f} ms: {row['ratio_pooled']:5.2f}x{mkl}")
+                  f"{pooled:8.2f} ms: {row['ratio_pooled']:5.2f}x{others}")
 
     # grid_sample at input (8, 64, 64, 64) with an affine grid of the same size.
     theta = np.stack([np.array([[np.cos(a) * z, -np.sin(a) * z, 0.1], [np.sin(a) * z, np.cos(a) * z, -0.05]])

@@ -109,6 +109,11 @@ class ChannelsFirst:
         return matmul(w, ChannelsFirst.logical(cols, groups), out=out)
 
     @staticmethod
+    def forward_weight(w):
+        """The weight matrices as ``write_product`` takes them: ``w`` itself."""
+        return w
+
+    @staticmethod
     def write_product(matmul, w, cols, groups, target, store_transposed):
         """``target`` (nb, O, rows, Wo) = ``w @ cols`` per group; the GEMM
         writes in place when ``target`` is C-contiguous (whole images)."""
@@ -151,15 +156,23 @@ class PixelsFirst:
         return matrix.reshape(out_ch, kh, kw, per_group).transpose(0, 3, 1, 2)
 
     @staticmethod
-    def write_product(matmul, w, cols, groups, target, store_transposed):
+    def forward_weight(w):
+        """The weight matrices as ``write_product`` takes them: transposed,
+        (groups, C/groups*K, O/groups), contiguous, so that the GEMM's second
+        operand has contiguous rows, which ``_cpu_blas.NumbaGemm`` needs."""
+        return w.transpose(0, 2, 1).copy()
+
+    @staticmethod
+    def write_product(matmul, w_t, cols, groups, target, store_transposed):
         """``target`` (nb, O, rows, Wo) = ``w @ cols`` per group, formed as
-        ``cols^T @ w^T`` (nb, groups, P, O/groups) and written into the NCHW
-        rows by ``store_transposed`` (the backend's transposing copy). BLAS runs
+        ``cols^T @ w^T`` (nb, groups, P, O/groups; ``w_t`` is
+        ``forward_weight(w)``) and written into the NCHW rows by
+        ``store_transposed`` (the backend's transposing copy). BLAS runs
         faster with the pixels as the long, row-major side: 196 vs 134 GFLOP/s
         for a 1024-pixel, 64x576 tile on one core (OpenBLAS SkylakeX kernel)."""
         nb, npix, rows_k = cols.shape
         rows = cols.reshape(nb, npix, groups, rows_k // groups).transpose(0, 2, 1, 3)
-        store_transposed(matmul(rows, w.transpose(0, 2, 1)), target)
+        store_transposed(matmul(rows, w_t), target)
 
     @staticmethod
     def column_grads(matmul, w, go, grad_cols, groups):
@@ -187,6 +200,7 @@ def forward(xp, out, weight, groups, chunks, columns):
     w = xp.ascontiguousarray(layout.weight_matrix(weight, groups))
     rows_k = groups * w.shape[2]
     size = largest(chunks, out_w) * rows_k
+    w = layout.forward_weight(w)
 
     def work(chunk, scratch):
         nb, npix = chunk.n1 - chunk.n0, (chunk.r1 - chunk.r0) * out_w

@@ -57,7 +57,7 @@ _MKL_THREADING_SEQUENTIAL, _MKL_CBWR_AUTO, _MKL_CBWR_SUCCESS = 1, 2, 0
 #: forked child does not take our own copy for someone else's)
 _mkl_loaded_by_us = False
 #: The values ``config.cpu_blas`` may take
-CHOICES = ("auto", "numpy", "mkl")
+CHOICES = ("auto", "numpy", "mkl", "numba")
 
 
 class _Lane(threading.local):
@@ -212,14 +212,76 @@ def mkl_gemm(dtype):
     return _mkl.get(np.dtype(dtype).char)
 
 
+class NumbaGemm:
+    """defconv_np's own GEMM (``kernels/cpu/gemm.py``) behind the CBLAS
+    signature of ``gemm``'s functions, for the products it runs: row-major,
+    ``alpha = 1``, ``beta`` 0 or 1, ``B`` not transposed (its rows
+    contiguous), ``A`` either way. It computes the columns up to the last
+    whole register tile (64 float32 or 32 float64 with AVX-512); the
+    remaining columns, and any other product, go to ``fallback`` (NumPy's
+    CBLAS GEMM, whose interface this copies)."""
+
+    def __init__(self, dtype, fallback):
+        from .kernels.cpu import gemm as kernels
+
+        self.kernel, self.fallback = kernels.gemm, fallback
+        self.like = np.dtype(dtype).type(0)
+        self.itemsize = np.dtype(dtype).itemsize
+        self.width = kernels.tile_n(self.itemsize)
+        #: ``fits`` reads the integer type here: ours takes 64-bit integers
+        self.argtypes = [None, None, None, ctypes.c_int64]
+
+    def __call__(self, order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        if (order != ROW_MAJOR or trans_b != NO_TRANS or alpha != 1.0 or beta not in (0.0, 1.0)
+                or n < self.width or m <= 0):
+            return self.fallback(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
+                                 beta, c, ldc)
+        a_rs, a_ks = (lda, 1) if trans_a == NO_TRANS else (1, lda)
+        self.kernel(self.like, m, n, k, a, a_rs, a_ks, b, ldb, c, ldc, int(beta != 0.0))
+        rest = n % self.width
+        if rest:
+            shift = (n - rest) * self.itemsize
+            self.fallback(order, trans_a, trans_b, m, rest, k, alpha, a, lda, b + shift, ldb,
+                          beta, c + shift, ldc)
+
+
+_numba = {}  # {dtype char: NumbaGemm}, made once
+
+
+def numba_gemm(dtype):
+    """Our own GEMM for ``dtype`` (``NumbaGemm``), or None where NumPy's
+    CBLAS GEMM, which takes the products it does not run, is not found."""
+    char = np.dtype(dtype).char
+    fallback = gemm(dtype)
+    if fallback is None:
+        return None
+    with _lock:
+        if char not in _numba:
+            _numba[char] = NumbaGemm(dtype, fallback)
+    return _numba[char]
+
+
+def wide_vectors():
+    """Whether this CPU has 512-bit vectors, where ``NumbaGemm`` outruns
+    NumPy's OpenBLAS and MKL (``benchmarks/gemm_choice.py``)."""
+    from .kernels.cpu import gemm as kernels
+
+    return kernels.VECTOR_BYTES == 64
+
+
 def lane_gemm(dtype):
     """The GEMM the worker lanes call for ``dtype``, as ``config.cpu_blas``
-    chooses: ``"mkl"`` MKL (a ValueError if the ``mkl`` wheel is missing),
-    ``"numpy"`` NumPy's own (``gemm``), ``"auto"`` MKL where installed and
-    NumPy's otherwise. None where neither is found."""
+    chooses: ``"numba"`` our own (``numba_gemm``), ``"mkl"`` MKL (a
+    ValueError if the ``mkl`` wheel is missing), ``"numpy"`` NumPy's own
+    (``gemm``); ``"auto"`` our own on CPUs with 512-bit vectors, else MKL
+    where installed, else NumPy's. None where none is found."""
     choice = config.cpu_blas
     if choice not in CHOICES:
         raise ValueError(f"config.cpu_blas must be one of {CHOICES}, got {choice!r}")
+    if choice == "numba" or (choice == "auto" and wide_vectors()):
+        fn = numba_gemm(dtype)
+        if fn is not None or choice == "numba":
+            return fn
     if choice != "numpy":
         fn = mkl_gemm(dtype)
         if fn is not None:
@@ -233,7 +295,10 @@ def lane_gemm(dtype):
 
 def fits(fn, *sizes):
     """Whether every size and leading dimension in ``sizes`` fits ``fn``'s
-    integer type (32-bit for some OpenBLAS builds)."""
+    integer type (32-bit for some OpenBLAS builds; ``NumbaGemm``'s falls
+    back on NumPy's, so both must hold them)."""
+    if isinstance(fn, NumbaGemm) and not fits(fn.fallback, *sizes):
+        return False
     limit = 2**63 - 1 if fn.argtypes[3] is ctypes.c_int64 else 2**31 - 1
     return all(0 <= size <= limit for size in sizes)
 

@@ -1,7 +1,9 @@
 """Which BLAS the CPU convs' lanes call (``config.cpu_blas``): the choice is
 checked, honoured on the lanes only (implicit GEMMs and column GEMMs), the
-column GEMMs' ``matmul`` through CBLAS is ``numpy.matmul``, and MKL, where the
-``mkl`` extra is installed, gives the numbers NumPy's BLAS gives."""
+column GEMMs' ``matmul`` through CBLAS is ``numpy.matmul``, MKL, where the
+``mkl`` extra is installed, gives the numbers NumPy's BLAS gives, and so does
+our own GEMM (``NumbaGemm``), checked on its own against a float64 product
+with a rounding-error bound."""
 
 import multiprocessing
 import os
@@ -75,7 +77,9 @@ def test_mkl_asked_for_but_missing_is_a_value_error(monkeypatch):
     x, w, _ = _case()
     with pytest.raises(ValueError, match=r"pip install defconv_np\[mkl\]"):
         dc.conv2d(x, w, padding=1)
-    monkeypatch.setattr(dc.config, "cpu_blas", "auto")  # auto falls back to NumPy's BLAS
+    # auto, on a CPU without 512-bit vectors, falls back to NumPy's BLAS
+    monkeypatch.setattr(_cpu_blas, "wide_vectors", lambda: False)
+    monkeypatch.setattr(dc.config, "cpu_blas", "auto")
     auto = dc.conv2d(x, w, padding=1)
     monkeypatch.setattr(dc.config, "cpu_blas", "numpy")
     np.testing.assert_array_equal(auto, dc.conv2d(x, w, padding=1))
@@ -282,3 +286,193 @@ def test_the_column_paths_call_the_chosen_gemm_on_the_lanes(monkeypatch, numpy_g
         calls["d"] = 0
         for a, b in zip(reference, routed):
             np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * np.abs(a).max())
+
+
+def _numba_gemm(dtype):
+    fn = _cpu_blas.numba_gemm(dtype)
+    if fn is None:
+        pytest.skip("this NumPy's BLAS has no CBLAS for our GEMM to fall back on")
+    return fn
+
+
+def _window(rng, dtype, rows, cols, pad=3):
+    """A (rows, cols) window at an offset into a larger random matrix, its
+    leading dimension wider than its rows: (matrix, window, address, ld)."""
+    big = rng.standard_normal((rows + pad, cols + 2 * pad)).astype(dtype)
+    window = big[1:1 + rows, pad:pad + cols]
+    return big, window, window.ctypes.data, big.shape[1]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_numba_gemm_is_a_product_within_its_rounding_bound(dtype, trans_a, beta):
+    """Every edge of the register tiles and cache blocks: rows 1..13 and more
+    than a block (``MB``), columns short of a tile (all through the fallback),
+    whole tiles and a remainder, ``k`` 0, short, and across blocks (``KC``);
+    ``A`` transposed or not; windows at offsets. Against the float64 product,
+    within ``(k + 2) * eps * (|A| @ |B| + |C|)``; with ``beta = 0`` the NaN
+    that ``C`` held is not read; nothing outside ``C``'s window is written."""
+    from defconv_np.kernels.cpu import gemm as kernels
+
+    fn = _numba_gemm(dtype)
+    rng = np.random.default_rng(5)
+    width = kernels.tile_n(np.dtype(dtype).itemsize)
+    eps = np.finfo(dtype).eps
+    trans = _cpu_blas.TRANS if trans_a else _cpu_blas.NO_TRANS
+    for m in (1, 2, 5, 6, 7, 13, kernels.MB + 9):
+        for n in (width - 3, width, 2 * width + 5):
+            for k in (0, 1, 9, kernels.KC + 3):
+                a_big, a, a_addr, lda = _window(rng, dtype, *((k, m) if trans_a else (m, k)))
+                b_big, b, b_addr, ldb = _window(rng, dtype, k, n)
+                c_big, c, c_addr, ldc = _window(rng, dtype, m, n)
+                if beta == 0.0:
+                    c[...] = np.nan
+                before = [x.copy() for x in (a_big, b_big, c_big)]
+                a_mat = a.T if trans_a else a
+                c_start = np.nan_to_num(c.astype(np.float64)) * beta
+                fn(_cpu_blas.ROW_MAJOR, trans, _cpu_blas.NO_TRANS, m, n, k, 1.0, a_addr, lda,
+                   b_addr, ldb, beta, c_addr, ldc)
+                expected = a_mat.astype(np.float64) @ b.astype(np.float64) + c_start
+                bound = (k + 2) * eps * (np.abs(a_mat).astype(np.float64) @ np.abs(b)
+                                         + np.abs(c_start))
+                where = f"m={m} n={n} k={k}"
+                assert np.all(np.abs(c - expected) <= bound), where
+                np.testing.assert_array_equal(a_big, before[0], err_msg=where)
+                np.testing.assert_array_equal(b_big, before[1], err_msg=where)
+                outside = np.ones(c_big.shape, bool)
+                outside[1:1 + m, 3:3 + n] = False
+                np.testing.assert_array_equal(c_big[outside], before[2][outside], err_msg=where)
+
+
+def test_numba_gemm_runs_whole_tiles_and_leaves_the_rest_to_its_fallback(monkeypatch):
+    """Our kernel computes the columns of whole tiles; the remaining columns,
+    and products it does not run (``B`` transposed, ``alpha`` other than 1,
+    too few columns), go to NumPy's GEMM, with the same arguments shifted."""
+    fn = _numba_gemm(np.float32)
+    seen = []
+
+    def fallback(*args):
+        seen.append(args)
+
+    monkeypatch.setattr(fn, "fallback", fallback)
+    rng = np.random.default_rng(6)
+    width, isz = fn.width, 4
+    m, n, k = 7, 2 * fn.width + 5, 11
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    c = np.zeros((m, n), np.float32)
+    fn(_cpu_blas.ROW_MAJOR, _cpu_blas.NO_TRANS, _cpu_blas.NO_TRANS, m, n, k, 1.0,
+       a.ctypes.data, k, b.ctypes.data, n, 0.0, c.ctypes.data, n)
+    shift = 2 * width * isz
+    assert seen == [(_cpu_blas.ROW_MAJOR, _cpu_blas.NO_TRANS, _cpu_blas.NO_TRANS, m, 5, k, 1.0,
+                     a.ctypes.data, k, b.ctypes.data + shift, n, 0.0, c.ctypes.data + shift, n)]
+    np.testing.assert_allclose(c[:, :2 * width], a @ b[:, :2 * width], rtol=1e-5, atol=1e-4)
+    assert not c[:, 2 * width:].any()  # left to the fallback, which wrote nothing
+    for trans_b, alpha, cols in ((_cpu_blas.TRANS, 1.0, width), (_cpu_blas.NO_TRANS, 2.0, width),
+                                 (_cpu_blas.NO_TRANS, 1.0, width - 1)):
+        seen.clear()
+        args = (_cpu_blas.ROW_MAJOR, _cpu_blas.NO_TRANS, trans_b, m, cols, k, alpha,
+                a.ctypes.data, k, b.ctypes.data, n, 0.0, c.ctypes.data, n)
+        fn(*args)
+        assert seen == [args]
+
+
+@pytest.mark.parametrize("wide, installed, expected", [
+    (True, True, "numba"), (True, False, "numba"), (False, True, "mkl"), (False, False, "numpy")])
+def test_auto_takes_ours_on_wide_vectors_then_mkl_then_numpys(monkeypatch, wide, installed,
+                                                              expected):
+    if _cpu_blas.gemm(np.float32) is None:
+        pytest.skip("this NumPy's BLAS has no CBLAS to call")
+    fake_mkl = _counting(_cpu_blas.gemm(np.float32), {"f": 0}, "f")
+    monkeypatch.setattr(_cpu_blas, "wide_vectors", lambda: wide)
+    monkeypatch.setattr(_cpu_blas, "mkl_gemm", lambda dtype: fake_mkl if installed else None)
+    monkeypatch.setattr(dc.config, "cpu_blas", "auto")
+    got = _cpu_blas.lane_gemm(np.float32)
+    chosen = {"numba": _cpu_blas.numba_gemm(np.float32), "mkl": fake_mkl,
+              "numpy": _cpu_blas.gemm(np.float32)}[expected]
+    assert got is chosen
+
+
+@needs_two_lanes
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_numba_gemm_gives_numpys_numbers_on_the_lanes(monkeypatch, dtype, rtol):
+    """conv2d (implicit GEMMs) and deform_conv2d (column GEMMs), forward and
+    backward, with the lanes' GEMMs ours: NumPy's BLAS's numbers, and our
+    kernel did run on the lanes."""
+    fn = _numba_gemm(dtype)
+    counts = {"lane": 0}
+    kernel = fn.kernel
+
+    def counted(*args):
+        if threading.current_thread().name.startswith("defconv_np-lane"):
+            counts["lane"] += 1
+        return kernel(*args)
+
+    monkeypatch.setattr(fn, "kernel", counted)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 16, 9, 70)).astype(dtype)
+    off = rng.uniform(-2, 2, (4, 18, 9, 70)).astype(dtype)
+    w = rng.standard_normal((64, 16, 3, 3)).astype(dtype)
+    go = rng.standard_normal((4, 64, 9, 70)).astype(dtype)
+
+    def run():
+        return [dc.conv2d(x, w, padding=1), *dc.conv2d_backward(go, x, w, padding=1),
+                dc.deform_conv2d(x, off, w, padding=1),
+                *[g for g in dc.deform_conv2d_backward(go, x, off, w, padding=1)
+                  if g is not None]]
+
+    monkeypatch.setattr(dc.config, "cpu_blas", "numpy")
+    reference = run()
+    assert counts["lane"] == 0
+    monkeypatch.setattr(dc.config, "cpu_blas", "numba")
+    ours = run()
+    assert counts["lane"] > 0, "our GEMM did not run on the lanes"
+    for a, b in zip(reference, ours):
+        np.testing.assert_allclose(b, a, rtol=0, atol=rtol * np.abs(a).max())
+
+
+_NARROW_VECTORS = r"""
+import llvmlite.binding as llvm
+import numpy as np
+
+features = llvm.get_host_cpu_features()
+for name in list(features):
+    if name.startswith("avx512"):
+        features[name] = False
+llvm.get_host_cpu_features = lambda: features
+from defconv_np import _cpu_blas
+from defconv_np.kernels.cpu import gemm as kernels
+assert kernels.VECTOR_BYTES == 32 and not _cpu_blas.wide_vectors()
+rng = np.random.default_rng(8)
+for dtype in (np.float32, np.float64):
+    fn = _cpu_blas.numba_gemm(dtype)
+    m, n, k = 13, 2 * fn.width + 3, kernels.KC + 5
+    a = rng.standard_normal((k, m)).astype(dtype).T
+    b = rng.standard_normal((k, n)).astype(dtype)
+    c = rng.standard_normal((m, n)).astype(dtype)
+    expected = a.astype(np.float64) @ b + c
+    fn(_cpu_blas.ROW_MAJOR, _cpu_blas.TRANS, _cpu_blas.NO_TRANS, m, n, k, 1.0, a.ctypes.data,
+       m, b.ctypes.data, n, 1.0, c.ctypes.data, n)
+    bound = (k + 2) * np.finfo(dtype).eps * (np.abs(a).astype(np.float64) @ np.abs(b)
+                                             + np.abs(expected))
+    assert np.all(np.abs(c - expected) <= bound), dtype
+print("narrow ok", kernels.tile_n(4), kernels.tile_n(8))
+"""
+
+
+def test_numba_gemm_on_a_cpu_without_512_bit_vectors(tmp_path):
+    """Where the CPU lacks AVX-512 the tiles are of 256-bit vectors (half as
+    wide) and ``auto`` does not take ours: the host's features are masked in
+    a child process, with a cache of its own so that no 512-bit kernel is
+    loaded from ours."""
+    import subprocess
+    import sys
+
+    if _cpu_blas.gemm(np.float32) is None:
+        pytest.skip("this NumPy's BLAS has no CBLAS for our GEMM to fall back on")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", _NARROW_VECTORS], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "narrow ok 32 16" in done.stdout
