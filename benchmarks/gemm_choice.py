@@ -15,10 +15,13 @@ The CPU convs multiply pixels-first column tiles (P x C*K) by the weight
 * MKL's ``cblas_sgemm`` (sequential), if the ``mkl`` wheel is installed in
   this environment (``pip install defconv_np[mkl]``, about 1 GB with its
   dependencies; ``config.cpu_blas``);
+* our own GEMM (``_cpu_blas.NumbaGemm``, ``config.cpu_blas = "numba"``), the
+  forward and both backward products;
 
-and then NumPy's CBLAS and MKL's on both cores at once, as the conv lanes call
-them, on column tiles kept in cache and on tiles rewritten before each call
-(as the deformable sampling writes them).
+and then NumPy's CBLAS, MKL's and ours on both cores at once, as the conv
+lanes call them (the weight transposed and contiguous, as the convs pass it),
+on column tiles kept in cache and on tiles rewritten before each call (as the
+deformable sampling writes them).
 
 Run:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/gemm_choice.py
 (the workplace's OPENBLAS_CORETYPE=Haswell selects a slower kernel than a
@@ -72,7 +75,7 @@ def concurrent_rows(fns, rows_k, out_ch, repeats=60):
                     local = np.random.default_rng(seed)  # a Generator per thread
                     tiles = [local.standard_normal((npix, rows_k)).astype(np.float32)
                              for _ in range(4 if fresh else 1)]
-                    w = local.standard_normal((out_ch, rows_k)).astype(np.float32)
+                    w_t = local.standard_normal((rows_k, out_ch)).astype(np.float32)
                     c = np.empty((npix, out_ch), np.float32)
                     spent = 0.0
                     for r in range(repeats + 1):
@@ -80,8 +83,8 @@ def concurrent_rows(fns, rows_k, out_ch, repeats=60):
                         if fresh:
                             a += 0  # rewritten: its lines dirty, as after a fill
                         t0 = time.perf_counter()
-                        fn(101, 111, 112, npix, out_ch, rows_k, 1.0, a.ctypes.data, rows_k,
-                           w.ctypes.data, rows_k, 0.0, c.ctypes.data, out_ch)
+                        fn(101, 111, 111, npix, out_ch, rows_k, 1.0, a.ctypes.data, rows_k,
+                           w_t.ctypes.data, out_ch, 0.0, c.ctypes.data, out_ch)
                         if r:
                             spent += time.perf_counter() - t0
                     rates.append(2 * npix * rows_k * out_ch * repeats / spent / 1e9)
@@ -91,7 +94,7 @@ def concurrent_rows(fns, rows_k, out_ch, repeats=60):
                     t.start()
                 for t in threads:
                     t.join()
-                row = {"pixels": npix, "gemm": f"{name} cols @ w.T, two cores at once, "
+                row = {"pixels": npix, "gemm": f"{name} cols @ w_t, two cores at once, "
                        + ("fresh columns" if fresh else "warm columns"),
                        "gflops_per_core": round(min(rates), 1)}
                 results.append(row)
@@ -151,6 +154,22 @@ def main():
         if "torch" in optional:
             tc, tw = optional["torch"].from_numpy(cols), optional["torch"].from_numpy(w)
             rows["torch.mm cols @ w.T (reference)"] = lambda: tc @ tw.T
+        w_t = np.ascontiguousarray(w.T)
+        rows["numpy cols @ w_t (contiguous, as the convs pass it)"] = lambda: np.matmul(cols, w_t)
+        ours = _cpu_blas.numba_gemm(np.float32)
+        if ours is not None:
+            c_ours = np.empty((npix, out_ch), np.float32)
+            gc_ours = np.empty((npix, rows_k), np.float32)
+            gw_ours = np.empty((out_ch, rows_k), np.float32)
+            rows["ours cols @ w_t (forward)"] = lambda: ours(
+                101, 111, 111, npix, out_ch, rows_k, 1.0, cols.ctypes.data, rows_k,
+                w_t.ctypes.data, out_ch, 0.0, c_ours.ctypes.data, out_ch)
+            rows["ours go.T @ w (column gradient)"] = lambda: ours(
+                101, 112, 111, npix, rows_k, out_ch, 1.0, go.ctypes.data, npix,
+                w.ctypes.data, rows_k, 0.0, gc_ours.ctypes.data, rows_k)
+            rows["ours go @ cols (weight gradient)"] = lambda: ours(
+                101, 111, 111, out_ch, rows_k, npix, 1.0, go.ctypes.data, npix,
+                cols.ctypes.data, rows_k, 0.0, gw_ours.ctypes.data, rows_k)
         if mkl_sgemm is not None:
             out_mkl = np.empty((npix, out_ch), np.float32)
             rows["mkl cblas_sgemm cols @ w.T (sequential)"] = lambda: mkl_sgemm(
@@ -163,6 +182,7 @@ def main():
     lane_fns = {"numpy's cblas_sgemm": _cpu_blas.gemm(np.float32)}
     if mkl_sgemm is not None:
         lane_fns["mkl cblas_sgemm (sequential)"] = mkl_sgemm
+    lane_fns["ours (NumbaGemm)"] = _cpu_blas.numba_gemm(np.float32)
     results += concurrent_rows({k: v for k, v in lane_fns.items() if v is not None},
                                rows_k, out_ch)
     blas = [{k: lib.get(k) for k in ("internal_api", "version", "architecture", "filepath")}

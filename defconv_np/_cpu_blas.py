@@ -216,33 +216,42 @@ class NumbaGemm:
     """defconv_np's own GEMM (``kernels/cpu/gemm.py``) behind the CBLAS
     signature of ``gemm``'s functions, for the products it runs: row-major,
     ``alpha = 1``, ``beta`` 0 or 1, ``B`` not transposed (its rows
-    contiguous), ``A`` either way. It computes the columns up to the last
-    whole register tile (64 float32 or 32 float64 with AVX-512); the
-    remaining columns, and any other product, go to ``fallback`` (NumPy's
-    CBLAS GEMM, whose interface this copies)."""
+    contiguous), ``A`` either way; any other product goes to ``fallback``
+    (NumPy's CBLAS GEMM, whose interface this copies). ``taps`` runs the
+    implicit-GEMM conv's sum of shifted products in one call."""
+
+    #: one tap at shift 0: a plain product
+    _NO_SHIFT = np.zeros(1, np.int64)
 
     def __init__(self, dtype, fallback):
         from .kernels.cpu import gemm as kernels
 
-        self.kernel, self.fallback = kernels.gemm, fallback
+        self.kernel, self.fallback = kernels.gemm_taps, fallback
         self.like = np.dtype(dtype).type(0)
-        self.itemsize = np.dtype(dtype).itemsize
-        self.width = kernels.tile_n(self.itemsize)
         #: ``fits`` reads the integer type here: ours takes 64-bit integers
         self.argtypes = [None, None, None, ctypes.c_int64]
 
     def __call__(self, order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        if (order != ROW_MAJOR or trans_b != NO_TRANS or alpha != 1.0 or beta not in (0.0, 1.0)
-                or n < self.width or m <= 0):
+        if (order != ROW_MAJOR or trans_b != NO_TRANS or alpha != 1.0
+                or beta not in (0.0, 1.0)):
             return self.fallback(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
                                  beta, c, ldc)
+        if m <= 0 or n <= 0:
+            return
         a_rs, a_ks = (lda, 1) if trans_a == NO_TRANS else (1, lda)
-        self.kernel(self.like, m, n, k, a, a_rs, a_ks, b, ldb, c, ldc, int(beta != 0.0))
-        rest = n % self.width
-        if rest:
-            shift = (n - rest) * self.itemsize
-            self.fallback(order, trans_a, trans_b, m, rest, k, alpha, a, lda, b + shift, ldb,
-                          beta, c + shift, ldc)
+        self.kernel(self.like, m, n, k, a, a_rs, a_ks, 0, b, ldb, self._NO_SHIFT.ctypes.data, 1,
+                    c, ldc, int(beta != 0.0))
+
+    def taps(self, m, n, k, a, a_rs, a_ks, a_tap, b, ldb, shifts, c, ldc):
+        """``C (m, n) = sum over t of A_t @ B_t``: ``A_t[i, p]`` at element
+        ``t * a_tap + i * a_rs + p * a_ks`` of ``a`` (so either layout),
+        ``B_t`` (k, n) row-major at element ``shifts[t]`` of ``b``
+        (``shifts`` a contiguous int64 array), leading dimensions ``ldb``,
+        ``ldc``; addresses in bytes. The taps accumulate in registers, in
+        order, each product fused (FMA)."""
+        if m > 0 and n > 0:
+            self.kernel(self.like, m, n, k, a, a_rs, a_ks, a_tap, b, ldb, shifts.ctypes.data,
+                        len(shifts), c, ldc, 0)
 
 
 _numba = {}  # {dtype char: NumbaGemm}, made once

@@ -51,6 +51,11 @@ class _Bands:
         self.halo = (kh - 1) * dh
         self.itemsize = input.dtype.itemsize
         self.taps = [i * dh * self.width_p + j * dw for i in range(kh) for j in range(kw)]
+        self.shifts = np.array(self.taps, np.int64)  # for ``NumbaGemm.taps``
+        #: the farthest tap's shift: the zero margin on each side of the
+        #: gradient rows, from which ``band_grad``'s taps read (adjoint shifts)
+        self.span = max(self.taps)
+        self.adjoint_shifts = self.span - self.shifts
         # (kh*kw, O, C/groups): each tap's weight matrix, contiguous
         self.weight = np.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(
             kh * kw, self.out_ch, self.per_group)
@@ -77,6 +82,24 @@ class _Bands:
         return {"band": np.empty(self.channels * (self.rows + self.halo) * self.width_p, dtype),
                 "result": np.empty(self.out_ch * self.rows * self.width_p, dtype)}
 
+    def new_backward_state(self):
+        """``new_state`` plus a buffer for gradient rows with ``span`` zero
+        columns on each side (``grad_view``)."""
+        state = self.new_state()
+        state["grad"] = np.zeros(self.out_ch * (self.rows * self.width_p + 2 * self.span),
+                                 self.input.dtype)
+        return state
+
+    def grad_view(self, state, chunk):
+        """The lane's gradient buffer for ``chunk``: (O, rows*Wp + 2*span),
+        its margins zero; the gradient rows go to columns ``span`` on
+        (``[:, span:-span]``, a result's layout)."""
+        width = (chunk.r1 - chunk.r0) * self.width_p + 2 * self.span
+        padded = state["grad"][:self.out_ch * width].reshape(self.out_ch, width)
+        padded[:, :self.span] = 0
+        padded[:, width - self.span:] = 0
+        return padded
+
     def band(self, state, chunk):
         """The lane's band buffer for ``chunk``, (C, rows + halo, Wp), contiguous."""
         size = self.channels * (chunk.r1 - chunk.r0 + self.halo) * self.width_p
@@ -95,13 +118,21 @@ class _Bands:
                                           band, check)
 
     def forward(self, band, result, rows):
-        """``result`` (O, rows*Wp) = the conv of ``band`` (kh*kw GEMMs per group;
-        the unused columns are dropped, whatever they hold)."""
+        """``result`` (O, rows*Wp) = the conv of ``band`` (kh*kw GEMMs per group,
+        or with our own GEMM one call summing all taps in registers; the
+        unused columns are dropped, whatever they hold)."""
         fn = self.gemm()
         isz, cg, og = self.itemsize, self.per_group, self.out_per_group
         m = self.result_width(rows)
         ld_band, ld_result = band.strides[0] // isz, result.strides[0] // isz
         b_base, c_base, w_base = band.ctypes.data, result.ctypes.data, self.weight.ctypes.data
+        taps = getattr(fn, "taps", None)
+        if taps is not None:
+            for g in range(self.groups):
+                taps(og, m, cg, w_base + g * og * cg * isz, cg, 1, self.out_ch * cg,
+                     b_base + g * cg * ld_band * isz, ld_band, self.shifts,
+                     c_base + g * og * ld_result * isz, ld_result)
+            return
         for g in range(self.groups):
             for t, shift in enumerate(self.taps):
                 fn(ROW_MAJOR, NO_TRANS, NO_TRANS, og, m, cg, 1.0,
@@ -144,13 +175,27 @@ class _Bands:
                        b_base + (g * cg * ld_band + shift + first) * isz, ld_band,
                        1.0, w_base + (t * self.out_ch + g * og) * cg * isz, cg)
 
-    def band_grad(self, grad, band_grad, exact):
+    def band_grad(self, padded, band_grad, exact):
         """``band_grad`` (C, rows_in, Wp) = the adjoint of ``forward``: each
-        tap's ``weight_t^T @ grad`` added onto its window."""
+        tap's ``weight_t^T @ grad`` added onto its window, ``grad`` the
+        gradient rows inside ``padded`` (``grad_view``). With our own GEMM and
+        not ``exact``, one call per group: band column ``q`` sums tap ``t``'s
+        products with gradient column ``q - shift_t``, which the zero margins
+        of ``padded`` give where it falls outside the rows."""
         fn = self.gemm()
         isz, cg, og = self.itemsize, self.per_group, self.out_per_group
-        ld_band, ld_grad = band_grad.strides[0] // isz, grad.strides[0] // isz
-        s_base, g_base, w_base = band_grad.ctypes.data, grad.ctypes.data, self.weight.ctypes.data
+        ld_band, ld_grad = band_grad.strides[0] // isz, padded.strides[0] // isz
+        w_base = self.weight.ctypes.data
+        taps = getattr(fn, "taps", None)
+        if taps is not None and not exact:
+            width = band_grad.shape[1] * band_grad.shape[2]
+            for g in range(self.groups):
+                taps(cg, width, og, w_base + g * og * cg * isz, 1, cg, self.out_ch * cg,
+                     padded.ctypes.data + g * og * ld_grad * isz, ld_grad, self.adjoint_shifts,
+                     band_grad.ctypes.data + g * cg * ld_band * isz, ld_band)
+            return
+        grad = padded[:, self.span:padded.shape[1] - self.span]
+        s_base, g_base = band_grad.ctypes.data, grad.ctypes.data
         band_grad[...] = 0
         for first, m in self.segments(grad.shape[1] // self.width_p, exact):
             for g in range(self.groups):
@@ -219,12 +264,13 @@ def implicit_conv2d_backward(grad_output, input, weight, geom, want_input, want_
     finite_weight = bool(np.isfinite(bands.weight).all())
 
     def new_state():
-        state = bands.new_state()
+        state = bands.new_backward_state()
         state["grad_weight"] = np.zeros_like(bands.weight) if want_weight else None
         return state
 
     def work(chunk, state):
-        band, grad = bands.band(state, chunk), bands.result(state, chunk)
+        band, padded = bands.band(state, chunk), bands.grad_view(state, chunk)
+        grad = padded[:, bands.span:padded.shape[1] - bands.span]
         for n in range(chunk.n0, chunk.n1):
             bands.grad_rows(grad_output, n, chunk, grad)
             if want_weight:
@@ -232,7 +278,7 @@ def implicit_conv2d_backward(grad_output, input, weight, geom, want_input, want_
                 bands.weight_grad(band, grad, state["grad_weight"], not finite)
             if want_input:
                 band_grad = band  # the band is read by then: reuse its buffer
-                bands.band_grad(grad, band_grad, not finite_weight)
+                bands.band_grad(padded, band_grad, not finite_weight)
                 layout_kernels.add_padded_rows(band_grad, chunk.r0 - bands.pad_h,
                                                bands.pad_w, grad_input[n])
 

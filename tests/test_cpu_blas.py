@@ -345,37 +345,57 @@ def test_numba_gemm_is_a_product_within_its_rounding_bound(dtype, trans_a, beta)
                 np.testing.assert_array_equal(c_big[outside], before[2][outside], err_msg=where)
 
 
-def test_numba_gemm_runs_whole_tiles_and_leaves_the_rest_to_its_fallback(monkeypatch):
-    """Our kernel computes the columns of whole tiles; the remaining columns,
-    and products it does not run (``B`` transposed, ``alpha`` other than 1,
-    too few columns), go to NumPy's GEMM, with the same arguments shifted."""
+def test_numba_gemm_leaves_the_products_it_does_not_run_to_its_fallback(monkeypatch):
+    """``B`` transposed, ``alpha`` other than 1 and ``beta`` other than 0 or 1
+    go to NumPy's GEMM with the same arguments; the rest never does."""
     fn = _numba_gemm(np.float32)
     seen = []
-
-    def fallback(*args):
-        seen.append(args)
-
-    monkeypatch.setattr(fn, "fallback", fallback)
+    monkeypatch.setattr(fn, "fallback", lambda *args: seen.append(args))
     rng = np.random.default_rng(6)
-    width, isz = fn.width, 4
-    m, n, k = 7, 2 * fn.width + 5, 11
+    m, n, k = 7, 37, 11
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     c = np.zeros((m, n), np.float32)
-    fn(_cpu_blas.ROW_MAJOR, _cpu_blas.NO_TRANS, _cpu_blas.NO_TRANS, m, n, k, 1.0,
-       a.ctypes.data, k, b.ctypes.data, n, 0.0, c.ctypes.data, n)
-    shift = 2 * width * isz
-    assert seen == [(_cpu_blas.ROW_MAJOR, _cpu_blas.NO_TRANS, _cpu_blas.NO_TRANS, m, 5, k, 1.0,
-                     a.ctypes.data, k, b.ctypes.data + shift, n, 0.0, c.ctypes.data + shift, n)]
-    np.testing.assert_allclose(c[:, :2 * width], a @ b[:, :2 * width], rtol=1e-5, atol=1e-4)
-    assert not c[:, 2 * width:].any()  # left to the fallback, which wrote nothing
-    for trans_b, alpha, cols in ((_cpu_blas.TRANS, 1.0, width), (_cpu_blas.NO_TRANS, 2.0, width),
-                                 (_cpu_blas.NO_TRANS, 1.0, width - 1)):
+    base = (_cpu_blas.ROW_MAJOR, _cpu_blas.NO_TRANS, _cpu_blas.NO_TRANS, m, n, k, 1.0,
+            a.ctypes.data, k, b.ctypes.data, n, 0.0, c.ctypes.data, n)
+    fn(*base)
+    assert seen == []
+    np.testing.assert_allclose(c, a @ b, rtol=1e-5, atol=1e-5)
+    for index, value in ((2, _cpu_blas.TRANS), (6, 2.0), (11, 0.5)):
+        args = base[:index] + (value,) + base[index + 1:]
         seen.clear()
-        args = (_cpu_blas.ROW_MAJOR, _cpu_blas.NO_TRANS, trans_b, m, cols, k, alpha,
-                a.ctypes.data, k, b.ctypes.data, n, 0.0, c.ctypes.data, n)
         fn(*args)
         assert seen == [args]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_gemm_taps_sums_shifted_products(dtype):
+    """``taps``: the implicit-GEMM conv's sum over taps of ``W_t @ window_t``
+    in one call, against the float64 sum of the products, within the
+    rounding bound of its k*taps terms; wide and narrow (masked) columns."""
+    fn = _numba_gemm(dtype)
+    rng = np.random.default_rng(9)
+    eps = np.finfo(dtype).eps
+    for m, n, k, shifts in ((13, 150, 20, [0, 1, 2, 40, 41, 42]), (3, 5, 7, [3]),
+                            (64, 70, 140, [0, 9])):
+        ld = n + max(shifts) + 2
+        band = rng.standard_normal((k, ld)).astype(dtype)
+        w = rng.standard_normal((len(shifts), m, k)).astype(dtype)
+        c = np.full((m, n + 4), np.nan, dtype)
+        taps = np.array(shifts, np.int64)
+        for transposed in (False, True):
+            # A_t row-major (m, k), or stored as (k, m) and read transposed
+            a = np.ascontiguousarray(w.transpose(0, 2, 1)) if transposed else w
+            a_rs, a_ks = (1, m) if transposed else (k, 1)
+            c[...] = np.nan
+            fn.taps(m, n, k, a.ctypes.data, a_rs, a_ks, m * k, band.ctypes.data, ld, taps,
+                    c.ctypes.data, n + 4)
+            terms = [w[t].astype(np.float64) @ band[:, s:s + n] for t, s in enumerate(shifts)]
+            sizes = [np.abs(w[t]).astype(np.float64) @ np.abs(band[:, s:s + n])
+                     for t, s in enumerate(shifts)]
+            expected, bound = sum(terms), (k * len(shifts) + 1) * eps * sum(sizes)
+            assert np.all(np.abs(c[:, :n] - expected) <= bound), (m, n, k, transposed)
+            assert np.isnan(c[:, n:]).all()  # nothing written past n
 
 
 @pytest.mark.parametrize("wide, installed, expected", [
@@ -416,8 +436,16 @@ def test_numba_gemm_gives_numpys_numbers_on_the_lanes(monkeypatch, dtype, rtol):
     w = rng.standard_normal((64, 16, 3, 3)).astype(dtype)
     go = rng.standard_normal((4, 64, 9, 70)).astype(dtype)
 
+    w_g = rng.standard_normal((64, 8, 3, 2)).astype(dtype)  # 2 groups, dilated: taps' shifts
+    go_g = rng.standard_normal((4, 64, 7, 70)).astype(dtype)
+    w_inf = w.copy()
+    w_inf[3, 2, 0, 0] = np.inf  # the exact path: no margin may meet the weights
+
     def run():
         return [dc.conv2d(x, w, padding=1), *dc.conv2d_backward(go, x, w, padding=1),
+                dc.conv2d(x, w_g, padding=(0, 1), dilation=(1, 2), groups=2),
+                *dc.conv2d_backward(go_g, x, w_g, padding=(0, 1), dilation=(1, 2), groups=2),
+                dc.conv2d_backward(go, x, w_inf, padding=1)[0],
                 dc.deform_conv2d(x, off, w, padding=1),
                 *[g for g in dc.deform_conv2d_backward(go, x, off, w, padding=1)
                   if g is not None]]
@@ -429,7 +457,10 @@ def test_numba_gemm_gives_numpys_numbers_on_the_lanes(monkeypatch, dtype, rtol):
     ours = run()
     assert counts["lane"] > 0, "our GEMM did not run on the lanes"
     for a, b in zip(reference, ours):
-        np.testing.assert_allclose(b, a, rtol=0, atol=rtol * np.abs(a).max())
+        np.testing.assert_array_equal(np.isfinite(b), np.isfinite(a))
+        finite = np.isfinite(a)
+        np.testing.assert_allclose(b[finite], a[finite], rtol=0,
+                                   atol=rtol * np.abs(a[finite]).max())
 
 
 _NARROW_VECTORS = r"""
@@ -447,7 +478,7 @@ assert kernels.VECTOR_BYTES == 32 and not _cpu_blas.wide_vectors()
 rng = np.random.default_rng(8)
 for dtype in (np.float32, np.float64):
     fn = _cpu_blas.numba_gemm(dtype)
-    m, n, k = 13, 2 * fn.width + 3, kernels.KC + 5
+    m, n, k = 13, 2 * kernels.tile_n(np.dtype(dtype).itemsize) + 3, kernels.KC + 5
     a = rng.standard_normal((k, m)).astype(dtype).T
     b = rng.standard_normal((k, n)).astype(dtype)
     c = rng.standard_normal((m, n)).astype(dtype)

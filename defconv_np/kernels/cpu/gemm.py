@@ -50,71 +50,122 @@ def tile_n(itemsize):
     return NV * VECTOR_BYTES // itemsize
 
 
-def _make_tile(rows):
+def _make_tile(edge):
     @intrinsic
-    def tile(typingctx, like, a, a_rs, a_ks, b, b_ks, c, ldc, k, accumulate):
-        """``C[i, :TILE_N] (+)= sum_p A[i, p] * B[p, :TILE_N]`` for ``i <
-        rows``: ``A[i, p]`` at ``a + (i*a_rs + p*a_ks)*size``, ``B[p, j]``
-        at ``b + (p*b_ks + j)*size``, ``C[i, j]`` at ``c + (i*ldc + j)*size``
-        (byte addresses, element strides, 64-bit integers), in the dtype of
-        the scalar ``like``; ``C`` is read first when ``accumulate`` is
-        nonzero, else taken as zero."""
-        sig = types.none(like, a, a_rs, a_ks, b, b_ks, c, ldc, k, accumulate)
+    def tile(typingctx, like, rows, cols, a, a_rs, a_ks, a_ts, b, b_ks, shifts, taps, c, ldc, k,
+             accumulate):
+        """``C[i, j] (+)= sum over taps t and p < k of A_t[i, p] * B_t[p, j]``
+        for ``i < rows`` (at most MR) and ``j < cols`` (at most TILE_N; all of
+        them unless ``edge``, which masks the vectors past ``cols``), where
+        ``A_t[i, p]`` is at ``a + (t*a_ts + i*a_rs + p*a_ks)*size``,
+        ``B_t[p, j]`` at ``b + (shifts[t] + p*b_ks + j)*size`` and ``C[i,
+        j]`` at ``c + (i*ldc + j)*size``: byte addresses (``shifts`` that of
+        ``taps`` 64-bit integers), element strides, 64-bit integers, in the
+        dtype of the scalar ``like``. ``C`` is read first when ``accumulate``
+        is nonzero, else taken as zero. The rows past ``rows`` are computed
+        on row 0's values and never stored."""
+        sig = types.none(like, rows, cols, a, a_rs, a_ks, a_ts, b, b_ks, shifts, taps, c, ldc, k,
+                         accumulate)
 
         def codegen(context, builder, signature, args):
-            _, a_v, a_rs_v, a_ks_v, b_v, b_ks_v, c_v, ldc_v, k_v, acc_v = args
+            (_, rows_v, cols_v, a_v, a_rs_v, a_ks_v, a_ts_v, b_v, b_ks_v, shifts_v, taps_v, c_v,
+             ldc_v, k_v, acc_v) = args
             scalar = context.get_value_type(signature.args[0])
             size = context.get_abi_sizeof(scalar)
             lanes = VECTOR_BYTES // size
             vec = ir.VectorType(scalar, lanes)
-            i32, i64 = ir.IntType(32), ir.IntType(64)
+            i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+            zero = ir.Constant(vec, None)
             a_p, b_p, c_p = (builder.inttoptr(v, scalar.as_pointer()) for v in (a_v, b_v, c_v))
+            shifts_p = builder.inttoptr(shifts_v, i64.as_pointer())
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vec, [vec] * 3),
                 f"llvm.fma.v{lanes}f{8 * size}")
+            masks = []
+            if edge:
+                mask_t = ir.VectorType(i1, lanes)
+                masked_load = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(vec, [vec.as_pointer(), i32, mask_t, vec]),
+                    f"llvm.masked.load.v{lanes}f{8 * size}.p0")
+                masked_store = cgutils.get_or_insert_function(
+                    builder.module,
+                    ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32, mask_t]),
+                    f"llvm.masked.store.v{lanes}f{8 * size}.p0")
+                wide = ir.VectorType(i64, lanes)
+                first = builder.insert_element(ir.Constant(wide, ir.Undefined), cols_v,
+                                               ir.Constant(i32, 0))
+                limit = builder.shuffle_vector(first, ir.Constant(wide, ir.Undefined),
+                                               ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+                masks = [builder.icmp_signed("<", ir.Constant(wide, [v * lanes + j
+                                                                     for j in range(lanes)]),
+                                             limit) for v in range(NV)]
+            align = ir.Constant(i32, size)
 
-            def vector_at(pointer, index):
+            def address(pointer, index):
                 return builder.bitcast(builder.gep(pointer, [index]), vec.as_pointer())
+
+            def load(pointer, index, v):
+                if edge:
+                    return builder.call(masked_load, [address(pointer, index), align, masks[v],
+                                                      zero])
+                return builder.load(address(pointer, index), align=size)
+
+            def store(value, pointer, index, v):
+                if edge:
+                    builder.call(masked_store, [value, address(pointer, index), align, masks[v]])
+                else:
+                    builder.store(value, address(pointer, index), align=size)
 
             def c_index(i, v):
                 return builder.add(builder.mul(ir.Constant(i64, i), ldc_v),
                                    ir.Constant(i64, v * lanes))
 
-            accs = [[cgutils.alloca_once(builder, vec) for _ in range(NV)] for _ in range(rows)]
+            def row_ok(i):
+                return builder.icmp_signed("<", ir.Constant(i64, i), rows_v)
+
+            accs = [[cgutils.alloca_once(builder, vec) for _ in range(NV)] for _ in range(MR)]
+            for row in accs:
+                for acc in row:
+                    builder.store(zero, acc)
             keep = builder.icmp_signed("!=", acc_v, ir.Constant(acc_v.type, 0))
-            for i in range(rows):
-                for v in range(NV):
-                    builder.store(ir.Constant(vec, None), accs[i][v])
             with builder.if_then(keep):
-                for i in range(rows):
+                for i in range(MR):
+                    with builder.if_then(row_ok(i)):
+                        for v in range(NV):
+                            builder.store(load(c_p, c_index(i, v), v), accs[i][v])
+            # rows past ``rows`` read row 0 (a valid address), and are dropped
+            a_rows = [builder.select(row_ok(i), builder.mul(ir.Constant(i64, i), a_rs_v),
+                                     ir.Constant(i64, 0)) for i in range(MR)]
+            with cgutils.for_range(builder, taps_v) as tap:
+                b_tap = builder.load(builder.gep(shifts_p, [tap.index]))
+                a_tap = builder.mul(tap.index, a_ts_v)
+                with cgutils.for_range(builder, k_v) as step:
+                    b_row = builder.add(b_tap, builder.mul(step.index, b_ks_v))
+                    bs = [load(b_p, builder.add(b_row, ir.Constant(i64, v * lanes)), v)
+                          for v in range(NV)]
+                    a_step = builder.add(a_tap, builder.mul(step.index, a_ks_v))
+                    for i in range(MR):
+                        value = builder.load(builder.gep(a_p, [builder.add(a_step, a_rows[i])]))
+                        one = builder.insert_element(ir.Constant(vec, ir.Undefined), value,
+                                                     ir.Constant(i32, 0))
+                        splat = builder.shuffle_vector(
+                            one, ir.Constant(vec, ir.Undefined),
+                            ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+                        for v in range(NV):
+                            total = builder.call(fma, [splat, bs[v], builder.load(accs[i][v])])
+                            builder.store(total, accs[i][v])
+            for i in range(MR):
+                with builder.if_then(row_ok(i)):
                     for v in range(NV):
-                        builder.store(builder.load(vector_at(c_p, c_index(i, v)), align=size),
-                                      accs[i][v])
-            with cgutils.for_range(builder, k_v) as loop:
-                b_row = builder.mul(loop.index, b_ks_v)
-                bs = [builder.load(vector_at(b_p, builder.add(b_row, ir.Constant(i64, v * lanes))),
-                                   align=size) for v in range(NV)]
-                a_index = builder.mul(loop.index, a_ks_v)
-                for i in range(rows):
-                    value = builder.load(builder.gep(a_p, [a_index]))
-                    a_index = builder.add(a_index, a_rs_v)
-                    first = builder.insert_element(ir.Constant(vec, ir.Undefined), value,
-                                                   ir.Constant(i32, 0))
-                    splat = builder.shuffle_vector(
-                        first, ir.Constant(vec, ir.Undefined),
-                        ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
-                    for v in range(NV):
-                        total = builder.call(fma, [splat, bs[v], builder.load(accs[i][v])])
-                        builder.store(total, accs[i][v])
-            for i in range(rows):
-                for v in range(NV):
-                    builder.store(builder.load(accs[i][v]), vector_at(c_p, c_index(i, v)),
-                                  align=size)
+                        store(builder.load(accs[i][v]), c_p, c_index(i, v), v)
             return context.get_dummy_value()
 
         return sig, codegen
 
     return tile
+
+
+_full_tile, _edge_tile = _make_tile(False), _make_tile(True)
 
 
 @intrinsic
@@ -127,41 +178,33 @@ def _size_of(typingctx, like):
     return types.int64(like), codegen
 
 
-_tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = (_make_tile(r) for r in range(1, MR + 1))
-
-
 @njit(nogil=True, cache=True)
-def _tile(rows, like, a, a_rs, a_ks, b, b_ks, c, ldc, k, accumulate):
-    if rows == 6:
-        _tile6(like, a, a_rs, a_ks, b, b_ks, c, ldc, k, accumulate)
-    elif rows == 5:
-        _tile5(like, a, a_rs, a_ks, b, b_ks, c, ldc, k, accumulate)
-    elif rows == 4:
-        _tile4(like, a, a_rs, a_ks, b, b_ks, c, ldc, k, accumulate)
-    elif rows == 3:
-        _tile3(like, a, a_rs, a_ks, b, b_ks, c, ldc, k, accumulate)
-    elif rows == 2:
-        _tile2(like, a, a_rs, a_ks, b, b_ks, c, ldc, k, accumulate)
-    else:
-        _tile1(like, a, a_rs, a_ks, b, b_ks, c, ldc, k, accumulate)
-
-
-@njit(nogil=True, cache=True)
-def gemm(like, m, n, k, a, a_rs, a_ks, b, b_ks, c, ldc, accumulate):
-    """``C (+)= A @ B`` over columns ``[0, n - n % tile_n)`` (see the module
-    docstring); ``like`` is a zero of the dtype, the rest 64-bit integers:
-    byte addresses ``a``, ``b``, ``c`` and element strides. ``accumulate``
-    nonzero adds to ``C`` (``beta = 1``), zero overwrites it (``beta = 0``)."""
+def gemm_taps(like, m, n, k, a, a_rs, a_ks, a_ts, b, b_ks, shifts, taps, c, ldc, accumulate):
+    """``C (+)= sum over taps t of A_t @ B_t``, ``C`` (m, n), each ``A_t`` (m,
+    k) and ``B_t`` (k, n), in the layout ``_full_tile`` describes; ``like``
+    is a zero of the dtype, the rest 64-bit integers: byte addresses ``a``,
+    ``b``, ``c``, ``shifts`` (of ``taps`` int64 element offsets into ``b``)
+    and element strides. ``accumulate`` nonzero adds to ``C`` (``beta =
+    1``), zero overwrites it (``beta = 0``). All taps of a block of ``k``
+    accumulate in registers: the implicit-GEMM conv's kh*kw products of a band
+    are one call, C read and written once per block."""
     size = _size_of(like)
     width = NV * VECTOR_BYTES // size
-    n_full = n - n % width
     for i0 in range(0, m, MB):
         i1 = min(m, i0 + MB)
         for p0 in range(0, max(k, 1), KC):  # once for k = 0: C = 0, or unchanged
             steps = max(0, min(KC, k - p0))
             keep = 1 if (accumulate != 0 or p0 > 0) else 0
-            for j0 in range(0, n_full, width):
+            a_block = a + (p0 * a_ks) * size
+            b_block = b + (p0 * b_ks) * size
+            for j0 in range(0, n, width):
+                cols = min(width, n - j0)
                 for t in range(i0, i1, MR):
-                    _tile(min(MR, i1 - t), like, a + (t * a_rs + p0 * a_ks) * size, a_rs, a_ks,
-                          b + (p0 * b_ks + j0) * size, b_ks, c + (t * ldc + j0) * size, ldc,
-                          steps, keep)
+                    rows = min(MR, i1 - t)
+                    a_tile, c_tile = a_block + t * a_rs * size, c + (t * ldc + j0) * size
+                    if cols == width:
+                        _full_tile(like, rows, cols, a_tile, a_rs, a_ks, a_ts, b_block + j0 * size,
+                                   b_ks, shifts, taps, c_tile, ldc, steps, keep)
+                    else:
+                        _edge_tile(like, rows, cols, a_tile, a_rs, a_ks, a_ts, b_block + j0 * size,
+                                   b_ks, shifts, taps, c_tile, ldc, steps, keep)
