@@ -14,21 +14,24 @@ Anything else (an unknown BLAS, a NumPy built against Accelerate or a
 system OpenBLAS outside NumPy's folders) makes ``gemm`` return None, and the
 callers take their ``numpy.matmul`` (column) path instead.
 
-The CPU convs' worker lanes can run their GEMMs on a second library instead:
-Intel MKL from the ``mkl`` wheel (``pip install defconv_np[mkl]``), chosen by
-``config.cpu_blas``, loaded with its sequential threading layer. The
-implicit-GEMM conv calls it directly; the column paths (deformable, active
-and strided convs) through ``lane_matmul``, a ``numpy.matmul`` whose products run
-on MKL on a lane. Only the lanes use it: they run one GEMM per core, which
-suits a sequential library, whereas a call that runs on the caller's thread
-alone (one image, or one lane) keeps NumPy's BLAS with all its threads. A
-conv resolves both GEMMs once, at its start (``lane_gemm`` and ``gemm``), and
-each thread takes its own by ``in_lane``.
+The CPU convs' worker lanes can run their GEMMs elsewhere, as
+``config.cpu_blas`` chooses: on our own GEMM (``NumbaGemm``, the Numba
+micro-kernels of ``kernels/cpu/gemm.py``; what ``"auto"`` takes on CPUs with
+512-bit vectors), or on Intel MKL from the ``mkl`` wheel (``pip install
+defconv_np[mkl]``), loaded with its sequential threading layer. The
+implicit-GEMM conv calls the chosen GEMM directly (ours sums a band's taps in
+one call, ``NumbaGemm.taps``); the column paths (deformable, active and
+strided convs) through ``lane_matmul``, a ``numpy.matmul`` whose products run
+on it on a lane. Only the lanes use it: they run one GEMM per core, whereas a
+call that runs on the caller's thread alone (one image, or one lane) keeps
+NumPy's BLAS with all its threads. A conv resolves both GEMMs once, at its
+start (``lane_gemm`` and ``gemm``), and each thread takes its own by
+``in_lane``.
 
-Measured on a 2-core Xeon (``benchmarks/gemm_choice.py``): with both cores
-busy, MKL's ``cblas_sgemm`` ran 148-160 GFLOP/s per core at the convs'
-shapes against 117-122 for NumPy's OpenBLAS (SkylakeX kernel), and 115
-against 97 on whole-image column tiles rewritten before each call.
+Measured on a 2-core Xeon with AVX-512 (``benchmarks/gemm_choice.py``): with
+both cores busy, MKL's ``cblas_sgemm`` ran 148-160 GFLOP/s per core at the
+convs' shapes against 117-122 for NumPy's OpenBLAS (SkylakeX kernel); on one
+core ours ran 160-210 against 134-170 for OpenBLAS.
 """
 
 import ctypes

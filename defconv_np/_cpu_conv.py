@@ -84,10 +84,12 @@ class _Bands:
 
     def new_backward_state(self):
         """``new_state`` plus a buffer for gradient rows with ``span`` zero
-        columns on each side (``grad_view``)."""
+        columns on each side (``grad_view``), and one for them pixels-first
+        (``weight_grad``'s, with our own GEMM)."""
         state = self.new_state()
         state["grad"] = np.zeros(self.out_ch * (self.rows * self.width_p + 2 * self.span),
                                  self.input.dtype)
+        state["grad_t"] = np.empty(self.rows * self.width_p * self.out_ch, self.input.dtype)
         return state
 
     def grad_view(self, state, chunk):
@@ -161,6 +163,30 @@ class _Bands:
             return [(r * self.width_p, self.out_w) for r in range(rows)]
         return [(0, self.result_width(rows))]
 
+    def transposed_weight_grad(self):
+        """Whether this thread's GEMM is our own, which runs the weight
+        gradient from pixels-first gradient rows (``weight_grad_t``)."""
+        return hasattr(self.gemm(), "taps")
+
+    def weight_grad_t(self, band, grad_t, rows, grad_weight_t):
+        """``grad_weight_t[t, g]`` (C/g, O/g) += ``window_t(band) @ grad_t``
+        per group, ``grad_t`` the gradient rows pixels-first (rows*Wp, O)
+        (``layout.pixels_first_rows``, the unused columns zero): the product
+        ``weight_grad`` forms, transposed, so that its second operand has
+        contiguous rows (our own GEMM's). The band must be finite: its
+        unused columns meet zeros."""
+        fn = self.gemm()
+        isz, cg, og = self.itemsize, self.per_group, self.out_per_group
+        ld_band = band.strides[0] // isz
+        b_base, w_base = band.ctypes.data, grad_weight_t.ctypes.data
+        m = self.result_width(rows)
+        for g in range(self.groups):
+            for t, shift in enumerate(self.taps):
+                fn(ROW_MAJOR, NO_TRANS, NO_TRANS, cg, og, m, 1.0,
+                   b_base + (g * cg * ld_band + shift) * isz, ld_band,
+                   grad_t.ctypes.data + g * og * isz, self.out_ch,
+                   1.0, w_base + (t * self.groups + g) * cg * og * isz, og)
+
     def weight_grad(self, band, grad, grad_weight, exact):
         """``grad_weight[t]`` += ``grad @ window_t(band)^T`` per group."""
         fn = self.gemm()
@@ -174,6 +200,12 @@ class _Bands:
                        g_base + (g * og * ld_grad + first) * isz, ld_grad,
                        b_base + (g * cg * ld_band + shift + first) * isz, ld_band,
                        1.0, w_base + (t * self.out_ch + g * og) * cg * isz, cg)
+
+    def weight_from_transposed(self, total):
+        """``weight_grad_t``'s (kh*kw, groups, C/g, O/g) as (kh*kw, O, C/g)."""
+        taps = total.shape[0]
+        return total.reshape(taps, self.groups, self.per_group, self.out_per_group).transpose(
+            0, 1, 3, 2).reshape(taps, self.out_ch, self.per_group)
 
     def band_grad(self, padded, band_grad, exact):
         """``band_grad`` (C, rows_in, Wp) = the adjoint of ``forward``: each
@@ -262,10 +294,15 @@ def implicit_conv2d_backward(grad_output, input, weight, geom, want_input, want_
     bands = _Bands(input, weight, geom, fns)
     grad_input = np.zeros(input.shape, input.dtype) if want_input else None
     finite_weight = bool(np.isfinite(bands.weight).all())
+    if want_weight:
+        grad_output = _cpu.kernel_operand(grad_output)  # read by pixels_first_rows
+    shape_t = (len(bands.taps), bands.groups, bands.per_group, bands.out_per_group)
 
     def new_state():
         state = bands.new_backward_state()
         state["grad_weight"] = np.zeros_like(bands.weight) if want_weight else None
+        # with our own GEMM, finite bands add their transposed products here
+        state["grad_weight_t"] = np.zeros(shape_t, weight.dtype) if want_weight else None
         return state
 
     def work(chunk, state):
@@ -275,7 +312,15 @@ def implicit_conv2d_backward(grad_output, input, weight, geom, want_input, want_
             bands.grad_rows(grad_output, n, chunk, grad)
             if want_weight:
                 finite = bands.load(n, chunk, band, check=True)
-                bands.weight_grad(band, grad, state["grad_weight"], not finite)
+                if finite and bands.transposed_weight_grad():
+                    rows = chunk.r1 - chunk.r0
+                    grad_t = state["grad_t"][:rows * bands.width_p * bands.out_ch].reshape(
+                        rows * bands.width_p, bands.out_ch)
+                    layout_kernels.pixels_first_rows(grad_output[n], chunk.r0, rows,
+                                                     bands.width_p, grad_t)
+                    bands.weight_grad_t(band, grad_t, rows, state["grad_weight_t"])
+                else:
+                    bands.weight_grad(band, grad, state["grad_weight"], not finite)
             if want_input:
                 band_grad = band  # the band is read by then: reuse its buffer
                 bands.band_grad(padded, band_grad, not finite_weight)
@@ -285,9 +330,11 @@ def implicit_conv2d_backward(grad_output, input, weight, geom, want_input, want_
     states = _cpu.run_chunks(bands.chunks, work, new_state)
     grad_weight = None
     if want_weight:
-        total = states[0]["grad_weight"]
+        total, total_t = states[0]["grad_weight"], states[0]["grad_weight_t"]
         for state in states[1:]:
             total += state["grad_weight"]
+            total_t += state["grad_weight_t"]
+        total += bands.weight_from_transposed(total_t)
         kh, kw = weight.shape[2:]
         grad_weight = np.ascontiguousarray(total.reshape(
             kh, kw, *total.shape[1:]).transpose(2, 3, 0, 1))

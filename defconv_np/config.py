@@ -53,17 +53,19 @@ cuda_column_budget_bytes = 256 * 2**20
 
 #: The BLAS on which the CPU worker lanes run the convs' GEMMs (``_cpu_blas``:
 #: conv2d's implicit GEMMs, and the column GEMMs of deform_conv2d,
-#: active_conv2d and strided conv2d): ``"auto"`` takes Intel MKL, sequential,
-#: where the ``mkl`` wheel is installed (``pip install defconv_np[mkl]``) and
-#: NumPy's own BLAS otherwise; ``"numpy"`` and ``"mkl"`` choose one. It is
-#: read when a CPU conv starts: another value, or ``"mkl"`` without a usable
-#: MKL, is a ValueError there. A call that runs on one thread (a single image,
-#: or ``numba.set_num_threads(1)``) keeps NumPy's BLAS, multithreaded. On a
-#: 2-core Xeon, with both cores busy, MKL's ``cblas_sgemm`` ran 1.19-1.37x
-#: OpenBLAS's rate (SkylakeX kernel) at the convs' GEMM shapes
-#: (``benchmarks/gemm_choice.py``); at the benchmark shape conv2d forward took
-#: 10.2-10.7 against 11.7-12.5 ms and deform_conv2d forward 14.1-14.9 against
-#: 15.2-15.9 (alternating in one process).
+#: active_conv2d and strided conv2d): ``"numba"`` our own GEMM (Numba
+#: micro-kernels, ``kernels/cpu/gemm.py``; products it does not run, with the
+#: second operand transposed, go to NumPy's BLAS), ``"mkl"`` Intel MKL,
+#: sequential (the ``mkl`` wheel: ``pip install defconv_np[mkl]``),
+#: ``"numpy"`` NumPy's own BLAS; ``"auto"`` takes ours on CPUs with 512-bit
+#: vectors (AVX-512), else MKL where installed, else NumPy's. It is read when
+#: a CPU conv starts: another value, or ``"mkl"`` without a usable MKL, is a
+#: ValueError there. A call that runs on one thread (a single image, or
+#: ``numba.set_num_threads(1)``) keeps NumPy's BLAS, multithreaded. On a
+#: 2-core AVX-512 Xeon at the benchmark shape (N=8, C=O=64, 64x64, 3x3,
+#: float32; ``benchmarks/cpu_bench.py``), conv2d forward took about 8.0 ms on
+#: ours, 8.2 on MKL and 9.6 on OpenBLAS, deform_conv2d v2 forward 11.7-12.0,
+#: 11.9-12.2 and 13.1-13.6.
 cpu_blas = "auto"
 
 #: Output pixels handled per tile by the CPU volume (5-D) and bicubic

@@ -440,12 +440,15 @@ def test_numba_gemm_gives_numpys_numbers_on_the_lanes(monkeypatch, dtype, rtol):
     go_g = rng.standard_normal((4, 64, 7, 70)).astype(dtype)
     w_inf = w.copy()
     w_inf[3, 2, 0, 0] = np.inf  # the exact path: no margin may meet the weights
+    x_inf = x.copy()
+    x_inf[1, 5, 4, -1] = np.inf  # and one image's band: the weight gradient's
 
     def run():
         return [dc.conv2d(x, w, padding=1), *dc.conv2d_backward(go, x, w, padding=1),
                 dc.conv2d(x, w_g, padding=(0, 1), dilation=(1, 2), groups=2),
                 *dc.conv2d_backward(go_g, x, w_g, padding=(0, 1), dilation=(1, 2), groups=2),
                 dc.conv2d_backward(go, x, w_inf, padding=1)[0],
+                dc.conv2d_backward(go, x_inf, w, padding=1)[1],
                 dc.deform_conv2d(x, off, w, padding=1),
                 *[g for g in dc.deform_conv2d_backward(go, x, off, w, padding=1)
                   if g is not None]]

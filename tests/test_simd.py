@@ -177,6 +177,26 @@ def test_layout_copies_through_blocks_and_edges(dtype, n, channels, height, widt
     assert np.isnan(back[:n0]).all() and np.isnan(back[n1:]).all()
 
 
+@given(dtype=st.sampled_from([np.float32, np.float64]), channels=st.integers(1, 2 * BLOCK + 3),
+       height=st.integers(1, 5), width=st.integers(1, 2 * BLOCK + 3), extra=st.integers(0, 3),
+       data=st.data())
+def test_pixels_first_rows_against_numpy(dtype, channels, height, width, extra, data):
+    """The conv backward's pixels-first gradient rows: rows ``y0:y0 + rows``
+    transposed, a pitch of ``width + extra`` pixels whose last ``extra`` are
+    zero, nothing written past them."""
+    y0 = data.draw(st.integers(0, height - 1))
+    rows = data.draw(st.integers(1, height - y0))
+    width_p = width + extra
+    image = np.random.default_rng(channels * 10 + width).standard_normal(
+        (channels, height, width)).astype(dtype)
+    out = np.full((rows * width_p + 2, channels), np.nan, dtype)
+    layout.pixels_first_rows(image, y0, rows, width_p, out)
+    want = np.zeros((rows, width_p, channels), dtype)
+    want[:, :width] = image[:, y0:y0 + rows].transpose(1, 2, 0)
+    np.testing.assert_array_equal(out[:rows * width_p], want.reshape(-1, channels))
+    assert np.isnan(out[rows * width_p:]).all()
+
+
 def test_prefer_wide_vectors_marks_only_its_caller():
     @njit(cache=False)
     def widened(x):

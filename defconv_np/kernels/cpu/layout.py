@@ -147,3 +147,21 @@ def add_padded_rows(slab, y0, left, image):
                 dst = image[c, y]
                 for x in range(width):
                     dst[x] += src[left + x]
+
+
+@njit(cache=True, nogil=True)
+def pixels_first_rows(image, y0, rows, width_p, out):
+    """``out[y * width_p + x, c] = image[c, y0 + y, x]`` for ``y < rows``, ``x <
+    W``, and zero for ``W <= x < width_p``: rows of an NCHW image (C, H, W),
+    C-contiguous, transposed to pixels-first with a row pitch of ``width_p``
+    pixels, into ``out`` (at least rows*width_p, C), C-contiguous (8 x 8
+    blocks transposed in registers)."""
+    channels, height, width = image.shape
+    flat_img = image.reshape(-1)
+    flat_out = out.reshape(-1)
+    for y in range(rows):
+        first = y * width_p
+        # rows: channels, ``height * width`` apart; columns: the row's pixels
+        _transposed(flat_img, uint64((y0 + y) * width), height * width, channels, width,
+                    flat_out, uint64(first * channels), channels)
+        out[first + width:first + width_p] = 0
