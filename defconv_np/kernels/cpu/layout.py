@@ -112,7 +112,7 @@ def padded_rows(image, y0, left, slab, check):
     the left and the rest of each row on the right). With ``check``, returns
     whether every value copied is finite (else True)."""
     channels, height, width = image.shape
-    rows, width_p = slab.shape[1], slab.shape[2]
+    rows = slab.shape[1]
     finite = True
     for c in range(channels):
         for s in range(rows):
