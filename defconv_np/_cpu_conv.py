@@ -19,9 +19,12 @@ The backward runs the same band GEMMs the other way round: the column
 gradient never exists either.
 
 The GEMMs go straight to a CBLAS (``_cpu_blas``): NumPy's own BLAS, or on
-the worker lanes the one ``config.cpu_blas`` chooses (MKL where installed).
-``numpy.matmul`` can neither accumulate nor start a matrix at an arbitrary
-element. Where that interface is not found, or groups are too narrow for
+the worker lanes the one ``config.cpu_blas`` chooses (by default our own
+where the CPU has AVX-512, then MKL where installed). Ours sums a band's
+kh*kw taps in registers in one call (``NumbaGemm.taps``), forward and input
+gradient, and runs the weight gradient from pixels-first gradient rows,
+whose contiguous rows it needs. ``numpy.matmul`` can neither accumulate nor
+start a matrix at an arbitrary element. Where that interface is not found, or groups are too narrow for
 GEMMs to pay, the entry points decline (False, None) and the column path
 runs.
 """

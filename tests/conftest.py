@@ -18,6 +18,11 @@ settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True
 settings.register_profile("thorough", max_examples=300, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+#: The lanes' GEMM for the whole run where ``DEFCONV_NP_TEST_CPU_BLAS`` names
+#: one (tox's ``mkl`` env: ``mkl``), instead of what ``"auto"`` takes here.
+if os.environ.get("DEFCONV_NP_TEST_CPU_BLAS"):
+    dc.config.cpu_blas = os.environ["DEFCONV_NP_TEST_CPU_BLAS"]
+
 #: Far below one output row of the smallest problem, so every call is split
 #: over images and over output rows.
 SMALL_COLUMN_BUDGET_BYTES = 256
