@@ -17,8 +17,9 @@ arithmetic and is the floor a deformable conv can reach. Where the ``mkl``
 wheel is installed (``pip install defconv_np[mkl]``), the conv rows also time
 ours with the lanes' GEMMs on MKL (``config.cpu_blas = "mkl"``), in the same
 alternating blocks, beside ours on our own GEMM (``"numba"``, what ``"auto"``
-takes on CPUs with AVX-512: the row's ``ours_ms`` there) and on NumPy's own
-BLAS (``"numpy"``; ``ours_numpy_ms``). Peak extra memory of
+takes on CPUs with AVX-512 without MKL) and on NumPy's own BLAS
+(``"numpy"``). The row's ``ours_ms`` is what ``"auto"`` takes, the others
+``ours_<blas>_ms``. Peak extra memory of
 our calls is measured with tracemalloc (NumPy reports its allocations there),
 at two batch sizes to show that the column buffer is chunked.
 """
@@ -107,11 +108,13 @@ def _ours_and_peer(ours, peer, blases=("numpy",)):
 def machine():
     """What the numbers depend on: CPU, BLAS library and kernel, the
     OpenBLAS variables that override the kernel choice, and glibc's malloc
-    thresholds (torch's CPU tensors come from malloc: with the default,
+    thresholds, and OpenMP's wait policy (torch's OpenMP threads spin after
+    its calls, taking the cores from ours: ``OMP_WAIT_POLICY=PASSIVE`` stops
+    that). torch's CPU tensors come from malloc: with the default,
     adaptive ones, its conv2d forward+backward at the benchmark shape paid
     page faults on fresh mappings, 27 ms against 19.6 with
     ``MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824``;
-    ours, 44 ms, did not move)."""
+    ours, 44 ms, did not move."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -127,7 +130,8 @@ def machine():
     except ImportError:
         blas = None
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                                          "OMP_NUM_THREADS", "NUMBA_NUM_THREADS",
+                                          "OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+                                          "NUMBA_NUM_THREADS",
                                           "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
     return {"cpu": cpu, "cores": os.cpu_count(), "blas": blas, "environment": env}
 
@@ -157,7 +161,7 @@ def main():
     args = parser.parse_args()
     have_mkl = _cpu_blas.mkl_gemm(np.float32) is not None
     available = ["numba", "numpy"] + (["mkl"] if have_mkl else [])
-    auto = ("numba" if _cpu_blas.wide_vectors() else "mkl" if have_mkl else "numpy")
+    auto = ("mkl" if have_mkl else "numba" if _cpu_blas.wide_vectors() else "numpy")
     BLASES[:] = args.blas or [auto] + [b for b in available if b != auto]
     threads = numba.get_num_threads()
     if torch is not None:

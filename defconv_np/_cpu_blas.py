@@ -15,10 +15,11 @@ system OpenBLAS outside NumPy's folders) makes ``gemm`` return None, and the
 callers take their ``numpy.matmul`` (column) path instead.
 
 The CPU convs' worker lanes can run their GEMMs elsewhere, as
-``config.cpu_blas`` chooses: on our own GEMM (``NumbaGemm``, the Numba
-micro-kernels of ``kernels/cpu/gemm.py``; what ``"auto"`` takes on CPUs with
-512-bit vectors), or on Intel MKL from the ``mkl`` wheel (``pip install
-defconv_np[mkl]``), loaded with its sequential threading layer. The
+``config.cpu_blas`` chooses: on Intel MKL from the ``mkl`` wheel (``pip
+install defconv_np[mkl]``), loaded with its sequential threading layer, or on
+our own GEMM (``NumbaGemm``, the Numba micro-kernels of
+``kernels/cpu/gemm.py``). ``"auto"`` takes MKL where installed, else ours on
+CPUs with 512-bit vectors. The
 implicit-GEMM conv calls the chosen GEMM directly (ours sums a band's taps in
 one call, ``NumbaGemm.taps``); the column paths (deformable, active and
 strided convs) through ``lane_matmul``, a ``numpy.matmul`` whose products run
@@ -31,7 +32,8 @@ start (``lane_gemm`` and ``gemm``), and each thread takes its own by
 Measured on a 2-core Xeon with AVX-512 (``benchmarks/gemm_choice.py``): with
 both cores busy, MKL's ``cblas_sgemm`` ran 148-160 GFLOP/s per core at the
 convs' shapes against 117-122 for NumPy's OpenBLAS (SkylakeX kernel); on one
-core ours ran 160-210 against 134-170 for OpenBLAS.
+core ours ran 155-202 GFLOP/s (200-202 in the deformable forward's product)
+against 141-157 for OpenBLAS and 182-195 for MKL in the same products.
 """
 
 import ctypes
@@ -275,7 +277,7 @@ def numba_gemm(dtype):
 
 def wide_vectors():
     """Whether this CPU has 512-bit vectors, where ``NumbaGemm`` outruns
-    NumPy's OpenBLAS and MKL (``benchmarks/gemm_choice.py``)."""
+    NumPy's OpenBLAS (``benchmarks/gemm_choice.py``)."""
     from .kernels.cpu import gemm as kernels
 
     return kernels.VECTOR_BYTES == 64
@@ -285,16 +287,13 @@ def lane_gemm(dtype):
     """The GEMM the worker lanes call for ``dtype``, as ``config.cpu_blas``
     chooses: ``"numba"`` our own (``numba_gemm``), ``"mkl"`` MKL (a
     ValueError if the ``mkl`` wheel is missing), ``"numpy"`` NumPy's own
-    (``gemm``); ``"auto"`` our own on CPUs with 512-bit vectors, else MKL
-    where installed, else NumPy's. None where none is found."""
+    (``gemm``); ``"auto"`` MKL where installed (the user asked for it, and it
+    ran the convs' backward 1-4% faster than ours), else our own on CPUs
+    with 512-bit vectors, else NumPy's. None where none is found."""
     choice = config.cpu_blas
     if choice not in CHOICES:
         raise ValueError(f"config.cpu_blas must be one of {CHOICES}, got {choice!r}")
-    if choice == "numba" or (choice == "auto" and wide_vectors()):
-        fn = numba_gemm(dtype)
-        if fn is not None or choice == "numba":
-            return fn
-    if choice != "numpy":
+    if choice in ("auto", "mkl"):
         fn = mkl_gemm(dtype)
         if fn is not None:
             return fn
@@ -302,6 +301,10 @@ def lane_gemm(dtype):
             raise ValueError("config.cpu_blas is 'mkl', but no usable MKL was found: "
                              "install it with pip install defconv_np[mkl] (MKL loaded by "
                              "another library first, or without cblas_?gemm_64, is not used)")
+    if choice == "numba" or (choice == "auto" and wide_vectors()):
+        fn = numba_gemm(dtype)
+        if fn is not None or choice == "numba":
+            return fn
     return gemm(dtype)
 
 

@@ -19,14 +19,14 @@ The backward runs the same band GEMMs the other way round: the column
 gradient never exists either.
 
 The GEMMs go straight to a CBLAS (``_cpu_blas``): NumPy's own BLAS, or on
-the worker lanes the one ``config.cpu_blas`` chooses (by default our own
-where the CPU has AVX-512, then MKL where installed). Ours sums a band's
+the worker lanes the one ``config.cpu_blas`` chooses (by default MKL where
+installed, else our own where the CPU has AVX-512). Ours sums a band's
 kh*kw taps in registers in one call (``NumbaGemm.taps``), forward and input
 gradient, and runs the weight gradient from pixels-first gradient rows,
 whose contiguous rows it needs. ``numpy.matmul`` can neither accumulate nor
-start a matrix at an arbitrary element. Where that interface is not found, or groups are too narrow for
-GEMMs to pay, the entry points decline (False, None) and the column path
-runs.
+start a matrix at an arbitrary element. Where that interface is not found,
+or groups are too narrow for GEMMs to pay, the entry points decline (False,
+None) and the column path runs.
 """
 
 import numpy as np
@@ -40,7 +40,7 @@ class _Bands:
     """Geometry of one implicit-GEMM conv: bands of output rows, the padded
     input rows each reads, and the taps' offsets into them."""
 
-    def __init__(self, input, weight, geom, fns):
+    def __init__(self, input, weight, geom, fns, backward=False):
         # (NumPy's GEMM, the lanes' GEMM), resolved once for the whole call
         self.fns = fns
         self.input = _cpu.kernel_operand(input)
@@ -62,9 +62,14 @@ class _Bands:
         # (kh*kw, O, C/groups): each tap's weight matrix, contiguous
         self.weight = np.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(
             kh * kw, self.out_ch, self.per_group)
-        per_row = (self.channels + self.out_ch) * self.width_p * self.itemsize
-        budget = max(0, config.cpu_conv_band_bytes - self.halo * self.channels *
-                     self.width_p * self.itemsize)
+        # a row of the band and of the result; in a backward, of the band, the
+        # gradient rows and their pixels-first copy, the margins aside
+        outputs = 2 * self.out_ch if backward else self.out_ch
+        per_row = (self.channels + outputs) * self.width_p * self.itemsize
+        fixed = self.halo * self.channels * self.width_p
+        if backward:
+            fixed += 2 * self.span * self.out_ch
+        budget = max(0, config.cpu_conv_band_bytes - fixed * self.itemsize)
         # one image per chunk at most: a lane runs its images one by one
         # anyway, and single images deal evenly over the lanes
         self.chunks = [_columns.Chunk(n0, n0 + 1, c.r0, c.r1) for n0 in range(n)
@@ -86,14 +91,23 @@ class _Bands:
                 "result": np.empty(self.out_ch * self.rows * self.width_p, dtype)}
 
     def new_backward_state(self):
-        """``new_state`` plus a buffer for gradient rows with ``span`` zero
-        columns on each side (``grad_view``), and one for them pixels-first
-        (``weight_grad``'s, with our own GEMM)."""
-        state = self.new_state()
-        state["grad"] = np.zeros(self.out_ch * (self.rows * self.width_p + 2 * self.span),
-                                 self.input.dtype)
-        state["grad_t"] = np.empty(self.rows * self.width_p * self.out_ch, self.input.dtype)
-        return state
+        """A lane's buffers for the backward: the band, gradient rows with
+        ``span`` zero columns on each side (``grad_view``), and a slot for
+        them pixels-first (``grad_t_view``, made on first use)."""
+        dtype = self.input.dtype
+        return {"band": np.empty(self.channels * (self.rows + self.halo) * self.width_p, dtype),
+                "grad": np.zeros(self.out_ch * (self.rows * self.width_p + 2 * self.span),
+                                 dtype),
+                "grad_t": None}
+
+    def grad_t_view(self, state, chunk):
+        """The lane's buffer for ``chunk``'s gradient rows pixels-first,
+        (rows*Wp, O), allocated on the first call (our own GEMM only)."""
+        if state["grad_t"] is None:
+            state["grad_t"] = np.empty(self.rows * self.width_p * self.out_ch, self.input.dtype)
+        rows = chunk.r1 - chunk.r0
+        return state["grad_t"][:rows * self.width_p * self.out_ch].reshape(
+            rows * self.width_p, self.out_ch)
 
     def grad_view(self, state, chunk):
         """The lane's gradient buffer for ``chunk``: (O, rows*Wp + 2*span),
@@ -294,7 +308,7 @@ def implicit_conv2d_backward(grad_output, input, weight, geom, want_input, want_
     fns = _gemms_for(input, weight, geom) if (want_input or want_weight) else None
     if fns is None:
         return None
-    bands = _Bands(input, weight, geom, fns)
+    bands = _Bands(input, weight, geom, fns, backward=True)
     grad_input = np.zeros(input.shape, input.dtype) if want_input else None
     finite_weight = bool(np.isfinite(bands.weight).all())
     if want_weight:
@@ -317,8 +331,7 @@ def implicit_conv2d_backward(grad_output, input, weight, geom, want_input, want_
                 finite = bands.load(n, chunk, band, check=True)
                 if finite and bands.transposed_weight_grad():
                     rows = chunk.r1 - chunk.r0
-                    grad_t = state["grad_t"][:rows * bands.width_p * bands.out_ch].reshape(
-                        rows * bands.width_p, bands.out_ch)
+                    grad_t = bands.grad_t_view(state, chunk)
                     layout_kernels.pixels_first_rows(grad_output[n], chunk.r0, rows,
                                                      bands.width_p, grad_t)
                     bands.weight_grad_t(band, grad_t, rows, state["grad_weight_t"])

@@ -34,8 +34,9 @@ column_budget_bytes = 64 * 2**20
 cpu_lane_column_bytes = 4 * 2**20
 
 #: Bytes of the band (padded input rows) and result a CPU lane holds at once
-#: in conv2d's implicit-GEMM path (stride 1, ``_cpu_conv``); an image whose
-#: band does not fit is split by output rows. conv2d forward at the benchmark
+#: in conv2d's implicit-GEMM path (stride 1, ``_cpu_conv``); in a backward,
+#: of the band, the margined gradient rows and their pixels-first copy. An
+#: image whose band does not fit is split by output rows. conv2d forward at the benchmark
 #: shape (N=8, C=O=64, 64x64, 3x3, 2 lanes, Intel Xeon with 2 MiB L2 per
 #: core) took 12.2 / 11.5 / 11.3 / 11.2 / 11.1 ms with 1 / 2 / 4 / 8 / 16 MiB:
 #: fewer, longer GEMMs run faster, and 4 MiB holds one such image.
@@ -57,15 +58,16 @@ cuda_column_budget_bytes = 256 * 2**20
 #: micro-kernels, ``kernels/cpu/gemm.py``; products it does not run, with the
 #: second operand transposed, go to NumPy's BLAS), ``"mkl"`` Intel MKL,
 #: sequential (the ``mkl`` wheel: ``pip install defconv_np[mkl]``),
-#: ``"numpy"`` NumPy's own BLAS; ``"auto"`` takes ours on CPUs with 512-bit
-#: vectors (AVX-512), else MKL where installed, else NumPy's. It is read when
+#: ``"numpy"`` NumPy's own BLAS; ``"auto"`` takes MKL where installed, else
+#: ours on CPUs with 512-bit vectors (AVX-512), else NumPy's. It is read when
 #: a CPU conv starts: another value, or ``"mkl"`` without a usable MKL, is a
 #: ValueError there. A call that runs on one thread (a single image, or
 #: ``numba.set_num_threads(1)``) keeps NumPy's BLAS, multithreaded. On a
 #: 2-core AVX-512 Xeon at the benchmark shape (N=8, C=O=64, 64x64, 3x3,
-#: float32; ``benchmarks/cpu_bench.py``), conv2d forward took about 8.0 ms on
-#: ours, 8.2 on MKL and 9.6 on OpenBLAS, deform_conv2d v2 forward 11.7-12.0,
-#: 11.9-12.2 and 13.1-13.6.
+#: float32; ``benchmarks/results/cpu_run31.json``), ours / MKL / OpenBLAS:
+#: conv2d forward 7.9 / 7.9 / 9.3 ms, forward+backward 26.5 / 26.5 / 33.4;
+#: deform_conv2d v2 forward 10.8 / 11.1 / 12.2, forward+backward 41.4 /
+#: 40.5 / 44.9.
 cpu_blas = "auto"
 
 #: Output pixels handled per tile by the CPU volume (5-D) and bicubic

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import defconv_np as dc
-from defconv_np import _cpu_blas
+from defconv_np import _cpu_blas, _cpu_conv
 
 needs_two_lanes = pytest.mark.skipif(
     numba.get_num_threads() < 2,
@@ -308,7 +308,7 @@ def _window(rng, dtype, rows, cols, pad=3):
 @pytest.mark.parametrize("beta", [0.0, 1.0])
 def test_numba_gemm_is_a_product_within_its_rounding_bound(dtype, trans_a, beta):
     """Every edge of the register tiles and cache blocks: rows 1..13 and more
-    than a block (``MB``), columns short of a tile (all through the fallback),
+    than a block (``MB``), columns short of a tile (a masked edge tile),
     whole tiles and a remainder, ``k`` 0, short, and across blocks (``KC``);
     ``A`` transposed or not; windows at offsets. Against the float64 product,
     within ``(k + 2) * eps * (|A| @ |B| + |C|)``; with ``beta = 0`` the NaN
@@ -399,8 +399,8 @@ def test_numba_gemm_taps_sums_shifted_products(dtype):
 
 
 @pytest.mark.parametrize("wide, installed, expected", [
-    (True, True, "numba"), (True, False, "numba"), (False, True, "mkl"), (False, False, "numpy")])
-def test_auto_takes_ours_on_wide_vectors_then_mkl_then_numpys(monkeypatch, wide, installed,
+    (True, True, "mkl"), (True, False, "numba"), (False, True, "mkl"), (False, False, "numpy")])
+def test_auto_takes_mkl_then_ours_on_wide_vectors_then_numpys(monkeypatch, wide, installed,
                                                               expected):
     if _cpu_blas.gemm(np.float32) is None:
         pytest.skip("this NumPy's BLAS has no CBLAS to call")
@@ -453,12 +453,25 @@ def test_numba_gemm_gives_numpys_numbers_on_the_lanes(monkeypatch, dtype, rtol):
                 *[g for g in dc.deform_conv2d_backward(go, x, off, w, padding=1)
                   if g is not None]]
 
+    heights = set()
+    grad_view = _cpu_conv._Bands.grad_view
+
+    def chunked():
+        # bands of 1 and 2 rows: a lane's gradient buffer is reshaped for
+        # each, and its margins must be zeroed again each time
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(dc.config, "cpu_conv_band_bytes", 46000 * np.dtype(dtype).itemsize)
+            patch.setattr(_cpu_conv._Bands, "grad_view", lambda self, state, chunk: (
+                heights.add(chunk.r1 - chunk.r0), grad_view(self, state, chunk))[1])
+            return list(dc.conv2d_backward(go, x, w, padding=1))
+
     monkeypatch.setattr(dc.config, "cpu_blas", "numpy")
-    reference = run()
+    reference = run() + chunked()
     assert counts["lane"] == 0
     monkeypatch.setattr(dc.config, "cpu_blas", "numba")
-    ours = run()
+    ours = run() + chunked()
     assert counts["lane"] > 0, "our GEMM did not run on the lanes"
+    assert heights == {1, 2}
     for a, b in zip(reference, ours):
         np.testing.assert_array_equal(np.isfinite(b), np.isfinite(a))
         finite = np.isfinite(a)
@@ -511,3 +524,88 @@ def test_numba_gemm_on_a_cpu_without_512_bit_vectors(tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "narrow ok 16 8" in done.stdout  # 2 vectors of 8 or 4
+
+
+_GUARDED = r"""
+import ctypes
+import mmap
+
+import numpy as np
+
+from defconv_np import _cpu_blas
+from defconv_np.kernels.cpu import gemm as kernels
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+PAGE = mmap.PAGESIZE
+keep = []
+
+
+def guarded(count, dtype, at_end):
+    # ``count`` values whose first (or, ``at_end``, last) byte touches a page
+    # no access is allowed to: reading one value outside them faults
+    dtype = np.dtype(dtype)
+    nbytes = int(count) * dtype.itemsize
+    pages = -(-nbytes // PAGE)
+    region = mmap.mmap(-1, (pages + 2) * PAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    keep.append(region)
+    for page in (0, pages + 1):
+        assert libc.mprotect(base + page * PAGE, PAGE, 0) == 0
+    start = (pages + 1) * PAGE - nbytes if at_end else PAGE
+    return np.frombuffer(region, dtype, count=count, offset=start)
+
+
+rng = np.random.default_rng(10)
+runs = 0
+for dtype in (np.float32, np.float64):
+    fn = _cpu_blas.numba_gemm(dtype)
+    width = kernels.tile_n(np.dtype(dtype).itemsize)
+    eps = np.finfo(dtype).eps
+    for at_end in (True, False):
+        for m in (1, 5, 7, kernels.MB + 1):
+            for n in (1, width - 1, width + 1, 2 * width + 3):
+                for k in (1, kernels.KC + 1):
+                    for trans_a in (False, True):
+                        a = guarded(m * k, dtype, at_end)
+                        b = guarded(k * n, dtype, at_end)
+                        c = guarded(m * n, dtype, at_end)
+                        a[...], b[...], c[...] = (rng.standard_normal(x.size) for x in (a, b, c))
+                        a_mat = a.reshape(k, m).T if trans_a else a.reshape(m, k)
+                        start = c.reshape(m, n).astype(np.float64)
+                        fn(_cpu_blas.ROW_MAJOR, _cpu_blas.TRANS if trans_a else _cpu_blas.NO_TRANS,
+                           _cpu_blas.NO_TRANS, m, n, k, 1.0, a.ctypes.data, m if trans_a else k,
+                           b.ctypes.data, n, 1.0, c.ctypes.data, n)
+                        exact = a_mat.astype(np.float64) @ b.reshape(k, n) + start
+                        bound = (k + 2) * eps * (np.abs(a_mat).astype(np.float64)
+                                                 @ np.abs(b.reshape(k, n)) + np.abs(start))
+                        assert np.all(np.abs(c.reshape(m, n) - exact) <= bound), (m, n, k)
+                        runs += 1
+        # taps: the farthest tap's window ends on the band's last value
+        m, n, k, ld, shifts = 7, width + 3, 5, width + 9, np.array([0, 2, 6], np.int64)
+        band = guarded((k - 1) * ld + shifts.max() + n, dtype, at_end)
+        band[...] = rng.standard_normal(band.size)
+        w = guarded(len(shifts) * m * k, dtype, at_end)
+        w[...] = rng.standard_normal(w.size)
+        c = guarded(m * n, dtype, at_end)
+        fn.taps(m, n, k, w.ctypes.data, k, 1, m * k, band.ctypes.data, ld, shifts, c.ctypes.data, n)
+        runs += 1
+print("guarded runs", runs)
+"""
+
+
+def test_numba_gemm_reads_and_writes_nothing_outside_its_operands(tmp_path):
+    """Every operand placed so that its first or last value touches a page no
+    access is allowed to, at the edges of tiles and blocks, both layouts of
+    A, and the taps' farthest window: a single value read or written outside
+    faults the child process. (Unmasked loads in the edge tiles fault here;
+    the other tests, whose windows have room to read into, pass them.)"""
+    import subprocess
+    import sys
+
+    if _cpu_blas.gemm(np.float32) is None:
+        pytest.skip("this NumPy's BLAS has no CBLAS for our GEMM to fall back on")
+    done = subprocess.run([sys.executable, "-c", _GUARDED], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert "guarded runs 260" in done.stdout, done.stdout

@@ -26,8 +26,9 @@ runs in a register, and across blocks through ``C`` itself. The order
 depends only on the sizes, never on threads or timing, so results are
 reproducible; they differ from another BLAS's in the last bits, as BLAS
 libraries differ from each other. At the convs' shapes on one core of a
-2-core AVX-512 Xeon it ran 160-210 GFLOP/s in float32 against 134-170 for
-NumPy's OpenBLAS (``benchmarks/gemm_choice.py``).
+2-core AVX-512 Xeon it ran 155-202 GFLOP/s in float32 (200-202 in the
+deformable forward's product) against 141-157 for NumPy's OpenBLAS and
+182-195 for MKL (``benchmarks/gemm_choice.py``).
 
 The micro-kernel's IR is compiled into ``gemm_taps``, and Numba's cache checks
 only this file: it is all here.
