@@ -10,7 +10,10 @@ Runs are interleaved (each repeat runs every variant once, in a rotating
 order) so that the shared machine's load drifts hit all of them alike; medians
 with min/max are reported.
 
-Run:  python benchmarks/active_bench.py [--repeats 15] [--out benchmarks/results/active_cpu.json]
+Run:  python benchmarks/active_bench.py [--repeats 15] [--blas auto|numba|numpy|mkl]
+      [--out benchmarks/results/active_cpu.json]
+(``--blas`` sets ``config.cpu_blas``, the lanes' GEMM for all three ops; the
+JSON records it)
 """
 
 import argparse
@@ -50,7 +53,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                       "active_cpu.json"))
+    parser.add_argument("--blas", choices=("auto", "numba", "numpy", "mkl"), default="auto",
+                        help="config.cpu_blas for every op (default: auto)")
     args = parser.parse_args()
+    dc.config.cpu_blas = args.blas
     rng = np.random.default_rng(0)
     dtype = np.float32
     n, c, o, h, w, k = 8, 64, 64, 64, 64, 3
@@ -88,7 +94,7 @@ def main():
     result = {
         "shape": dict(N=n, C=c, O=o, H=h, W=w, kernel=k, padding=1, dtype="float32",
                       offset="uniform(-1, 1), shared"),
-        "repeats": args.repeats, "interleaved": True,
+        "repeats": args.repeats, "interleaved": True, "cpu_blas": args.blas,
         "numba_threads": numba.get_num_threads(), "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "numpy": np.__version__, "numba": numba.__version__,

@@ -310,7 +310,8 @@ def test_numba_gemm_is_a_product_within_its_rounding_bound(dtype, trans_a, beta)
     """Every edge of the register tiles and cache blocks: rows 1..13 and more
     than a block (``MB``), columns short of a tile (a masked edge tile),
     whole tiles and a remainder, ``k`` 0, short, and across blocks (``KC``);
-    ``A`` transposed or not; windows at offsets. Against the float64 product,
+    ``A`` transposed or not; windows at offsets; ``B``'s rows far enough
+    apart for its blocks to be packed. Against the float64 product,
     within ``(k + 2) * eps * (|A| @ |B| + |C|)``; with ``beta = 0`` the NaN
     that ``C`` held is not read; nothing outside ``C``'s window is written."""
     from defconv_np.kernels.cpu import gemm as kernels
@@ -320,29 +321,32 @@ def test_numba_gemm_is_a_product_within_its_rounding_bound(dtype, trans_a, beta)
     width = kernels.tile_n(np.dtype(dtype).itemsize)
     eps = np.finfo(dtype).eps
     trans = _cpu_blas.TRANS if trans_a else _cpu_blas.NO_TRANS
-    for m in (1, 2, 5, 6, 7, 13, kernels.MB + 9):
-        for n in (width - 3, width, 2 * width + 5):
-            for k in (0, 1, 9, kernels.KC + 3):
-                a_big, a, a_addr, lda = _window(rng, dtype, *((k, m) if trans_a else (m, k)))
-                b_big, b, b_addr, ldb = _window(rng, dtype, k, n)
-                c_big, c, c_addr, ldc = _window(rng, dtype, m, n)
-                if beta == 0.0:
-                    c[...] = np.nan
-                before = [x.copy() for x in (a_big, b_big, c_big)]
-                a_mat = a.T if trans_a else a
-                c_start = np.nan_to_num(c.astype(np.float64)) * beta
-                fn(_cpu_blas.ROW_MAJOR, trans, _cpu_blas.NO_TRANS, m, n, k, 1.0, a_addr, lda,
-                   b_addr, ldb, beta, c_addr, ldc)
-                expected = a_mat.astype(np.float64) @ b.astype(np.float64) + c_start
-                bound = (k + 2) * eps * (np.abs(a_mat).astype(np.float64) @ np.abs(b)
-                                         + np.abs(c_start))
-                where = f"m={m} n={n} k={k}"
-                assert np.all(np.abs(c - expected) <= bound), where
-                np.testing.assert_array_equal(a_big, before[0], err_msg=where)
-                np.testing.assert_array_equal(b_big, before[1], err_msg=where)
-                outside = np.ones(c_big.shape, bool)
-                outside[1:1 + m, 3:3 + n] = False
-                np.testing.assert_array_equal(c_big[outside], before[2][outside], err_msg=where)
+    cases = [(m, n, k, 3) for m in (1, 2, 5, 6, 7, 13, kernels.MB + 9)
+             for n in (width - 3, width, 2 * width + 5) for k in (0, 1, 9, kernels.KC + 3)]
+    # B's rows far apart: its blocks are packed first
+    cases += [(m, n, kernels.KC + 3, kernels.PACK_STRIDE) for m in (5, 13)
+              for n in (width - 3, 2 * width + 5)]
+    for m, n, k, b_pad in cases:
+        a_big, a, a_addr, lda = _window(rng, dtype, *((k, m) if trans_a else (m, k)))
+        b_big, b, b_addr, ldb = _window(rng, dtype, k, n, b_pad)
+        c_big, c, c_addr, ldc = _window(rng, dtype, m, n)
+        if beta == 0.0:
+            c[...] = np.nan
+        before = [x.copy() for x in (a_big, b_big, c_big)]
+        a_mat = a.T if trans_a else a
+        c_start = np.nan_to_num(c.astype(np.float64)) * beta
+        fn(_cpu_blas.ROW_MAJOR, trans, _cpu_blas.NO_TRANS, m, n, k, 1.0, a_addr, lda,
+           b_addr, ldb, beta, c_addr, ldc)
+        expected = a_mat.astype(np.float64) @ b.astype(np.float64) + c_start
+        bound = (k + 2) * eps * (np.abs(a_mat).astype(np.float64) @ np.abs(b)
+                                 + np.abs(c_start))
+        where = f"m={m} n={n} k={k}"
+        assert np.all(np.abs(c - expected) <= bound), where
+        np.testing.assert_array_equal(a_big, before[0], err_msg=where)
+        np.testing.assert_array_equal(b_big, before[1], err_msg=where)
+        outside = np.ones(c_big.shape, bool)
+        outside[1:1 + m, 3:3 + n] = False
+        np.testing.assert_array_equal(c_big[outside], before[2][outside], err_msg=where)
 
 
 def test_numba_gemm_leaves_the_products_it_does_not_run_to_its_fallback(monkeypatch):
@@ -590,16 +594,29 @@ for dtype in (np.float32, np.float64):
         c = guarded(m * n, dtype, at_end)
         fn.taps(m, n, k, w.ctypes.data, k, 1, m * k, band.ctypes.data, ld, shifts, c.ctypes.data, n)
         runs += 1
+        # B's rows far apart (its blocks packed), the last one ending on the guard
+        m, n, k, ld = 7, 2 * width + 3, kernels.KC + 1, kernels.PACK_STRIDE + 5
+        a, c = guarded(m * k, dtype, at_end), guarded(m * n, dtype, at_end)
+        b = guarded((k - 1) * ld + n, dtype, at_end)
+        a[...], b[...] = rng.standard_normal(a.size), rng.standard_normal(b.size)
+        fn(_cpu_blas.ROW_MAJOR, _cpu_blas.NO_TRANS, _cpu_blas.NO_TRANS, m, n, k, 1.0,
+           a.ctypes.data, k, b.ctypes.data, ld, 0.0, c.ctypes.data, n)
+        rows = np.lib.stride_tricks.as_strided(b, (k, n), (ld * b.itemsize, b.itemsize))
+        exact = a.reshape(m, k).astype(np.float64) @ rows
+        bound = (k + 2) * eps * (np.abs(a.reshape(m, k)).astype(np.float64) @ np.abs(rows))
+        assert np.all(np.abs(c.reshape(m, n) - exact) <= bound)
+        runs += 1
 print("guarded runs", runs)
 """
 
 
-def test_numba_gemm_reads_and_writes_nothing_outside_its_operands(tmp_path):
+def test_numba_gemm_reads_and_writes_nothing_outside_its_operands():
     """Every operand placed so that its first or last value touches a page no
     access is allowed to, at the edges of tiles and blocks, both layouts of
-    A, and the taps' farthest window: a single value read or written outside
-    faults the child process. (Unmasked loads in the edge tiles fault here;
-    the other tests, whose windows have room to read into, pass them.)"""
+    A, the taps' farthest window and B's rows far apart (packed): a single
+    value read or written outside faults the child process. (Unmasked loads
+    in the edge tiles fault here; the other tests, whose windows have room to
+    read into, pass them.)"""
     import subprocess
     import sys
 
@@ -608,4 +625,4 @@ def test_numba_gemm_reads_and_writes_nothing_outside_its_operands(tmp_path):
     done = subprocess.run([sys.executable, "-c", _GUARDED], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
-    assert "guarded runs 260" in done.stdout, done.stdout
+    assert "guarded runs 264" in done.stdout, done.stdout
