@@ -22,11 +22,11 @@ our own GEMM (``NumbaGemm``, the Numba micro-kernels of
 CPUs with 512-bit vectors. The implicit-GEMM conv calls the chosen GEMM
 directly (ours sums a band's taps in one call, ``NumbaGemm.taps``); the
 column paths (deformable, active and strided convs) through ``lane_matmul``,
-a ``numpy.matmul`` whose products run on it on a lane. Only the lanes use it: they run one GEMM per core, whereas a
-call that runs on the caller's thread alone (one image, or one lane) keeps
-NumPy's BLAS with all its threads. A conv resolves both GEMMs once, at its
-start (``lane_gemm`` and ``gemm``), and each thread takes its own by
-``in_lane``.
+a ``numpy.matmul`` whose products run on it on a lane. Only the lanes use it:
+they run one GEMM per core, whereas a call that runs on the caller's thread
+alone (one image, or one lane) keeps NumPy's BLAS with all its threads. A
+conv resolves both GEMMs once, at its start (``lane_gemm`` and ``gemm``), and
+each thread takes its own by ``in_lane``.
 
 Measured on a 2-core Xeon with AVX-512 (``benchmarks/gemm_choice.py``): with
 both cores busy, MKL's ``cblas_sgemm`` ran 148-160 GFLOP/s per core at the
@@ -243,8 +243,8 @@ class NumbaGemm:
         if m <= 0 or n <= 0:
             return
         a_rs, a_ks = (lda, 1) if trans_a == NO_TRANS else (1, lda)
-        self.kernel(self.like, m, n, k, a, a_rs, a_ks, 0, b, ldb, self._NO_SHIFT.ctypes.data, 1,
-                    c, ldc, int(beta != 0.0))
+        self.kernel(self.like, m, n, k, a, a_rs, a_ks, 0, b, ldb, self._NO_SHIFT, c, ldc,
+                    int(beta != 0.0))
 
     def taps(self, m, n, k, a, a_rs, a_ks, a_tap, b, ldb, shifts, c, ldc):
         """``C (m, n) = sum over t of A_t @ B_t``: ``A_t[i, p]`` at element
@@ -254,8 +254,7 @@ class NumbaGemm:
         ``ldc``; addresses in bytes. The taps accumulate in registers, in
         order, each product fused (FMA)."""
         if m > 0 and n > 0:
-            self.kernel(self.like, m, n, k, a, a_rs, a_ks, a_tap, b, ldb, shifts.ctypes.data,
-                        len(shifts), c, ldc, 0)
+            self.kernel(self.like, m, n, k, a, a_rs, a_ks, a_tap, b, ldb, shifts, c, ldc, 0)
 
 
 _numba = {}  # {dtype char: NumbaGemm}, made once

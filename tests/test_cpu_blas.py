@@ -376,13 +376,18 @@ def test_numba_gemm_leaves_the_products_it_does_not_run_to_its_fallback(monkeypa
 def test_numba_gemm_taps_sums_shifted_products(dtype):
     """``taps``: the implicit-GEMM conv's sum over taps of ``W_t @ window_t``
     in one call, against the float64 sum of the products, within the
-    rounding bound of its k*taps terms; wide and narrow (masked) columns."""
+    rounding bound of its k*taps terms; wide and narrow (masked) columns,
+    and one shifted tap whose rows are packed."""
     fn = _numba_gemm(dtype)
     rng = np.random.default_rng(9)
     eps = np.finfo(dtype).eps
-    for m, n, k, shifts in ((13, 150, 20, [0, 1, 2, 40, 41, 42]), (3, 5, 7, [3]),
-                            (64, 70, 140, [0, 9])):
-        ld = n + max(shifts) + 2
+    from defconv_np.kernels.cpu import gemm as kernels
+
+    # the last case: one tap at a shift, rows far apart (B's blocks packed)
+    for m, n, k, shifts, wide in ((13, 150, 20, [0, 1, 2, 40, 41, 42], False),
+                                  (3, 5, 7, [3], False), (64, 70, 140, [0, 9], False),
+                                  (5, 70, 140, [7], True)):
+        ld = max(n + max(shifts) + 2, kernels.PACK_STRIDE if wide else 0)
         band = rng.standard_normal((k, ld)).astype(dtype)
         w = rng.standard_normal((len(shifts), m, k)).astype(dtype)
         c = np.full((m, n + 4), np.nan, dtype)

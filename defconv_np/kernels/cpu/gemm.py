@@ -64,6 +64,20 @@ def tile_n(itemsize):
     return NV * VECTOR_BYTES // itemsize
 
 
+def _vectors(context, like_type):
+    """(scalar LLVM type, its bytes, lanes, vector type) for values of the
+    Numba type ``like_type`` in vectors of ``VECTOR_BYTES``."""
+    scalar = context.get_value_type(like_type)
+    size = context.get_abi_sizeof(scalar)
+    lanes = VECTOR_BYTES // size
+    return scalar, size, lanes, ir.VectorType(scalar, lanes)
+
+
+def _vector_at(builder, vec, pointer, index):
+    """A ``vec`` pointer to element ``index`` of the scalar ``pointer``."""
+    return builder.bitcast(builder.gep(pointer, [index]), vec.as_pointer())
+
+
 def _make_tile(edge):
     @intrinsic
     def tile(typingctx, like, rows, cols, a, a_rs, a_ks, a_ts, b, b_ks, shifts, taps, c, ldc, k,
@@ -84,10 +98,7 @@ def _make_tile(edge):
         def codegen(context, builder, signature, args):
             (_, rows_v, cols_v, a_v, a_rs_v, a_ks_v, a_ts_v, b_v, b_ks_v, shifts_v, taps_v, c_v,
              ldc_v, k_v, acc_v) = args
-            scalar = context.get_value_type(signature.args[0])
-            size = context.get_abi_sizeof(scalar)
-            lanes = VECTOR_BYTES // size
-            vec = ir.VectorType(scalar, lanes)
+            scalar, size, lanes, vec = _vectors(context, signature.args[0])
             i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
             zero = ir.Constant(vec, None)
             a_p, b_p, c_p = (builder.inttoptr(v, scalar.as_pointer()) for v in (a_v, b_v, c_v))
@@ -116,7 +127,7 @@ def _make_tile(edge):
             align = ir.Constant(i32, size)
 
             def address(pointer, index):
-                return builder.bitcast(builder.gep(pointer, [index]), vec.as_pointer())
+                return _vector_at(builder, vec, pointer, index)
 
             def load(pointer, index, v):
                 if edge:
@@ -201,46 +212,45 @@ def _pack(typingctx, like, src, stride, rows, dst):
 
     def codegen(context, builder, signature, args):
         _, src_v, stride_v, rows_v, dst_v = args
-        scalar = context.get_value_type(signature.args[0])
-        size = context.get_abi_sizeof(scalar)
-        lanes = VECTOR_BYTES // size
-        vec = ir.VectorType(scalar, lanes)
+        scalar, size, lanes, vec = _vectors(context, signature.args[0])
         i64 = ir.IntType(64)
         src_p, dst_p = (builder.inttoptr(v, scalar.as_pointer()) for v in (src_v, dst_v))
-
-        def address(pointer, index):
-            return builder.bitcast(builder.gep(pointer, [index]), vec.as_pointer())
-
         with cgutils.for_range(builder, rows_v) as row:
             s_row = builder.mul(row.index, stride_v)
             d_row = builder.mul(row.index, ir.Constant(i64, NV * lanes))
             for v in range(NV):
                 shift = ir.Constant(i64, v * lanes)
-                value = builder.load(address(src_p, builder.add(s_row, shift)), align=size)
-                builder.store(value, address(dst_p, builder.add(d_row, shift)), align=size)
+                value = builder.load(_vector_at(builder, vec, src_p, builder.add(s_row, shift)),
+                                     align=size)
+                builder.store(value, _vector_at(builder, vec, dst_p, builder.add(d_row, shift)),
+                              align=size)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 @njit(nogil=True, cache=True)
-def gemm_taps(like, m, n, k, a, a_rs, a_ks, a_ts, b, b_ks, shifts, taps, c, ldc, accumulate):
+def gemm_taps(like, m, n, k, a, a_rs, a_ks, a_ts, b, b_ks, shifts, c, ldc, accumulate):
     """``C (+)= sum over taps t of A_t @ B_t``, ``C`` (m, n), each ``A_t`` (m,
-    k) and ``B_t`` (k, n), in the layout ``_full_tile`` describes; ``like``
-    is a zero of the dtype, the rest 64-bit integers: byte addresses ``a``,
-    ``b``, ``c``, ``shifts`` (of ``taps`` int64 element offsets into ``b``)
-    and element strides. ``accumulate`` nonzero adds to ``C`` (``beta =
-    1``), zero overwrites it (``beta = 0``). All taps of a block of ``k``
-    accumulate in registers: the implicit-GEMM conv's kh*kw products of a band
-    are one call, C read and written once per block."""
+    k) and ``B_t`` (k, n), in the layout ``_full_tile`` describes, one tap per
+    entry of ``shifts`` (a contiguous int64 array of element offsets into
+    ``b``); ``like`` is a zero of the dtype, the rest 64-bit integers: byte
+    addresses ``a``, ``b``, ``c`` and element strides. ``accumulate`` nonzero
+    adds to ``C`` (``beta = 1``), zero overwrites it (``beta = 0``). All taps
+    of a block of ``k`` accumulate in registers: the implicit-GEMM conv's
+    kh*kw products of a band are one call, C read and written once per block."""
     size = _size_of(like)
     width = NV * VECTOR_BYTES // size
-    # one tap whose B rows lie far apart: each block of B is copied to
-    # adjacent rows before its row tiles read it
+    taps = shifts.size
+    at_shifts = np.int64(shifts.ctypes.data)
+    # one tap whose B rows lie far apart: its shift folded into ``b``, each
+    # whole block of B is copied to adjacent rows before the tiles read it
     packing = taps == 1 and b_ks >= PACK_STRIDE
-    pack = np.empty(KC * width if packing else 1, dtype=np.float64)
-    pack_b = np.int64(pack.ctypes.data)
+    pack = np.empty(KC * width if packing else 0, dtype=np.float64)
     no_shift = np.zeros(1, dtype=np.int64)
+    if packing:
+        b += shifts[0] * size
+        at_shifts = np.int64(no_shift.ctypes.data)
     for i0 in range(0, m, MB):
         i1 = min(m, i0 + MB)
         for p0 in range(0, max(k, 1), KC):  # once for k = 0: C = 0, or unchanged
@@ -250,17 +260,16 @@ def gemm_taps(like, m, n, k, a, a_rs, a_ks, a_ts, b, b_ks, shifts, taps, c, ldc,
             b_block = b + (p0 * b_ks) * size
             for j0 in range(0, n, width):
                 cols = min(width, n - j0)
-                b_tile, b_stride, b_shifts = b_block + j0 * size, b_ks, shifts
+                b_tile, b_stride = b_block + j0 * size, b_ks
                 if packing and cols == width:
-                    _pack(like, b_tile, b_ks, steps, pack_b)
-                    b_tile, b_stride = pack_b, np.int64(width)
-                    b_shifts = np.int64(no_shift.ctypes.data)
+                    _pack(like, b_tile, b_ks, steps, np.int64(pack.ctypes.data))
+                    b_tile, b_stride = np.int64(pack.ctypes.data), np.int64(width)
                 for t in range(i0, i1, MR):
                     rows = min(MR, i1 - t)
                     a_tile, c_tile = a_block + t * a_rs * size, c + (t * ldc + j0) * size
                     if cols == width:
                         _full_tile(like, rows, cols, a_tile, a_rs, a_ks, a_ts, b_tile, b_stride,
-                                   b_shifts, taps, c_tile, ldc, steps, keep)
+                                   at_shifts, taps, c_tile, ldc, steps, keep)
                     else:
                         _edge_tile(like, rows, cols, a_tile, a_rs, a_ks, a_ts, b_tile, b_stride,
-                                   b_shifts, taps, c_tile, ldc, steps, keep)
+                                   at_shifts, taps, c_tile, ldc, steps, keep)
