@@ -136,6 +136,14 @@ def machine():
     return {"cpu": cpu, "cores": os.cpu_count(), "blas": blas, "environment": env}
 
 
+def write_json(path, result):
+    """``result`` as indented JSON at ``path`` (its folder made), and say so."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {path}")
+
+
 def peak_mib(fn, *args):
     tracemalloc.start()
     tracemalloc.reset_peak()
@@ -392,10 +400,7 @@ def main():
               "column_budget_mib": defaults[0] / 2**20,
               "lane_column_mib_per_buffer": defaults[1] / 2**20, "rows": rows,
               "memory_scaling": scaling, "budget_scan": budget_scan}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

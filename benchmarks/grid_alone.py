@@ -119,15 +119,13 @@ def main():
                      "ours_rounds_ms": [round(r[key], 3) for r in runs["ours"]],
                      "torch_rounds_ms": [round(r[key], 3) for r in runs["torch"]]})
         print(f"{phase:18s} {mode:11s} {ours:8.3f} {peer:9.3f} {ours / peer:6.2f}")
-    from cpu_bench import machine  # CPU, BLAS and environment, as cpu_bench.py records them
+    # CPU, BLAS and environment recorded, and the JSON written, as cpu_bench.py does
+    from cpu_bench import machine, write_json
 
     result = {"machine": machine(), "shape": {"N": 8, "C": 64, "H": 64, "W": 64},
               "dtype": "float32", "threads": 2, "rounds": args.rounds, "repeats": args.repeats,
               "rows": rows}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":
