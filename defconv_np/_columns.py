@@ -188,12 +188,23 @@ def _matmul_for(xp, columns, dtype):
     return xp.matmul if chooser is None else chooser(dtype)
 
 
+def _fused_tiles(columns, dtype, chunks):
+    """The provider's fused runner of this call (``fused_tiles``: the CPU
+    deformable conv's tiles of sampling and GEMM), or None for the column path."""
+    chooser = getattr(columns, "fused_tiles", None)
+    return None if chooser is None else chooser(dtype, chunks)
+
+
 def forward(xp, out, weight, groups, chunks, columns):
     """``out[n, o, ho, wo] = sum_r weight[o, r] * cols[n, r, (ho, wo)]`` per group.
 
     ``columns.fill(chunk, cols)`` writes a chunk's columns in ``columns.layout``;
     ``columns.run_chunks`` decides how chunks are spread over workers.
     """
+    tiles = _fused_tiles(columns, out.dtype, chunks)
+    if tiles is not None:
+        tiles.forward(out, weight, groups, chunks)
+        return
     layout = columns.layout
     matmul = _matmul_for(xp, columns, out.dtype)
     out_w = out.shape[3]
@@ -225,6 +236,9 @@ def backward(xp, grad_output, weight, groups, chunks, columns, want_weight, want
     worker sums its own chunks; the workers' sums are added in worker order, so
     the result does not depend on scheduling. Returns the weight gradient (or None).
     """
+    tiles = _fused_tiles(columns, grad_output.dtype, chunks)
+    if tiles is not None:
+        return tiles.backward(grad_output, weight, groups, chunks, want_weight, want_columns)
     layout = columns.layout
     matmul = _matmul_for(xp, columns, grad_output.dtype)
     n_out, out_w = grad_output.shape[1], grad_output.shape[3]

@@ -456,13 +456,28 @@ class DeformColumns(_LaneColumns):
                                         dilation, kernel_operand)
         self.weight_groups = weight_groups
 
-    def _common(self, chunk):
+    def common(self, chunk):
+        """The sampling arguments the deformable kernels take for ``chunk``."""
         s = self.sampling
         return (s.height, s.width, s.row_stride, s.offset, s.mask, s.use_mask, chunk.n0,
                 chunk.r0, s.y_base, s.x_base, self.weight_groups)
 
+    def fused_tiles(self, dtype, chunks):
+        """A ``_cpu_deform.DeformTiles`` for this call where our own GEMM may
+        run inside the kernels (``_cpu_blas.fused_gemm``) and the chunks
+        spread over the lanes, or run on one lane by the user's choice
+        (``numba.set_num_threads(1)``); else None, for the column path (whose
+        single-lane GEMMs keep NumPy's BLAS multithreaded)."""
+        from ._cpu_deform import DeformTiles
+
+        lanes = column_lanes()
+        if _cpu_blas.fused_gemm(dtype) is None or (
+                lanes > 1 and len({chunk.n0 for chunk in chunks}) < 2):
+            return None
+        return DeformTiles(self, dtype)
+
     def fill(self, chunk, cols):
-        deform_kernels.deform_im2col(self.lanes.images(), *self._common(chunk), cols)
+        deform_kernels.deform_im2col(self.lanes.images(), *self.common(chunk), cols)
 
     def start_backward(self, want_input, grad_offset, grad_mask):
         """Where the backward writes: the input gradient (if ``want_input``,
@@ -486,7 +501,7 @@ class DeformColumns(_LaneColumns):
         want_offset = self.grad_offset is not None
         want_mask = self.grad_mask is not None
         deform_kernels.deform_backward(
-            grad_cols, self.lanes.images(), *self._common(chunk), want_input, want_offset,
+            grad_cols, self.lanes.images(), *self.common(chunk), want_input, want_offset,
             want_mask, self.lanes.grads() if want_input else dummy3,
             self.grad_offset if want_offset else dummy4,
             self.grad_mask if want_mask else dummy4)

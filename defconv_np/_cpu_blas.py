@@ -306,6 +306,22 @@ def lane_gemm(dtype):
     return gemm(dtype)
 
 
+def fused_gemm(dtype):
+    """Our own GEMM for ``dtype`` where a fused CPU kernel may call it from
+    compiled code (the deformable conv's tiles, ``kernels/cpu/deform_tiles.py``),
+    else None: under ``config.cpu_blas`` ``"numba"``, and under ``"auto"`` on
+    CPUs with 512-bit vectors even where MKL is installed (no other BLAS can
+    be called from inside those kernels, and the fused v2 forward+backward ran
+    faster than the column path on MKL, ``benchmarks/results/cpu_run34.json``).
+    ``"mkl"`` and ``"numpy"`` keep the column path on that BLAS."""
+    choice = config.cpu_blas
+    if choice not in CHOICES:
+        raise ValueError(f"config.cpu_blas must be one of {CHOICES}, got {choice!r}")
+    if choice == "numba" or (choice == "auto" and wide_vectors()):
+        return numba_gemm(dtype)
+    return None
+
+
 def fits(fn, *sizes):
     """Whether every size and leading dimension in ``sizes`` fits ``fn``'s
     integer type (32-bit for some OpenBLAS builds; ``NumbaGemm``'s falls

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import defconv_np as dc
+from defconv_np import _cpu_blas
 from tests.naive import (
     assert_close,
     assert_same_up_to_summation_order,
@@ -525,3 +526,120 @@ def test_float32_plane_wider_than_2_pow_24_reaches_its_last_pixel():
     off = np.zeros((1, 2, 1, width), np.float32)
     out = dc.deform_conv2d(x, off, w)
     assert out[0, 0, 0, -1] == 3.0
+
+
+# ------------------------------------------- the CPU's fused tiles (our own GEMM)
+
+
+def _counting_tile_kernels(monkeypatch):
+    """Count the calls of the fused tile kernels (``kernels/cpu/deform_tiles``)."""
+    from defconv_np.kernels.cpu import deform_tiles
+
+    counts = {"forward": 0, "backward": 0}
+    for kind in counts:
+        name = f"deform_{kind}_tiles"
+        kernel = getattr(deform_tiles, name)
+
+        def counted(*args, kernel=kernel, kind=kind):
+            counts[kind] += 1
+            return kernel(*args)
+
+        monkeypatch.setattr(deform_tiles, name, counted)
+    return counts
+
+
+@pytest.mark.skipif(_cpu_blas.numba_gemm(np.float64) is None,
+                    reason="this NumPy's BLAS has no CBLAS for our GEMM to fall back on")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_tiles_match_the_column_path_and_naive(monkeypatch, dtype):
+    """With our own GEMM the CPU runs deform_conv2d in fused tiles of output
+    rows: weight and offset groups, a mask, stride, dilation, non-finite
+    offsets, tiles of one row and of several with a shorter last one, row
+    chunks, subsets of the gradients, one lane: the float64 loops' numbers,
+    and the column path's (NumPy's BLAS)."""
+    import numba
+
+    rng = np.random.default_rng(11)
+    n, c, o, h, w = 3, 8, 6, 9, 7
+    kh, kw, stride, padding, dilation = 3, 2, (2, 1), (1, 1), (1, 2)
+    out_h, out_w = (h + 2 - 3) // 2 + 1, (w + 2 - 3) // 1 + 1
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    offset = rng.uniform(-2, 2, (n, 2 * 2 * kh * kw, out_h, out_w)).astype(dtype)
+    offset.reshape(-1)[rng.choice(offset.size, 12, replace=False)] = NON_FINITE_OFFSETS * 2 + (0, 0)
+    mask = rng.uniform(-1, 2, (n, 2 * kh * kw, out_h, out_w)).astype(dtype)
+    weight = rng.standard_normal((o, c // 2, kh, kw)).astype(dtype)  # 2 weight groups
+    go = rng.standard_normal((n, o, out_h, out_w)).astype(dtype)
+    hyper = dict(stride=stride, padding=padding, dilation=dilation)
+    naive_out = naive_deform_conv2d(x, offset, weight, mask=mask, **hyper)
+    naive = naive_deform_conv2d_grads(go, x, offset, weight, mask=mask, **hyper)
+    subsets = [ALL_GRADS, ("weight",), ("input",), ("offset", "mask")]
+
+    def run():
+        return ([dc.deform_conv2d(x, offset, weight, mask=mask, **hyper)]
+                + [dc.deform_conv2d_backward(go, x, offset, weight, mask=mask, needs=needs,
+                                             **hyper) for needs in subsets])
+
+    monkeypatch.setattr(dc.config, "cpu_blas", "numpy")
+    counts = _counting_tile_kernels(monkeypatch)
+    reference = run()
+    assert counts == {"forward": 0, "backward": 0}
+    monkeypatch.setattr(dc.config, "cpu_blas", "numba")
+    row = out_w * kh * kw * c * np.dtype(dtype).itemsize  # one tile row, one buffer
+    results = {}
+    for label, tile_bytes, lane_bytes, threads in [
+            ("one row", 1, 1 << 20, None),
+            ("3 rows of 5, backward 2 of 2", 3 * row, 1 << 20, None),
+            ("row chunks", 2 * row, 2 * row, None),
+            ("one lane", 3 * row, 1 << 20, 1)]:
+        monkeypatch.setattr(dc.config, "cpu_deform_tile_bytes", tile_bytes)
+        monkeypatch.setattr(dc.config, "cpu_lane_column_bytes", lane_bytes)
+        before = numba.get_num_threads()
+        numba.set_num_threads(threads or before)
+        try:
+            counts.update(forward=0, backward=0)
+            results[label] = run()
+        finally:
+            numba.set_num_threads(before)
+        assert counts["forward"] > 0 and counts["backward"] >= len(subsets), label
+    tol = tolerance_of(dtype)
+    for label, (out, *grads) in results.items():
+        assert_close(out, naive_out, dtype=dtype, err_msg=label)
+        np.testing.assert_allclose(out, reference[0], rtol=0, atol=tol * np.abs(out).max())
+        for needs, got, ref in zip(subsets, grads, reference[1:]):
+            for name in ALL_GRADS[:4]:
+                value = getattr(got, name)
+                if name not in needs:
+                    assert value is None, (label, needs, name)
+                    continue
+                assert np.all(np.isfinite(value)), (label, name)
+                assert_close(value, naive[name], dtype=dtype, err_msg=f"{label}: {name}")
+                np.testing.assert_allclose(value, getattr(ref, name), rtol=0,
+                                           atol=tol * np.abs(value).max(),
+                                           err_msg=f"{label}: {name}")
+
+
+def tolerance_of(dtype):
+    """Agreement of two float summation orders, relative to the largest value."""
+    return 1e-12 if np.dtype(dtype) == np.float64 else 2e-6
+
+
+def test_fused_tiles_leave_a_single_image_on_the_column_path(monkeypatch):
+    """One image on several lanes runs the column path, whose GEMMs then keep
+    NumPy's BLAS with all its threads; the fused tiles would run on one core."""
+    import numba
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("the lanes need two Numba threads; this machine has one core")
+    monkeypatch.setattr(dc.config, "cpu_blas", "numba")
+    counts = _counting_tile_kernels(monkeypatch)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 4, 6, 6))
+    offset = rng.uniform(-2, 2, (1, 18, 6, 6))
+    weight = rng.standard_normal((5, 4, 3, 3))
+    out = dc.deform_conv2d(x, offset, weight, padding=1)
+    dc.deform_conv2d_backward(np.ones_like(out), x, offset, weight, padding=1)
+    assert counts == {"forward": 0, "backward": 0}
+    assert_close(out, naive_deform_conv2d(x, offset, weight, padding=1), dtype=np.float64)
+    dc.deform_conv2d(np.concatenate([x, x]), np.concatenate([offset, offset]), weight,
+                     padding=1)
+    assert counts["forward"] == 2  # one run per image, one call each

@@ -1,0 +1,92 @@
+"""CPU launcher of deform_conv2d's fused tiles (``kernels/cpu/deform_tiles.py``):
+sampling and our own GEMM one tile of output rows at a time, on the lanes.
+
+``_cpu.DeformColumns.fused_tiles`` hands ``_columns.forward`` and
+``_columns.backward`` a ``DeformTiles`` where our GEMM may run the lanes'
+products (``_cpu_blas.fused_gemm``) and the call uses the lanes; otherwise
+the column path runs. The chunks are those of the column path: images are
+copied channels-last per run (``_cpu.LaneImages``), row chunks of one image
+stay on one lane; each lane's scratch is one tile's columns
+(``config.cpu_deform_tile_bytes``), not a chunk's.
+"""
+
+import numpy as np
+
+from . import _columns, config
+from .kernels.cpu import deform_tiles as kernels
+
+
+def tile_rows(out_w, rows_k, itemsize, buffers):
+    """Output rows per tile: ``buffers`` column buffers of a tile within
+    ``config.cpu_deform_tile_bytes``, at least one row."""
+    per_row = max(1, buffers) * out_w * rows_k * itemsize
+    return max(1, config.cpu_deform_tile_bytes // per_row)
+
+
+class DeformTiles:
+    """Forward and backward of one deform_conv2d call as fused tiles, over the
+    images, offsets and masks of ``columns`` (a ``_cpu.DeformColumns``)."""
+
+    layout = _columns.PixelsFirst
+
+    def __init__(self, columns, dtype):
+        self.columns = columns
+        self.like = np.zeros(1, dtype)[0]
+
+    def forward(self, out, weight, groups, chunks):
+        """``out`` (N, O, Ho, Wo), C-contiguous, = the deformable conv."""
+        columns, lanes = self.columns, self.columns.lanes
+        w_t = self.layout.forward_weight(
+            np.ascontiguousarray(self.layout.weight_matrix(weight, groups)))
+        rows_k = groups * w_t.shape[1]
+        out_w = out.shape[3]
+        rows = tile_rows(out_w, rows_k, out.itemsize, 1)
+
+        def new_state():
+            return (np.empty(rows * out_w * rows_k, out.dtype),
+                    np.empty(rows * out_w * out.shape[1], out.dtype))
+
+        def work(chunk, state):
+            cols, prod = state
+            kernels.deform_forward_tiles(self.like, w_t, lanes.images(), *columns.common(chunk),
+                                         chunk.r1, rows, out, cols, prod)
+
+        columns.run_chunks(chunks, work, new_state)
+
+    def backward(self, grad_output, weight, groups, chunks, want_weight, want_columns):
+        """The weight gradient (or None unless ``want_weight``), and, if
+        ``want_columns``, the input, offset and mask gradients where
+        ``columns.start_backward`` asked for them."""
+        columns, lanes = self.columns, self.columns.lanes
+        w = np.ascontiguousarray(self.layout.weight_matrix(weight, groups))
+        rows_k = groups * w.shape[2]
+        out_w = grad_output.shape[3]
+        go = np.ascontiguousarray(grad_output).reshape(*grad_output.shape[:2], -1)
+        rows = tile_rows(out_w, rows_k, w.itemsize, want_weight + want_columns)
+        size = rows * out_w * rows_k
+        want_input = want_columns and lanes.grad_input is not None
+        want_offset = want_columns and columns.grad_offset is not None
+        want_mask = want_columns and columns.grad_mask is not None
+        dummy3, dummy4 = np.zeros((1, 1, 1), w.dtype), np.zeros((1, 1, 1, 1), w.dtype)
+
+        def new_state():
+            return {"cols": np.empty(size if want_weight else 0, w.dtype),
+                    "grad_cols": np.empty(size if want_columns else 0, w.dtype),
+                    "grad_w": np.zeros_like(w)}
+
+        def work(chunk, state):
+            kernels.deform_backward_tiles(
+                self.like, go, w, lanes.images(), *columns.common(chunk), chunk.r1, rows,
+                want_weight, want_input, want_offset, want_mask,
+                lanes.grads() if want_input else dummy3,
+                columns.grad_offset if want_offset else dummy4,
+                columns.grad_mask if want_mask else dummy4,
+                state["grad_w"], state["cols"], state["grad_cols"])
+
+        states = columns.run_chunks(chunks, work, new_state)
+        if not want_weight:
+            return None
+        grad_w = states[0]["grad_w"]
+        for state in states[1:]:
+            grad_w += state["grad_w"]
+        return np.ascontiguousarray(self.layout.weight_from_matrix(grad_w, weight.shape))
