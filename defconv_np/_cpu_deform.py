@@ -16,10 +16,10 @@ from . import _columns, config
 from .kernels.cpu import deform_tiles as kernels
 
 
-def tile_rows(out_w, rows_k, itemsize, buffers):
-    """Output rows per tile: ``buffers`` column buffers of a tile within
+def tile_rows(out_w, rows_k, itemsize):
+    """Output rows per tile: a tile's columns within
     ``config.cpu_deform_tile_bytes``, at least one row."""
-    per_row = max(1, buffers) * out_w * rows_k * itemsize
+    per_row = out_w * rows_k * itemsize
     return max(1, config.cpu_deform_tile_bytes // per_row)
 
 
@@ -40,7 +40,7 @@ class DeformTiles:
             np.ascontiguousarray(self.layout.weight_matrix(weight, groups)))
         rows_k = groups * w_t.shape[1]
         out_w = out.shape[3]
-        rows = tile_rows(out_w, rows_k, out.itemsize, 1)
+        rows = tile_rows(out_w, rows_k, out.itemsize)
 
         def new_state():
             return (np.empty(rows * out_w * rows_k, out.dtype),
@@ -62,16 +62,14 @@ class DeformTiles:
         rows_k = groups * w.shape[2]
         out_w = grad_output.shape[3]
         go = np.ascontiguousarray(grad_output).reshape(*grad_output.shape[:2], -1)
-        rows = tile_rows(out_w, rows_k, w.itemsize, want_weight + want_columns)
-        size = rows * out_w * rows_k
+        rows = tile_rows(out_w, rows_k, w.itemsize)
         want_input = want_columns and lanes.grad_input is not None
         want_offset = want_columns and columns.grad_offset is not None
         want_mask = want_columns and columns.grad_mask is not None
         dummy3, dummy4 = np.zeros((1, 1, 1), w.dtype), np.zeros((1, 1, 1, 1), w.dtype)
 
         def new_state():
-            return {"cols": np.empty(size if want_weight else 0, w.dtype),
-                    "grad_cols": np.empty(size if want_columns else 0, w.dtype),
+            return {"scratch": np.empty(rows * out_w * rows_k, w.dtype),
                     "grad_w": np.zeros_like(w)}
 
         def work(chunk, state):
@@ -81,7 +79,7 @@ class DeformTiles:
                 lanes.grads() if want_input else dummy3,
                 columns.grad_offset if want_offset else dummy4,
                 columns.grad_mask if want_mask else dummy4,
-                state["grad_w"], state["cols"], state["grad_cols"])
+                state["grad_w"], state["scratch"])
 
         states = columns.run_chunks(chunks, work, new_state)
         if not want_weight:

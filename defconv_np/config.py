@@ -33,13 +33,13 @@ column_budget_bytes = 64 * 2**20
 #: 15.1 / 55.4 with 4 MiB and 15.8 / 59.6 with 8 MiB.
 cpu_lane_column_bytes = 4 * 2**20
 
-#: Bytes of column scratch (all its buffers) per tile of output rows in the
-#: CPU deformable conv's fused tiles (``kernels/cpu/deform_tiles.py``, run on
-#: our own GEMM): at least one output row. At the benchmark shape (N=8,
-#: C=O=64, 64x64, 3x3, float32, 2 lanes, 2 MiB L2 per core), one tile row
-#: holds 147 KiB of each buffer; the backward (two buffers) ran fastest with
-#: tiles of one row, the forward with 2-4 rows.
-cpu_deform_tile_bytes = 320 * 2**10
+#: Bytes of column scratch per tile of output rows in the CPU deformable
+#: conv's fused tiles (``kernels/cpu/deform_tiles.py``, run on our own GEMM),
+#: one buffer per lane: at least one output row. At the benchmark shape
+#: (N=8, C=O=64, 64x64, 3x3, float32, 2 lanes, 2 MiB L2 per core) one row
+#: holds 144 KiB; the backward ran fastest with tiles of one row (34.3 ms
+#: against 35.3 with 2 or 4), the forward alike with 1-8 (12.4-12.5 ms).
+cpu_deform_tile_bytes = 192 * 2**10
 #: Bytes of the band (padded input rows) and result a CPU lane holds at once
 #: in conv2d's implicit-GEMM path (stride 1, ``_cpu_conv``); in a backward,
 #: of the band, the margined gradient rows and their pixels-first copy. An

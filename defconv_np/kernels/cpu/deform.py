@@ -45,14 +45,18 @@ _FASTMATH = {"contract", "nsz", "arcp"}
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
-def _channel_sum(terms, count):
-    """Sum of ``terms[:count]`` in float64, reassociated so that it vectorises.
+def _channel_sum(terms, count, zero):
+    """Sum of ``terms[:count]`` in their own precision (``zero`` is a zero of
+    it), reassociated so that it vectorises: partial sums in vector lanes,
+    then a tree, far fewer roundings in a row than torchvision's sequential
+    sum in the input precision.
 
     A function of its own, never inlined into the kernels: its additions carry
     "reassoc", the kernels' products do not, so the compiler cannot factor the
     mask back out of the per-channel terms (which torchvision multiplies
-    term by term)."""
-    acc = 0.0
+    term by term). Summed in float64 instead, the deformable backward took
+    8 ns a sample more (63 against 55, C = 64, one core)."""
+    acc = zero
     for i in range(count):
         acc += terms[i]
     return acc
@@ -255,8 +259,10 @@ def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use
     * ``grad_mask``: the sum of ``grad_cols * sample``.
 
     Outside samples get exactly 0 offset and mask gradients and scatter
-    nothing. Offset and mask sums are kept in float64; everything runs in a
-    fixed order, so the results do not depend on scheduling.
+    nothing. The channel sums of the offset and mask gradients run in the
+    input precision, in vector lanes then a tree (``_channel_sum``), and
+    across weight groups' runs in float64; everything runs in a fixed order,
+    so the results do not depend on scheduling.
     """
     prefer_wide_vectors()
     n_k = y_base.shape[1] * x_base.shape[1]
@@ -275,6 +281,7 @@ def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use
     first, lo, count, dst, per_wgroup, _ = _channel_runs(groups, weight_groups, channels, n_k)
     right, down = uint64(channels), uint64(row_stride * channels)
     one = np.ones(1, dtype)[0]
+    zero = one - one
     want_terms = want_offset or want_mask
     # per-channel terms of the offset and mask sums, formed in the channel
     # loop with the mask in each term (torchvision's order), then summed by
@@ -307,10 +314,10 @@ def deform_backward(grad_cols, inp, height, width, row_stride, offset, mask, use
                                               down, count[j], mw00, mw01, mw10, mw11, ly, lx, m,
                                               want_input, want_terms, one, t_dy, t_dx, t_v)
                                 if want_offset:
-                                    acc_dy += _channel_sum(t_dy, count[j])
-                                    acc_dx += _channel_sum(t_dx, count[j])
+                                    acc_dy += _channel_sum(t_dy, count[j], zero)
+                                    acc_dx += _channel_sum(t_dx, count[j], zero)
                                 if want_mask:
-                                    acc_v += _channel_sum(t_v, count[j])
+                                    acc_v += _channel_sum(t_v, count[j], zero)
                         if want_offset:
                             grad_offset[n, 2 * s, ho, wo] = acc_dy
                             grad_offset[n, 2 * s + 1, ho, wo] = acc_dx
