@@ -163,14 +163,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "cpu.json"))
-    parser.add_argument("--blas", nargs="+", choices=_cpu_blas.CHOICES[1:], default=None,
+    parser.add_argument("--blas", nargs="+", choices=_cpu_blas.CHOICES, default=None,
                         help="the lanes' GEMMs for the conv rows, the first giving the row's "
-                             "ours_ms (default: what auto takes, then the others available)")
+                             "ours_ms (default: auto, then the others available)")
     args = parser.parse_args()
     have_mkl = _cpu_blas.mkl_gemm(np.float32) is not None
     available = ["numba", "numpy"] + (["mkl"] if have_mkl else [])
-    auto = ("mkl" if have_mkl else "numba" if _cpu_blas.wide_vectors() else "numpy")
-    BLASES[:] = args.blas or [auto] + [b for b in available if b != auto]
+    # "auto" itself, not the GEMM it takes for conv2d: deform_conv2d takes
+    # our fused tiles under it even where MKL is installed
+    BLASES[:] = args.blas or ["auto"] + available
     threads = numba.get_num_threads()
     if torch is not None:
         torch.set_num_threads(threads)
