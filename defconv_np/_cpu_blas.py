@@ -19,8 +19,10 @@ The CPU convs' worker lanes can run their GEMMs elsewhere, as
 install defconv_np[mkl]``), loaded with its sequential threading layer, or on
 our own GEMM (``NumbaGemm``, the Numba micro-kernels of
 ``kernels/cpu/gemm.py``). ``"auto"`` takes MKL where installed, else ours on
-CPUs with 512-bit vectors. The implicit-GEMM conv calls the chosen GEMM
-directly (ours sums a band's taps in one call, ``NumbaGemm.taps``); the
+CPUs with 512-bit vectors; deform_conv2d takes ours on such CPUs in any
+case (``fused_gemm``), called from inside its fused tiles. The implicit-GEMM
+conv calls the chosen GEMM directly (ours sums a band's taps in one call,
+``NumbaGemm.taps``); the
 column paths (deformable, active and strided convs) through ``lane_matmul``,
 a ``numpy.matmul`` whose products run on it on a lane. Only the lanes use it:
 they run one GEMM per core, whereas a call that runs on the caller's thread
@@ -312,7 +314,8 @@ def fused_gemm(dtype):
     else None: under ``config.cpu_blas`` ``"numba"``, and under ``"auto"`` on
     CPUs with 512-bit vectors even where MKL is installed (no other BLAS can
     be called from inside those kernels, and the fused v2 forward+backward ran
-    faster than the column path on MKL, ``benchmarks/results/cpu_run34.json``).
+    faster than the column path on MKL: 49.1 against 54.7 ms in
+    ``benchmarks/results/cpu_run36_malloc.json``).
     ``"mkl"`` and ``"numpy"`` keep the column path on that BLAS."""
     choice = config.cpu_blas
     if choice not in CHOICES:

@@ -66,15 +66,18 @@ cuda_column_budget_bytes = 256 * 2**20
 #: second operand transposed, go to NumPy's BLAS), ``"mkl"`` Intel MKL,
 #: sequential (the ``mkl`` wheel: ``pip install defconv_np[mkl]``),
 #: ``"numpy"`` NumPy's own BLAS; ``"auto"`` takes MKL where installed, else
-#: ours on CPUs with 512-bit vectors (AVX-512), else NumPy's. It is read when
+#: ours on CPUs with 512-bit vectors (AVX-512), else NumPy's, except that
+#: deform_conv2d takes ours in fused tiles on such CPUs whether or not MKL is
+#: installed (``"numba"`` does too; ``_cpu_deform``). It is read when
 #: a CPU conv starts: another value, or ``"mkl"`` without a usable MKL, is a
 #: ValueError there. A call that runs on one thread (a single image, or
-#: ``numba.set_num_threads(1)``) keeps NumPy's BLAS, multithreaded. On a
+#: ``numba.set_num_threads(1)``) keeps NumPy's BLAS, multithreaded; the fused
+#: tiles run on one thread only where the user asked for one. On a
 #: 2-core AVX-512 Xeon at the benchmark shape (N=8, C=O=64, 64x64, 3x3,
-#: float32; ``benchmarks/results/cpu_run31.json``), ours / MKL / OpenBLAS:
-#: conv2d forward 7.9 / 7.9 / 9.3 ms, forward+backward 26.5 / 26.5 / 33.4;
-#: deform_conv2d v2 forward 10.8 / 11.1 / 12.2, forward+backward 41.4 /
-#: 40.5 / 44.9.
+#: float32; ``benchmarks/results/cpu_run36_malloc.json``), ours / MKL /
+#: OpenBLAS: conv2d forward 9.9 / 9.9 / 11.5 ms, forward+backward 32.9 /
+#: 33.1 / 40.5; deform_conv2d v2 forward 12.9 / 13.8 / 15.8, forward+backward
+#: 49.1 / 54.7 / 58.9 (ours in fused tiles).
 cpu_blas = "auto"
 
 #: Output pixels handled per tile by the CPU volume (5-D) and bicubic

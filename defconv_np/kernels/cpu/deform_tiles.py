@@ -7,12 +7,14 @@ The column path (``_columns`` with ``deform.deform_im2col`` and
 before its GEMM reads it back, and the buffer has left L2 by then. Here a
 tile is a few output rows (``tile_rows``), a few hundred KiB of columns,
 and each kernel runs its tiles in one compiled loop, without a Python call
-per tile. At the benchmark shape (N=8, C=O=64, 64x64, 3x3, float32, 2 lanes)
-the v2 forward took 12.5-12.7 ms against 14.2-15.3 for the column path on the
-same GEMM, and the backward 34.0-34.3 against 38.2-39.2.
+per tile. At the benchmark shape (N=8, C=O=64, 64x64, 3x3, float32, 2
+lanes) a first version took the v2 forward to 12.5-12.7 ms against
+14.2-14.5 for the column path on the same GEMM, and the backward to
+34.0-34.3 against 38.2-39.2, alternating in one process.
 
-The per-sample maths is ``deform``'s, called on each tile: samples, input,
-offset and mask gradients are bitwise those of the column path. The weight
+The per-sample maths is ``deform``'s, called on each tile: outputs, input,
+offset and mask gradients are bitwise those of the column path on our
+GEMM, whose sums run in the same order at any number of rows. The weight
 gradient is one GEMM sum over the tiles (``C += A @ B`` per tile), so it
 differs from the column path's per-chunk sums in the last bits.
 
