@@ -464,15 +464,16 @@ class DeformColumns(_LaneColumns):
 
     def fused_tiles(self, dtype, chunks):
         """A ``_cpu_deform.DeformTiles`` for this call where our own GEMM may
-        run inside the kernels (``_cpu_blas.fused_gemm``) and the chunks
-        spread over the lanes, or run on one lane by the user's choice
-        (``numba.set_num_threads(1)``); else None, for the column path (whose
-        single-lane GEMMs keep NumPy's BLAS multithreaded)."""
+        run inside the kernels (``_cpu_blas.fuses``) and the chunks spread
+        over the lanes, or there is one lane (``numba.set_num_threads(1)``,
+        one core); else None, for the column path (whose single-lane GEMMs
+        keep NumPy's BLAS multithreaded). An empty batch (no chunks) takes
+        the column path, which has nothing to run."""
         from ._cpu_deform import DeformTiles
 
-        lanes = column_lanes()
-        if _cpu_blas.fused_gemm(dtype) is None or (
-                lanes > 1 and len({chunk.n0 for chunk in chunks}) < 2):
+        if not chunks or not _cpu_blas.fuses():
+            return None
+        if column_lanes() > 1 and len({chunk.n0 for chunk in chunks}) < 2:
             return None
         return DeformTiles(self, dtype)
 

@@ -19,8 +19,9 @@ The CPU convs' worker lanes can run their GEMMs elsewhere, as
 install defconv_np[mkl]``), loaded with its sequential threading layer, or on
 our own GEMM (``NumbaGemm``, the Numba micro-kernels of
 ``kernels/cpu/gemm.py``). ``"auto"`` takes MKL where installed, else ours on
-CPUs with 512-bit vectors; deform_conv2d takes ours on such CPUs in any
-case (``fused_gemm``), called from inside its fused tiles. The implicit-GEMM
+CPUs with 512-bit vectors; under ``"auto"`` deform_conv2d takes ours on such
+CPUs even where MKL is installed (``fuses``), called from inside its fused
+tiles. The implicit-GEMM
 conv calls the chosen GEMM directly (ours sums a band's taps in one call,
 ``NumbaGemm.taps``); the
 column paths (deformable, active and strided convs) through ``lane_matmul``,
@@ -308,21 +309,20 @@ def lane_gemm(dtype):
     return gemm(dtype)
 
 
-def fused_gemm(dtype):
-    """Our own GEMM for ``dtype`` where a fused CPU kernel may call it from
-    compiled code (the deformable conv's tiles, ``kernels/cpu/deform_tiles.py``),
-    else None: under ``config.cpu_blas`` ``"numba"``, and under ``"auto"`` on
-    CPUs with 512-bit vectors even where MKL is installed (no other BLAS can
-    be called from inside those kernels, and the fused v2 forward+backward ran
-    faster than the column path on MKL: 49.1 against 54.7 ms in
-    ``benchmarks/results/cpu_run36_malloc.json``).
-    ``"mkl"`` and ``"numpy"`` keep the column path on that BLAS."""
+def fuses():
+    """Whether a fused CPU kernel may run our own GEMM from compiled code (the
+    deformable conv's tiles, ``kernels/cpu/deform_tiles.py``): under
+    ``config.cpu_blas`` ``"numba"``, and under ``"auto"`` on CPUs with
+    512-bit vectors even where MKL is installed (no other BLAS can be called
+    from inside those kernels, and the fused v2 forward+backward ran faster
+    than the column path on MKL: 49.1 against 54.7 ms in
+    ``benchmarks/results/cpu_run36_malloc.json``). ``"mkl"`` and ``"numpy"``
+    keep the column path on that BLAS. The fused kernels call ours directly,
+    so unlike ``numba_gemm`` this needs no NumPy CBLAS to fall back on."""
     choice = config.cpu_blas
     if choice not in CHOICES:
         raise ValueError(f"config.cpu_blas must be one of {CHOICES}, got {choice!r}")
-    if choice == "numba" or (choice == "auto" and wide_vectors()):
-        return numba_gemm(dtype)
-    return None
+    return choice == "numba" or (choice == "auto" and wide_vectors())
 
 
 def fits(fn, *sizes):

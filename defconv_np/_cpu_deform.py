@@ -3,11 +3,13 @@ sampling and our own GEMM one tile of output rows at a time, on the lanes.
 
 ``_cpu.DeformColumns.fused_tiles`` hands ``_columns.forward`` and
 ``_columns.backward`` a ``DeformTiles`` where our GEMM may run the lanes'
-products (``_cpu_blas.fused_gemm``) and the call uses the lanes; otherwise
+products (``_cpu_blas.fuses``) and the call uses the lanes; otherwise
 the column path runs. The chunks are those of the column path: images are
 copied channels-last per run (``_cpu.LaneImages``), row chunks of one image
 stay on one lane; each lane's scratch is one tile's columns
-(``config.cpu_deform_tile_bytes``), not a chunk's.
+(``config.cpu_deform_tile_bytes``), not a chunk's, with the forward's
+product of a tile (``tile_rows * Wo * O``) and the backward's partial weight
+gradient.
 """
 
 import numpy as np
@@ -61,7 +63,8 @@ class DeformTiles:
         w = np.ascontiguousarray(self.layout.weight_matrix(weight, groups))
         rows_k = groups * w.shape[2]
         out_w = grad_output.shape[3]
-        go = np.ascontiguousarray(grad_output).reshape(*grad_output.shape[:2], -1)
+        n, n_out, out_h = grad_output.shape[:3]
+        go = np.ascontiguousarray(grad_output).reshape(n, n_out, out_h * out_w)
         rows = tile_rows(out_w, rows_k, w.itemsize)
         want_input = want_columns and lanes.grad_input is not None
         want_offset = want_columns and columns.grad_offset is not None
@@ -70,7 +73,7 @@ class DeformTiles:
 
         def new_state():
             return {"scratch": np.empty(rows * out_w * rows_k, w.dtype),
-                    "grad_w": np.zeros_like(w)}
+                    "grad_w": np.zeros_like(w) if want_weight else dummy3}
 
         def work(chunk, state):
             kernels.deform_backward_tiles(

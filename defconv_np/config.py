@@ -35,7 +35,8 @@ cpu_lane_column_bytes = 4 * 2**20
 
 #: Bytes of column scratch per tile of output rows in the CPU deformable
 #: conv's fused tiles (``kernels/cpu/deform_tiles.py``, run on our own GEMM),
-#: one buffer per lane: at least one output row. At the benchmark shape
+#: one buffer per lane (besides a tile's product in the forward, O values a
+#: pixel): at least one output row. At the benchmark shape
 #: (N=8, C=O=64, 64x64, 3x3, float32, 2 lanes, 2 MiB L2 per core) one row
 #: holds 144 KiB; the backward ran fastest with tiles of one row (34.3 ms
 #: against 35.3 with 2 or 4), the forward alike with 1-8 (12.4-12.5 ms).
@@ -70,9 +71,11 @@ cuda_column_budget_bytes = 256 * 2**20
 #: deform_conv2d takes ours in fused tiles on such CPUs whether or not MKL is
 #: installed (``"numba"`` does too; ``_cpu_deform``). It is read when
 #: a CPU conv starts: another value, or ``"mkl"`` without a usable MKL, is a
-#: ValueError there. A call that runs on one thread (a single image, or
-#: ``numba.set_num_threads(1)``) keeps NumPy's BLAS, multithreaded; the fused
-#: tiles run on one thread only where the user asked for one. On a
+#: ValueError there. conv2d and the column paths keep NumPy's BLAS,
+#: multithreaded, in a call that runs on one thread (a single image, or
+#: ``numba.set_num_threads(1)``); deform_conv2d's fused tiles keep the
+#: column path for a single image on several lanes, and run on the one
+#: lane there is otherwise. On a
 #: 2-core AVX-512 Xeon at the benchmark shape (N=8, C=O=64, 64x64, 3x3,
 #: float32; ``benchmarks/results/cpu_run36_malloc.json``), ours / MKL /
 #: OpenBLAS: conv2d forward 9.9 / 9.9 / 11.5 ms, forward+backward 32.9 /

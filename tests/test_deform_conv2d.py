@@ -643,3 +643,30 @@ def test_fused_tiles_leave_a_single_image_on_the_column_path(monkeypatch):
     dc.deform_conv2d(np.concatenate([x, x]), np.concatenate([offset, offset]), weight,
                      padding=1)
     assert counts["forward"] == 2  # one run per image, one call each
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_tiles_on_an_empty_batch(monkeypatch, threads):
+    """No images: empty results and zero-sized gradients on one lane as on two
+    (the fused path takes only calls with chunks to run)."""
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < threads:
+        pytest.skip(f"needs {threads} Numba threads")
+    monkeypatch.setattr(dc.config, "cpu_blas", "numba")
+    x = np.zeros((0, 4, 6, 5), np.float32)
+    offset = np.zeros((0, 18, 6, 5), np.float32)
+    mask = np.zeros((0, 9, 6, 5), np.float32)
+    weight = np.ones((3, 4, 3, 3), np.float32)
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        out = dc.deform_conv2d(x, offset, weight, padding=1, mask=mask)
+        grads = dc.deform_conv2d_backward(np.zeros((0, 3, 6, 5), np.float32), x, offset,
+                                          weight, padding=1, mask=mask)
+    finally:
+        numba.set_num_threads(before)
+    assert out.shape == (0, 3, 6, 5)
+    assert grads.input.shape == x.shape and grads.offset.shape == offset.shape
+    assert grads.mask.shape == mask.shape
+    np.testing.assert_array_equal(grads.weight, np.zeros_like(weight))
