@@ -268,9 +268,14 @@ def backward(xp, grad_output, weight, groups, chunks, columns, want_weight, want
                 go, layout.logical(cols, groups).transpose(0, 1, 3, 2)).sum(axis=0)
 
     states = columns.run_chunks(chunks, work, new_state)
-    if not want_weight:
-        return None
+    return summed_weight_grad(xp, layout, states, weight.shape) if want_weight else None
+
+
+def summed_weight_grad(xp, layout, states, shape):
+    """The weight gradient of ``shape`` from the workers' partial sums
+    (``state["grad_w"]`` in ``layout``'s weight matrices), added in worker
+    order, so that it does not depend on scheduling."""
     grad_w = states[0]["grad_w"]
     for state in states[1:]:
         grad_w += state["grad_w"]
-    return xp.ascontiguousarray(layout.weight_from_matrix(grad_w, weight.shape))
+    return xp.ascontiguousarray(layout.weight_from_matrix(grad_w, shape))

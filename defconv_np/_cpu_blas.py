@@ -21,11 +21,10 @@ our own GEMM (``NumbaGemm``, the Numba micro-kernels of
 ``kernels/cpu/gemm.py``). ``"auto"`` takes MKL where installed, else ours on
 CPUs with 512-bit vectors; under ``"auto"`` deform_conv2d takes ours on such
 CPUs even where MKL is installed (``fuses``), called from inside its fused
-tiles. The implicit-GEMM
-conv calls the chosen GEMM directly (ours sums a band's taps in one call,
-``NumbaGemm.taps``); the
-column paths (deformable, active and strided convs) through ``lane_matmul``,
-a ``numpy.matmul`` whose products run on it on a lane. Only the lanes use it:
+tiles. The implicit-GEMM conv calls the chosen GEMM directly (ours sums a
+band's taps in one call, ``NumbaGemm.taps``); the column paths (deformable,
+active and strided convs) through ``lane_matmul``, a ``numpy.matmul`` whose
+products run on it on a lane. Only the lanes use it:
 they run one GEMM per core, whereas a call that runs on the caller's thread
 alone (one image, or one lane) keeps NumPy's BLAS with all its threads. A
 conv resolves both GEMMs once, at its start (``lane_gemm`` and ``gemm``), and

@@ -21,7 +21,7 @@ from .kernels.cpu import deform_tiles as kernels
 def tile_rows(out_w, rows_k, itemsize):
     """Output rows per tile: a tile's columns within
     ``config.cpu_deform_tile_bytes``, at least one row."""
-    per_row = out_w * rows_k * itemsize
+    per_row = max(1, out_w * rows_k * itemsize)
     return max(1, config.cpu_deform_tile_bytes // per_row)
 
 
@@ -87,7 +87,4 @@ class DeformTiles:
         states = columns.run_chunks(chunks, work, new_state)
         if not want_weight:
             return None
-        grad_w = states[0]["grad_w"]
-        for state in states[1:]:
-            grad_w += state["grad_w"]
-        return np.ascontiguousarray(self.layout.weight_from_matrix(grad_w, weight.shape))
+        return _columns.summed_weight_grad(np, self.layout, states, weight.shape)
