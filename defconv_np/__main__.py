@@ -14,7 +14,7 @@ DESCRIPTION = """\
 Check that defconv_np works on this machine: list the backends found (NumPy and
 Numba, and CuPy with its GPU when installed), compare every analytic gradient
 with central finite differences (float64, small shapes), then time the forward
-and backward pass of each op. The first run compiles the kernels (about 30 s;
+and backward pass of each op. The first run compiles the kernels (about 40 s;
 one line per kernel on stderr); later runs load them from Numba's disk cache.
 Exits 1 if a gradient check fails."""
 

@@ -37,10 +37,15 @@ def _calls(dtype, xp) -> Dict[str, Callable[[], None]]:
     mask = arr(rng.uniform(0, 1, (2, 9 * 2, 5, 5)))
 
     def deform():
-        for m in (None, mask):
-            out = dc.deform_conv2d(x, off, w, b, mask=m, **geometry)
-            for det in (False, True):
-                dc.deform_conv2d_backward(out, x, off, w, mask=m, deterministic=det, **geometry)
+        # two images and one: on several CPU lanes the first run in fused
+        # tiles (``_cpu_deform``), a single image on the column path
+        for n in (2, 1):
+            for m in (None, mask):
+                m = None if m is None else m[:n]
+                out = dc.deform_conv2d(x[:n], off[:n], w, b, mask=m, **geometry)
+                for det in (False, True):
+                    dc.deform_conv2d_backward(out, x[:n], off[:n], w, mask=m, deterministic=det,
+                                              **geometry)
 
     shared = arr(rng.uniform(-1, 1, 2 * 9 * 2))
 
