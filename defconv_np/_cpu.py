@@ -496,16 +496,22 @@ class DeformColumns(_LaneColumns):
             self.fill(chunk, cols)
         if grad_cols is None:
             return
-        dtype = grad_cols.dtype
-        dummy3, dummy4 = np.zeros((1, 1, 1), dtype), np.zeros((1, 1, 1, 1), dtype)
+        deform_kernels.deform_backward(grad_cols, self.lanes.images(), *self.common(chunk),
+                                       *self.gradient_targets(grad_cols.dtype))
+
+    def gradient_targets(self, dtype):
+        """``(want_input, want_offset, want_mask, grad_input, grad_offset,
+        grad_mask)`` as the backward kernels take them, for the calling lane
+        (its padded input gradient) as ``start_backward`` set them up; a
+        gradient not wanted is a dummy of ``dtype`` and the right rank."""
         want_input = self.lanes.grad_input is not None
         want_offset = self.grad_offset is not None
         want_mask = self.grad_mask is not None
-        deform_kernels.deform_backward(
-            grad_cols, self.lanes.images(), *self.common(chunk), want_input, want_offset,
-            want_mask, self.lanes.grads() if want_input else dummy3,
-            self.grad_offset if want_offset else dummy4,
-            self.grad_mask if want_mask else dummy4)
+        dummy4 = np.zeros((1, 1, 1, 1), dtype)
+        return (want_input, want_offset, want_mask,
+                self.lanes.grads() if want_input else dummy4[0],
+                self.grad_offset if want_offset else dummy4,
+                self.grad_mask if want_mask else dummy4)
 
 
 from .kernels.cpu import grid_sample as grid_sample_kernels  # noqa: E402

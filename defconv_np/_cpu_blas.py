@@ -290,9 +290,7 @@ def lane_gemm(dtype):
     (``gemm``); ``"auto"`` MKL where installed (the user asked for it, and it
     ran the convs' backward 1-4% faster than ours), else our own on CPUs
     with 512-bit vectors, else NumPy's. None where none is found."""
-    choice = config.cpu_blas
-    if choice not in CHOICES:
-        raise ValueError(f"config.cpu_blas must be one of {CHOICES}, got {choice!r}")
+    choice = _choice()
     if choice in ("auto", "mkl"):
         fn = mkl_gemm(dtype)
         if fn is not None:
@@ -301,11 +299,25 @@ def lane_gemm(dtype):
             raise ValueError("config.cpu_blas is 'mkl', but no usable MKL was found: "
                              "install it with pip install defconv_np[mkl] (MKL loaded by "
                              "another library first, or without cblas_?gemm_64, is not used)")
-    if choice == "numba" or (choice == "auto" and wide_vectors()):
+    if _takes_ours(choice):
         fn = numba_gemm(dtype)
         if fn is not None or choice == "numba":
             return fn
     return gemm(dtype)
+
+
+def _choice():
+    """``config.cpu_blas``, a ValueError unless one of ``CHOICES``."""
+    choice = config.cpu_blas
+    if choice not in CHOICES:
+        raise ValueError(f"config.cpu_blas must be one of {CHOICES}, got {choice!r}")
+    return choice
+
+
+def _takes_ours(choice):
+    """Whether ``choice`` takes our own GEMM where MKL is not taken first:
+    ``"numba"``, and ``"auto"`` on CPUs with 512-bit vectors."""
+    return choice == "numba" or (choice == "auto" and wide_vectors())
 
 
 def fuses():
@@ -318,10 +330,7 @@ def fuses():
     ``benchmarks/results/cpu_run36_malloc.json``). ``"mkl"`` and ``"numpy"``
     keep the column path on that BLAS. The fused kernels call ours directly,
     so unlike ``numba_gemm`` this needs no NumPy CBLAS to fall back on."""
-    choice = config.cpu_blas
-    if choice not in CHOICES:
-        raise ValueError(f"config.cpu_blas must be one of {CHOICES}, got {choice!r}")
-    return choice == "numba" or (choice == "auto" and wide_vectors())
+    return _takes_ours(_choice())
 
 
 def fits(fn, *sizes):

@@ -85,9 +85,13 @@ class _Bands:
         unused columns left out, so that no tap reads past the band."""
         return (rows - 1) * self.width_p + self.out_w
 
+    def _band_size(self, rows):
+        """Elements of the band that ``rows`` output rows read."""
+        return self.channels * (rows + self.halo) * self.width_p
+
     def new_state(self):
         dtype = self.input.dtype
-        return {"band": np.empty(self.channels * (self.rows + self.halo) * self.width_p, dtype),
+        return {"band": np.empty(self._band_size(self.rows), dtype),
                 "result": np.empty(self.out_ch * self.rows * self.width_p, dtype)}
 
     def new_backward_state(self):
@@ -95,7 +99,7 @@ class _Bands:
         ``span`` zero columns on each side (``grad_view``), and a slot for
         them pixels-first (``grad_t_view``, made on first use)."""
         dtype = self.input.dtype
-        return {"band": np.empty(self.channels * (self.rows + self.halo) * self.width_p, dtype),
+        return {"band": np.empty(self._band_size(self.rows), dtype),
                 "grad": np.zeros(self.out_ch * (self.rows * self.width_p + 2 * self.span),
                                  dtype),
                 "grad_t": None}
@@ -121,7 +125,7 @@ class _Bands:
 
     def band(self, state, chunk):
         """The lane's band buffer for ``chunk``, (C, rows + halo, Wp), contiguous."""
-        size = self.channels * (chunk.r1 - chunk.r0 + self.halo) * self.width_p
+        size = self._band_size(chunk.r1 - chunk.r0)
         return state["band"][:size].reshape(self.channels, -1, self.width_p)
 
     def result(self, state, chunk):

@@ -66,23 +66,17 @@ class DeformTiles:
         n, n_out, out_h = grad_output.shape[:3]
         go = np.ascontiguousarray(grad_output).reshape(n, n_out, out_h * out_w)
         rows = tile_rows(out_w, rows_k, w.itemsize)
-        want_input = want_columns and lanes.grad_input is not None
-        want_offset = want_columns and columns.grad_offset is not None
-        want_mask = want_columns and columns.grad_mask is not None
-        dummy3, dummy4 = np.zeros((1, 1, 1), w.dtype), np.zeros((1, 1, 1, 1), w.dtype)
 
         def new_state():
             return {"scratch": np.empty(rows * out_w * rows_k, w.dtype),
-                    "grad_w": np.zeros_like(w) if want_weight else dummy3}
+                    "grad_w": np.zeros_like(w) if want_weight else np.zeros((1, 1, 1), w.dtype)}
 
         def work(chunk, state):
+            # without ``want_columns``, ``start_backward`` asked for none of them
             kernels.deform_backward_tiles(
                 self.like, go, w, lanes.images(), *columns.common(chunk), chunk.r1, rows,
-                want_weight, want_input, want_offset, want_mask,
-                lanes.grads() if want_input else dummy3,
-                columns.grad_offset if want_offset else dummy4,
-                columns.grad_mask if want_mask else dummy4,
-                state["grad_w"], state["scratch"])
+                want_weight, *columns.gradient_targets(w.dtype), state["grad_w"],
+                state["scratch"])
 
         states = columns.run_chunks(chunks, work, new_state)
         if not want_weight:
